@@ -1,0 +1,487 @@
+"""The case file: parse and validate once, where it is read, with messages that name the file and the field.
+
+The format is pinned in the project's design document (``name``, ``scenario``, ``[conventions]``, ``[liver]``,
+``[[tumors]]``, ``[lung]``, ``[delivery]``, ``[vials]``, ``[plan]``), extended here with ``[[correlations]]``,
+``[rules]`` (per-patient overrides of the scenario's rules) and the uncertainty forms of
+:mod:`y90opt.uncertainty`. Unknown keys are errors: a typo must never fall back to a default.
+The raw TOML text is kept unaltered (and hashed) in every result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import math
+import re
+import tomllib
+import zoneinfo
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import physics
+from .physics import Conventions
+from .uncertainty import Fixed, Spec, SpecError, check_support, is_biased, parse_spec
+
+
+class CaseError(ValueError):
+    """Bad input. ``str(err)`` is the one line the CLI prints: ``<file>: <field>: <message>``."""
+
+    def __init__(self, file: str, field: str, message: str):
+        self.file, self.field, self.message = file, field, message
+        super().__init__(f"{file}: {field}: {message}" if field else f"{file}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tumor:
+    name: str
+    volume_ml: Spec
+    tn_ratio: Spec
+    treated: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+    """An explicit list or an inclusive ``{min, max, step}`` range."""
+
+    values: tuple[float, ...]
+    spec: str  # "list", "range" or "default"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    vial_gbq: float | None
+    treatment: _dt.datetime | None
+    hours_after_calibration: Candidates | None
+    risk: float
+    site_timezone: str | None
+    procedure_time: _dt.time | None
+    success: str  # "all-tumors" | "index-tumor" | "mass-weighted"
+    index_tumor: str | None
+    tie_tolerance: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A validated case. Uncertain inputs are in :attr:`inputs`, keyed by their case path."""
+
+    path: str
+    name: str
+    scenario: str
+    conventions: Conventions
+    perfused_volume_ml: Spec
+    whole_liver_volume_ml: Spec | None
+    tumors: tuple[Tumor, ...]
+    shunt_fraction: Spec
+    lung_mass_kg: Spec
+    prior_lung_dose_gy: float
+    residual_fraction: Spec
+    activity_factor: Spec
+    calibration: _dt.datetime
+    vials_gbq: Candidates
+    plan: Plan
+    correlations: tuple[tuple[str, str, float], ...]
+    rules: Mapping[str, Any]
+    text: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def tumor_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tumors)
+
+    @property
+    def inputs(self) -> dict[str, Spec]:
+        """Every input quantity by case path (exact ones included), in a fixed order."""
+        d: dict[str, Spec] = {"liver.perfused_volume_ml": self.perfused_volume_ml}
+        if self.whole_liver_volume_ml is not None:
+            d["liver.whole_liver_volume_ml"] = self.whole_liver_volume_ml
+        for t in self.tumors:
+            d[f"tumors.{t.name}.volume_ml"] = t.volume_ml
+            d[f"tumors.{t.name}.tn_ratio"] = t.tn_ratio
+        d["lung.shunt_fraction"] = self.shunt_fraction
+        d["lung.mass_kg"] = self.lung_mass_kg
+        d["delivery.residual_fraction"] = self.residual_fraction
+        d["delivery.activity_factor"] = self.activity_factor
+        return d
+
+    @property
+    def uncertain_inputs(self) -> dict[str, Spec]:
+        return {k: v for k, v in self.inputs.items() if not isinstance(v, Fixed)}
+
+    @property
+    def biased_inputs(self) -> list[str]:
+        return [k for k, v in self.inputs.items() if is_biased(v)]
+
+    @property
+    def has_whole_liver(self) -> bool:
+        return self.whole_liver_volume_ml is not None
+
+    def treatment_hours(self) -> float | None:
+        if self.plan.treatment is None:
+            return None
+        return physics.hours_between(self.calibration, self.plan.treatment)
+
+    def nominal(self) -> dict[str, float]:
+        return {k: float(v.nominal) for k, v in self.inputs.items()}
+
+    def site_zone(self) -> _dt.tzinfo:
+        if self.plan.site_timezone:
+            return zoneinfo.ZoneInfo(self.plan.site_timezone)
+        return self.calibration.tzinfo  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+_TOP = {"name", "scenario", "conventions", "liver", "tumors", "lung", "delivery", "vials", "plan", "correlations", "rules"}
+_LIVER = {"perfused_volume_ml", "whole_liver_volume_ml"}
+_TUMOR = {"name", "volume_ml", "tn_ratio", "treated"}
+_LUNG = {"shunt_fraction", "mass_kg", "prior_dose_gy"}
+_DELIVERY = {"residual_fraction", "activity_factor"}
+_VIALS = {"calibration", "activities_gbq"}
+_PLAN = {
+    "vial_gbq",
+    "treatment",
+    "hours_after_calibration",
+    "risk",
+    "site_timezone",
+    "procedure_time",
+    "success",
+    "index_tumor",
+    "tie_tolerance",
+}
+_SUCCESS = ("all-tumors", "index-tumor", "mass-weighted")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+#: Largest candidate set a range may expand to (keeps a typo such as step = 0.0001 from exhausting memory).
+MAX_CANDIDATES = 100_000
+
+
+class _Reader:
+    def __init__(self, file: str):
+        self.file = file
+
+    def fail(self, field: str, message: str) -> CaseError:
+        return CaseError(self.file, field, message)
+
+    def table(self, raw: Any, field: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+        if not isinstance(raw, dict):
+            raise self.fail(field, f"expected a table, got {type(raw).__name__}")
+        for key in raw:
+            if key not in allowed:
+                prefix = f"{field}." if field else ""
+                raise self.fail(f"{prefix}{key}", "unknown key (allowed: " + ", ".join(sorted(allowed)) + ")")
+        for key in sorted(required):
+            if key not in raw:
+                raise self.fail(f"{field}.{key}" if field else key, "missing")
+        return raw
+
+    def number(self, raw: Any, field: str) -> float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise self.fail(field, f"expected a number, got {type(raw).__name__}")
+        v = float(raw)
+        if not math.isfinite(v):
+            raise self.fail(field, "must be finite")
+        return v
+
+    def string(self, raw: Any, field: str) -> str:
+        if not isinstance(raw, str):
+            raise self.fail(field, f"expected a string, got {type(raw).__name__}")
+        return raw
+
+    def spec(self, raw: Any, field: str, support: str) -> Spec:
+        try:
+            spec = parse_spec(raw)
+            check_support(spec, support)
+        except SpecError as e:
+            msg = str(e)
+            sub, sep, rest = msg.partition(": ")
+            if sep and re.fullmatch(r"[a-z_]+", sub):
+                raise self.fail(f"{field}.{sub}", rest) from None
+            raise self.fail(field, msg) from None
+        return spec
+
+    def datetime(self, raw: Any, field: str) -> _dt.datetime:
+        if isinstance(raw, str):
+            try:
+                raw = _dt.datetime.fromisoformat(raw)
+            except ValueError:
+                raise self.fail(field, f"not an ISO 8601 datetime: {raw!r}") from None
+        if isinstance(raw, _dt.date) and not isinstance(raw, _dt.datetime):
+            raise self.fail(field, "a date alone is not enough: give a datetime with a UTC offset")
+        if not isinstance(raw, _dt.datetime):
+            raise self.fail(field, f"expected a datetime, got {type(raw).__name__}")
+        if raw.tzinfo is None or raw.utcoffset() is None:
+            raise self.fail(field, "datetime has no UTC offset (write e.g. 2026-12-06T12:00:00-05:00)")
+        return raw
+
+    def candidates(self, raw: Any, field: str, *, positive: bool) -> Candidates:
+        if isinstance(raw, list):
+            if not raw:
+                raise self.fail(field, "empty list")
+            vals = [self.number(v, f"{field}[{i}]") for i, v in enumerate(raw)]
+            for i, v in enumerate(vals):
+                if (positive and v <= 0) or v < 0:
+                    raise self.fail(f"{field}[{i}]", "must be > 0" if positive else "must be ≥ 0")
+            if len(set(vals)) != len(vals):
+                raise self.fail(field, "duplicate values")
+            return Candidates(tuple(sorted(vals)), "list")
+        if isinstance(raw, dict):
+            self.table(raw, field, {"min", "max", "step"}, {"min", "max", "step"})
+            lo, hi, step = (self.number(raw[k], f"{field}.{k}") for k in ("min", "max", "step"))
+            if (positive and lo <= 0) or lo < 0:
+                raise self.fail(f"{field}.min", "must be > 0" if positive else "must be ≥ 0")
+            if hi < lo:
+                raise self.fail(f"{field}.max", "must be ≥ min")
+            if step <= 0:
+                raise self.fail(f"{field}.step", "must be > 0")
+            n = math.floor((hi - lo) / step + 1e-9) + 1
+            if n > MAX_CANDIDATES:
+                raise self.fail(f"{field}.step", f"range expands to {n} values (at most {MAX_CANDIDATES})")
+            vals = np.round(lo + step * np.arange(n), 10)
+            return Candidates(tuple(float(v) for v in vals), "range")
+        raise self.fail(field, "expected a list of numbers or a { min, max, step } table")
+
+
+def parse_case(text: str, file: str = "<case>") -> Case:
+    """Parse and validate a case from TOML text. Raises :class:`CaseError` (one line, file and field)."""
+    r = _Reader(file)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise CaseError(file, "", f"not valid TOML: {e}") from None
+    r.table(doc, "", _TOP, {"name", "scenario", "liver", "lung", "vials"})
+
+    name = r.string(doc["name"], "name")
+    scenario = r.string(doc["scenario"], "scenario")
+    _check_scenario_id(r, scenario)
+
+    conv_raw = r.table(doc.get("conventions", {}), "conventions", set(physics.CONVENTION_FIELDS))
+    conv_kwargs = {}
+    for k, v in conv_raw.items():
+        x = r.number(v, f"conventions.{k}")
+        if x <= 0:
+            raise r.fail(f"conventions.{k}", "must be > 0")
+        conv_kwargs[k] = x
+    conventions = Conventions(**conv_kwargs)
+
+    liver = r.table(doc["liver"], "liver", _LIVER, {"perfused_volume_ml"})
+    perfused = r.spec(liver["perfused_volume_ml"], "liver.perfused_volume_ml", "positive")
+    whole = None
+    if "whole_liver_volume_ml" in liver:
+        whole = r.spec(liver["whole_liver_volume_ml"], "liver.whole_liver_volume_ml", "positive")
+
+    tumors_raw = doc.get("tumors", [])
+    if not isinstance(tumors_raw, list):
+        raise r.fail("tumors", "expected an array of tables ([[tumors]])")
+    tumors: list[Tumor] = []
+    seen: set[str] = set()
+    for i, traw in enumerate(tumors_raw):
+        f = f"tumors[{i}]"
+        r.table(traw, f, _TUMOR, {"name", "volume_ml", "tn_ratio"})
+        tname = r.string(traw["name"], f"{f}.name")
+        if not _NAME_RE.match(tname):
+            raise r.fail(f"{f}.name", f"{tname!r}: use letters, digits, '-' and '_' only")
+        if tname in seen:
+            raise r.fail(f"{f}.name", f"duplicate tumour name {tname!r}")
+        seen.add(tname)
+        treated = traw.get("treated", True)
+        if not isinstance(treated, bool):
+            raise r.fail(f"{f}.treated", "expected true or false")
+        tumors.append(
+            Tumor(
+                name=tname,
+                volume_ml=r.spec(traw["volume_ml"], f"{f}.volume_ml", "positive"),
+                tn_ratio=r.spec(traw["tn_ratio"], f"{f}.tn_ratio", "positive"),
+                treated=treated,
+            )
+        )
+
+    lung = r.table(doc["lung"], "lung", _LUNG, {"shunt_fraction"})
+    lsf = r.spec(lung["shunt_fraction"], "lung.shunt_fraction", "fraction")
+    lung_mass = r.spec(lung.get("mass_kg", physics.LUNG_MASS_KG), "lung.mass_kg", "positive")
+    prior = r.number(lung.get("prior_dose_gy", 0.0), "lung.prior_dose_gy")
+    if prior < 0:
+        raise r.fail("lung.prior_dose_gy", "must be ≥ 0")
+
+    delivery = r.table(doc.get("delivery", {}), "delivery", _DELIVERY)
+    residual = r.spec(delivery.get("residual_fraction", 0.0), "delivery.residual_fraction", "fraction")
+    activity_factor = r.spec(delivery.get("activity_factor", 1.0), "delivery.activity_factor", "positive")
+
+    vials = r.table(doc["vials"], "vials", _VIALS, {"calibration"})
+    calibration = r.datetime(vials["calibration"], "vials.calibration")
+    if "activities_gbq" in vials:
+        vial_set = r.candidates(vials["activities_gbq"], "vials.activities_gbq", positive=True)
+    else:
+        vial_set = Candidates(physics.STANDARD_VIALS_GBQ, "default")
+
+    plan = _parse_plan(r, doc.get("plan", {}), calibration, [t.name for t in tumors])
+
+    # geometry: nominal tumours must fit inside the perfused territory, the whole liver must contain it
+    v_p = perfused.nominal
+    v_t = sum(t.volume_ml.nominal for t in tumors if t.treated)
+    if v_t >= v_p:
+        raise r.fail(
+            "tumors", f"treated tumour volume {v_t:g} mL does not fit in the perfused volume {v_p:g} mL"
+        )
+    if whole is not None:
+        if whole.nominal < v_p:
+            raise r.fail(
+                "liver.whole_liver_volume_ml",
+                f"{whole.nominal:g} mL is smaller than the perfused territory ({v_p:g} mL)",
+            )
+        v_all = v_p + sum(t.volume_ml.nominal for t in tumors if not t.treated)
+        if v_all >= whole.nominal + 1e-9 and any(not t.treated for t in tumors):
+            raise r.fail(
+                "liver.whole_liver_volume_ml",
+                f"{whole.nominal:g} mL cannot hold the perfused territory and the untreated tumours ({v_all:g} mL)",
+            )
+
+    correlations = _parse_correlations(r, doc.get("correlations", []), tumors, whole is not None, {
+        "liver.perfused_volume_ml": perfused,
+        "liver.whole_liver_volume_ml": whole,
+        "lung.shunt_fraction": lsf,
+        "lung.mass_kg": lung_mass,
+        "delivery.residual_fraction": residual,
+        "delivery.activity_factor": activity_factor,
+        **{f"tumors.{t.name}.volume_ml": t.volume_ml for t in tumors},
+        **{f"tumors.{t.name}.tn_ratio": t.tn_ratio for t in tumors},
+    })
+    rules = doc.get("rules", {})
+    if not isinstance(rules, dict):
+        raise r.fail("rules", "expected a table")
+
+    return Case(
+        path=file,
+        name=name,
+        scenario=scenario,
+        conventions=conventions,
+        perfused_volume_ml=perfused,
+        whole_liver_volume_ml=whole,
+        tumors=tuple(tumors),
+        shunt_fraction=lsf,
+        lung_mass_kg=lung_mass,
+        prior_lung_dose_gy=prior,
+        residual_fraction=residual,
+        activity_factor=activity_factor,
+        calibration=calibration,
+        vials_gbq=vial_set,
+        plan=plan,
+        correlations=correlations,
+        rules=rules,
+        text=text,
+    )
+
+
+def _check_scenario_id(r: _Reader, scenario: str) -> None:
+    from . import rules
+
+    ids = rules.scenario_ids()
+    if scenario not in ids:
+        raise r.fail("scenario", f"unknown scenario {scenario!r} (known: {', '.join(ids)})")
+
+
+def _parse_plan(r: _Reader, raw: Any, calibration: _dt.datetime, tumor_names: list[str]) -> Plan:
+    p = r.table(raw, "plan", _PLAN)
+    vial = None
+    if "vial_gbq" in p:
+        vial = r.number(p["vial_gbq"], "plan.vial_gbq")
+        if vial <= 0:
+            raise r.fail("plan.vial_gbq", "must be > 0")
+    treatment = None
+    if "treatment" in p:
+        treatment = r.datetime(p["treatment"], "plan.treatment")
+        if treatment < calibration:
+            raise r.fail("plan.treatment", "treatment is before the vial's calibration")
+    hours = None
+    if "hours_after_calibration" in p:
+        hours = r.candidates(p["hours_after_calibration"], "plan.hours_after_calibration", positive=False)
+    risk = r.number(p.get("risk", 0.05), "plan.risk")
+    if not 0 < risk < 1:
+        raise r.fail("plan.risk", "must be in (0, 1)")
+    tz = None
+    if "site_timezone" in p:
+        tz = r.string(p["site_timezone"], "plan.site_timezone")
+        try:
+            zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise r.fail("plan.site_timezone", f"unknown IANA time zone {tz!r}") from None
+    proc = None
+    if "procedure_time" in p:
+        s = r.string(p["procedure_time"], "plan.procedure_time")
+        try:
+            proc = _dt.time.fromisoformat(s)
+        except ValueError:
+            raise r.fail("plan.procedure_time", f"expected a clock time like \"10:00\", got {s!r}") from None
+    success = r.string(p.get("success", "all-tumors"), "plan.success")
+    if success not in _SUCCESS:
+        raise r.fail("plan.success", f"expected one of {', '.join(_SUCCESS)}")
+    index = None
+    if "index_tumor" in p:
+        index = r.string(p["index_tumor"], "plan.index_tumor")
+        if index not in tumor_names:
+            raise r.fail("plan.index_tumor", f"no tumour named {index!r}")
+    if success == "index-tumor" and index is None:
+        raise r.fail("plan.index_tumor", "missing (required when success = \"index-tumor\")")
+    tol = r.number(p.get("tie_tolerance", 0.005), "plan.tie_tolerance")
+    if not 0 <= tol < 1:
+        raise r.fail("plan.tie_tolerance", "must be in [0, 1)")
+    return Plan(vial, treatment, hours, risk, tz, proc, success, index, tol)
+
+
+def _parse_correlations(r: _Reader, raw: Any, tumors, has_whole: bool, specs: dict) -> tuple:
+    if not isinstance(raw, list):
+        raise r.fail("correlations", "expected an array of tables ([[correlations]])")
+    out = []
+    pairs = set()
+    for i, c in enumerate(raw):
+        f = f"correlations[{i}]"
+        r.table(c, f, {"inputs", "rho"}, {"inputs", "rho"})
+        ins = c["inputs"]
+        if not (isinstance(ins, list) and len(ins) == 2 and all(isinstance(x, str) for x in ins)):
+            raise r.fail(f"{f}.inputs", "expected two input paths, e.g. [\"lung.shunt_fraction\", \"tumors.T1.tn_ratio\"]")
+        a, b = ins
+        for j, x in enumerate((a, b)):
+            if x not in specs or specs[x] is None:
+                raise r.fail(f"{f}.inputs[{j}]", f"unknown input {x!r}")
+            if isinstance(specs[x], Fixed):
+                raise r.fail(f"{f}.inputs[{j}]", f"{x} is exact: nothing to correlate")
+        if a == b:
+            raise r.fail(f"{f}.inputs", "an input cannot be correlated with itself")
+        key = frozenset((a, b))
+        if key in pairs:
+            raise r.fail(f"{f}.inputs", "this pair is already correlated")
+        pairs.add(key)
+        rho = r.number(c["rho"], f"{f}.rho")
+        if not -1 < rho < 1:
+            raise r.fail(f"{f}.rho", "must be in (-1, 1)")
+        out.append((a, b, rho))
+    if out:
+        names = sorted({x for a, b, _ in out for x in (a, b)})
+        m = np.eye(len(names))
+        for a, b, rho in out:
+            i, j = names.index(a), names.index(b)
+            m[i, j] = m[j, i] = rho
+        if np.linalg.eigvalsh(m).min() <= 1e-10:
+            raise r.fail("correlations", "the correlation matrix is not positive definite")
+    return tuple(out)
+
+
+def load_case(path: str | Path) -> Case:
+    """Read and validate a case file. Raises :class:`CaseError`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CaseError(str(path), "", "no such file") from None
+    except IsADirectoryError:
+        raise CaseError(str(path), "", "is a directory, not a case file") from None
+    except UnicodeDecodeError:
+        raise CaseError(str(path), "", "not UTF-8 text") from None
+    except OSError as e:
+        raise CaseError(str(path), "", f"cannot read: {e.strerror}") from None
+    return parse_case(text, str(path))

@@ -1,0 +1,365 @@
+"""The ``y90opt`` command line. It parses arguments, calls the library and prints; it computes no physics.
+
+Exit status: 0 success (an infeasible plan is an answer), 2 bad input (one line naming the file and the
+field, no traceback), 1 internal error (one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+EXAMPLE = "configs/examples/multifocal-unilobar.toml"
+
+
+class BadInput(Exception):
+    """A user error detected by the CLI itself (an argument, an output path)."""
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(float(s)) if "e" in s.lower() else int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _seed(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {s!r}") from None
+    if not 0 <= v < 2**32:
+        raise argparse.ArgumentTypeError("seed must be in [0, 2**32)")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit status 2
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="y90opt",
+        description="Y-90 glass microsphere planning under measurement uncertainty. Research software: "
+        "check every plan independently before clinical use.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"example:\n  y90opt plan {EXAMPLE} --samples 100000 --seed 1 --out results/",
+    )
+    p.add_argument("--version", action="version", version=f"y90opt {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, help_: str, example: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        return sp
+
+    def mc_flags(sp, samples: int) -> None:
+        sp.add_argument("--samples", type=_positive_int, default=samples, metavar="N", help=f"Monte Carlo samples (default {samples})")
+        sp.add_argument("--seed", type=_seed, default=0, metavar="S", help="random seed (default 0)")
+        sp.add_argument("--chunk", type=_positive_int, default=None, metavar="C", help="samples per JAX call (results do not depend on it)")
+        sp.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="floating-point precision (default float32)")
+
+    sp = add("dose", "nominal doses for the case's [plan] vial and treatment time", f"y90opt dose {EXAMPLE} --json")
+    sp.add_argument("case")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+
+    sp = add("simulate", "Monte Carlo doses for the case's [plan] decision", f"y90opt simulate {EXAMPLE} --samples 1000000 --seed 1 -o sim.nc")
+    sp.add_argument("case")
+    mc_flags(sp, 100_000)
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.add_argument("-o", "--output", metavar="OUT.nc", help="write the results Dataset (NetCDF)")
+    sp.add_argument("--keep-samples", action="store_true", help="store the raw samples in the Dataset (small runs)")
+
+    sp = add("plan", "choose the vial and the treatment time", f"y90opt plan {EXAMPLE} --samples 100000 --seed 1 --out results/")
+    sp.add_argument("case")
+    mc_flags(sp, 100_000)
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.add_argument("--out", metavar="DIR", help="write plan.nc, figures and report.html to DIR")
+    sp.add_argument("--risk", type=float, default=None, help="override [plan].risk: each limit kept with P >= 1 - risk")
+    sp.add_argument("--optuna-trials", type=int, default=None, metavar="T", help="Optuna trials for the cross-check (default: half the candidates, at most 200; 0 to skip)")
+    sp.add_argument("--storage", default=None, help="Optuna storage: a path (SQLite) or an RDB URL; lets a study resume")
+    sp.add_argument("--study-name", default=None, help="Optuna study name (with --storage)")
+    sp.add_argument("--vial-range", default=None, metavar="MIN:MAX:STEP", help="candidate vials as a range in GBq, e.g. 3:20:0.5")
+    sp.add_argument("--hours-range", default=None, metavar="MIN:MAX:STEP", help="candidate times in hours after calibration, e.g. 72:216:1")
+
+    sp = add("sensitivity", "Sobol sensitivity indices of every dose and of plan success", f"y90opt sensitivity {EXAMPLE} --samples 20000 --json")
+    sp.add_argument("case")
+    mc_flags(sp, 8192)
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.add_argument("-o", "--output", metavar="OUT.nc", help="write the indices Dataset (NetCDF)")
+    sp.add_argument("--bootstrap", type=int, default=200, metavar="B", help="bootstrap resamples for confidence intervals")
+
+    sp = add("scenarios", "the DSC 2022 scenario rules with their sources", "y90opt scenarios --json")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+
+    sp = add("report", "rebuild the HTML report from saved plan results", "y90opt report results/plan.nc")
+    sp.add_argument("results")
+    sp.add_argument("--out", metavar="DIR", default=None, help="directory for report.html and figures (default: beside RESULTS)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return int(e.code or 0)
+    from .case import CaseError
+
+    bad: tuple[type[BaseException], ...] = (CaseError, BadInput)
+    try:
+        from .rules import ScenarioError
+
+        bad += (ScenarioError,)
+    except ImportError:  # pragma: no cover
+        pass
+    from .engine import UnphysicalSamplesError
+
+    bad += (UnphysicalSamplesError,)
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except bad as e:
+        print(f"y90opt: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("y90opt: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - the one place internal errors become a message
+        print(f"y90opt: internal error: {type(e).__name__}: {_one_line(str(e))}", file=sys.stderr)
+        return 1
+
+
+def _one_line(s: str) -> str:
+    return " ".join(s.split())
+
+
+# -- commands -------------------------------------------------------------------------------------------
+
+
+def cmd_dose(args) -> int:
+    from .case import load_case
+    from .nominal import nominal_doses
+    from .textout import dumps
+
+    case = load_case(args.case)
+    out = nominal_doses(case)
+    out.update(_rule_outcome_nominal(case, out))
+    if args.json:
+        print(dumps(out))
+        return 0
+    print(_dose_text(case, out))
+    return 0
+
+
+def _rule_outcome_nominal(case, out) -> dict:
+    """Rule margins and advisories at the nominal doses (filled by the rules module)."""
+    from . import outcomes
+
+    return outcomes.nominal_outcome(case, out)
+
+
+def _dose_text(case, out) -> str:
+    from .textout import table
+
+    conv = case.conventions
+    act = out["activity_gbq"]
+    lines = [
+        f"case {case.name!r}  scenario {case.scenario}",
+        f"vial {act['vial_at_calibration']:g} GBq at calibration {out['calibration']}, "
+        f"treatment {out['treatment']} ({out['hours_after_calibration']:.1f} h after calibration)",
+        f"conventions: K = {conv.dose_constant_gy_kg_per_gbq:g} Gy·kg/GBq, T½ = {conv.half_life_h:g} h, "
+        f"density = {conv.tissue_density_g_per_ml:g} g/mL",
+        "",
+        table(
+            [
+                ("vial at treatment", act["vial_at_treatment"], "GBq"),
+                ("injected (after residual)", act["injected"], "GBq"),
+                ("to the liver", act["liver"], "GBq"),
+                ("to the lungs", act["lung"], "GBq"),
+                ("spheres", out["spheres"], ""),
+                ("activity per sphere", out["activity_per_sphere_bq"], "Bq"),
+            ],
+            header=("activity", "value", "unit"),
+        ),
+        "",
+    ]
+    from .nominal import flatten_doses
+
+    rows = [(k, v, "Gy") for k, v in flatten_doses(out["dose_gy"]).items()]
+    lines.append(table(rows, header=("dose", "value", "unit")))
+    lines += _rules_text(out)
+    return "\n".join(lines)
+
+
+def _rules_text(out) -> list[str]:
+    from .textout import table
+
+    lines = []
+    if out.get("rules"):
+        lines += ["", table(
+            [(r["label"], r["kind"], r["quantity"], r["threshold_gy"], r.get("value"), r["status"]) for r in out["rules"]],
+            header=("rule", "kind", "quantity", "threshold Gy", "value", "status"),
+            align="lllrrl",
+        )]
+    for a in out.get("advisories", []):
+        lines.append(f"advisory [{a['code']}]: {a['message']}")
+    return lines
+
+
+def cmd_simulate(args) -> int:
+    from .case import load_case
+    from .simulate import simulate_case
+    from .textout import dumps
+
+    case = load_case(args.case)
+    out_path = _output_path(args.output, ".nc")
+    res = simulate_case(
+        case, n=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype,
+        keep_samples=args.keep_samples, progress=not args.json,
+    )
+    if out_path:
+        from .results import write_netcdf
+
+        write_netcdf(res.dataset, out_path)
+    if args.json:
+        print(dumps(res.summary))
+    else:
+        print(res.text())
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .case import load_case
+    from .planner import plan_case
+    from .textout import dumps
+
+    case = load_case(args.case)
+    out_dir = _output_dir(args.out)
+    res = plan_case(
+        case, n=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype, risk=args.risk,
+        optuna_trials=args.optuna_trials, storage=args.storage, study_name=args.study_name,
+        vial_range=_range_arg(args.vial_range, "--vial-range"), hours_range=_range_arg(args.hours_range, "--hours-range"),
+        progress=not args.json,
+    )
+    if out_dir:
+        res.write(out_dir)
+    if args.json:
+        print(dumps(res.summary))
+    else:
+        print(res.text())
+        if out_dir:
+            print(f"\nresults written to {out_dir}")
+    return 0
+
+
+def cmd_sensitivity(args) -> int:
+    from .case import load_case
+    from .sensitivity import sensitivity_case
+    from .textout import dumps
+
+    case = load_case(args.case)
+    out_path = _output_path(args.output, ".nc")
+    res = sensitivity_case(
+        case, n=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype,
+        bootstrap=args.bootstrap, progress=not args.json,
+    )
+    if out_path:
+        from .results import write_netcdf
+
+        write_netcdf(res.dataset, out_path)
+    if args.json:
+        print(dumps(res.summary))
+    else:
+        print(res.text())
+    return 0
+
+
+def cmd_scenarios(args) -> int:
+    from . import rules
+    from .textout import dumps, table
+
+    scenarios = [rules.load_scenario(i) for i in rules.scenario_ids()]
+    if args.json:
+        print(dumps([s.to_dict() for s in scenarios]))
+        return 0
+    for s in scenarios:
+        print(f"{s.id}: {s.title} (DSC scenario {s.dsc_scenario}, {s.intent}; {s.preferred_model} preferred)")
+        rows = [("target", r.quantity, f">= {r.threshold_gy:g}", r.level, r.source) for r in s.targets]
+        rows += [("limit", r.quantity, f"<= {r.threshold_gy:g}", r.level, r.source) for r in s.limits]
+        print(table(rows, header=("kind", "quantity", "Gy", "level", "source"), align="lllll"))
+        w = s.window
+        print(f"window: {w.start_h:g}-{w.end_h:g} h after calibration ({', '.join(w.days)})"
+              f"{' [default: not set by the DSC]' if w.default else ''}; source: {w.source}\n")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import report_from_netcdf
+
+    path = report_from_netcdf(args.results, args.out)
+    print(f"report written to {path}")
+    return 0
+
+
+COMMANDS = {
+    "dose": cmd_dose,
+    "simulate": cmd_simulate,
+    "plan": cmd_plan,
+    "sensitivity": cmd_sensitivity,
+    "scenarios": cmd_scenarios,
+    "report": cmd_report,
+}
+
+
+def _output_path(path: str | None, suffix: str) -> str | None:
+    import os
+
+    if path is None:
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise BadInput(f"{path}: output directory {parent} does not exist")
+    if os.path.isdir(path):
+        raise BadInput(f"{path}: is a directory (expected a file name ending in {suffix})")
+    return path
+
+
+def _output_dir(path: str | None) -> str | None:
+    import os
+
+    if path is None:
+        return None
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise BadInput(f"{path}: exists and is not a directory")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _range_arg(text: str | None, flag: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi, step = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise BadInput(f"{flag}: expected MIN:MAX:STEP, got {text!r}") from None
+    if not (0 <= lo <= hi and step > 0):
+        raise BadInput(f"{flag}: expected 0 <= MIN <= MAX and STEP > 0, got {text!r}")
+    return lo, hi, step
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

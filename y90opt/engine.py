@@ -1,0 +1,314 @@
+"""Monte Carlo engine: sampling of the uncertain inputs and the forward model, chunked and reproducible.
+
+Design:
+
+* Every uncertain input is a quantile transform of a standard normal variate (see :mod:`y90opt.uncertainty`);
+  a Gaussian copula correlates them through the Cholesky factor of their correlation matrix.
+* A sample's randomness depends only on the key and its global index: variates are drawn in fixed blocks of
+  :data:`BLOCK` samples, block ``b`` from ``fold_in(key, b)``. A chunk of any size and offset slices the same
+  numbers, so results do not depend on the chunk size.
+* Doses are affine in the vial activity at treatment s: ``dose = s · F + b`` per sample, with F the dose
+  factors (Gy per GBq of s; activities in GBq per GBq) and b the prior lung dose for the cumulative lung dose
+  and 0 elsewhere. One sample set serves every decision (common random numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from . import dosimetry
+from .case import Case
+from .uncertainty import Fixed
+
+#: Samples per random block (the unit of reproducibility).
+BLOCK = 4096
+
+#: Default number of samples evaluated per JAX call.
+DEFAULT_CHUNK = 1 << 18
+
+#: Largest share of unphysical samples (normal liver mass ≤ 0) tolerated before a run stops.
+MAX_INVALID_FRACTION = 1e-3
+
+ACTIVITY_QUANTITIES = ("injected", "liver", "lung_activity")
+
+
+def enable_x64_if(dtype: str) -> None:
+    """float64 needs JAX's x64 mode; it must be switched on before any array is made."""
+    if dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+
+
+class UnphysicalSamplesError(ValueError):
+    """Too many samples gave a non-positive normal liver mass (tumours larger than their territory)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """The forward model of one case: inputs by case path → dose factors per sample.
+
+    Attributes:
+        case: the validated case.
+        uncertain: case paths of the sampled inputs, in the order of the variate columns.
+        quantities: names of the columns of the factor matrix (doses, then tumours, then activities).
+        units: "Gy" or "GBq" per quantity.
+    """
+
+    case: Case
+    uncertain: tuple[str, ...]
+    quantities: tuple[str, ...]
+    units: tuple[str, ...]
+    cholesky: np.ndarray | None
+
+    @classmethod
+    def from_case(cls, case: Case) -> Model:
+        uncertain = tuple(case.uncertain_inputs)
+        q = ["perfused_mean", "normal_perfused"]
+        if case.has_whole_liver:
+            q += ["whole_normal_liver", "whole_liver"]
+        q += ["lung", "lung_cumulative"]
+        if any(t.treated for t in case.tumors):
+            q.append("tumor_total")
+        q += [f"tumors.{n}" for n in case.tumor_names]
+        units = ["Gy"] * len(q)
+        q += list(ACTIVITY_QUANTITIES)
+        units += ["GBq"] * len(ACTIVITY_QUANTITIES)
+        chol = None
+        if case.correlations:
+            m = np.eye(len(uncertain))
+            for a, b, rho in case.correlations:
+                i, j = uncertain.index(a), uncertain.index(b)
+                m[i, j] = m[j, i] = rho
+            chol = np.linalg.cholesky(m)
+        return cls(case, uncertain, tuple(q), tuple(units), chol)
+
+    @property
+    def n_dims(self) -> int:
+        return len(self.uncertain)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """b in dose = s·F + b (prior lung dose on the cumulative lung dose, 0 elsewhere)."""
+        b = np.zeros(len(self.quantities))
+        b[self.quantities.index("lung_cumulative")] = self.case.prior_lung_dose_gy
+        return b
+
+    def dose_quantities(self) -> list[str]:
+        return [q for q, u in zip(self.quantities, self.units, strict=True) if u == "Gy"]
+
+    # -- the pure part ---------------------------------------------------------------------------------
+
+    def input_columns(self, z) -> dict:
+        """Case path → array of per-sample values (exact inputs broadcast) from variates z (n, d)."""
+        import jax.numpy as jnp
+
+        if self.cholesky is not None:
+            z = z @ jnp.asarray(self.cholesky.T, dtype=z.dtype)
+        n = z.shape[0]
+        cols = {}
+        for path, spec in self.case.inputs.items():
+            if path in self.uncertain:
+                cols[path] = spec.from_z(z[:, self.uncertain.index(path)])
+            else:
+                cols[path] = jnp.full((n,), spec.nominal if isinstance(spec, Fixed) else spec.from_z(0.0), z.dtype)
+        return cols
+
+    def dose_inputs(self, cols: dict, dtype) -> tuple[dosimetry.DoseInputs, object]:
+        import jax.numpy as jnp
+
+        case = self.case
+        n = next(iter(cols.values())).shape[0]
+        names = case.tumor_names
+        if names:
+            tv = jnp.stack([cols[f"tumors.{t}.volume_ml"] for t in names], axis=-1)
+            tn = jnp.stack([cols[f"tumors.{t}.tn_ratio"] for t in names], axis=-1)
+        else:
+            tv = jnp.zeros((n, 0), dtype)
+            tn = jnp.zeros((n, 0), dtype)
+        whole = cols.get("liver.whole_liver_volume_ml", jnp.full((n,), jnp.nan, dtype))
+        x = dosimetry.DoseInputs(
+            perfused_volume_ml=cols["liver.perfused_volume_ml"],
+            tumor_volume_ml=tv,
+            tn_ratio=tn,
+            tumor_treated=jnp.asarray([t.treated for t in case.tumors], dtype=dtype),
+            shunt_fraction=cols["lung.shunt_fraction"],
+            lung_mass_kg=cols["lung.mass_kg"],
+            residual_fraction=cols["delivery.residual_fraction"],
+            whole_liver_volume_ml=whole,
+            prior_lung_dose_gy=jnp.full((n,), case.prior_lung_dose_gy, dtype),
+        )
+        return x, cols["delivery.activity_factor"]
+
+    def factors_from_z(self, z):
+        """Factor matrix F (n, Q) and validity mask (n,) from variates z (n, d)."""
+        import jax.numpy as jnp
+
+        cols = self.input_columns(z)
+        x, act = self.dose_inputs(cols, z.dtype)
+        u = dosimetry.dose_factors(x, self.case.conventions)
+        by_name = {
+            "perfused_mean": u.perfused_mean,
+            "normal_perfused": u.normal_perfused,
+            "whole_normal_liver": u.whole_normal_liver,
+            "whole_liver": u.whole_liver,
+            "lung": u.lung,
+            "lung_cumulative": u.lung,
+            "tumor_total": u.tumor_total,
+            "injected": u.injected,
+            "liver": u.liver_activity,
+            "lung_activity": u.lung_activity,
+        }
+        for i, name in enumerate(self.case.tumor_names):
+            by_name[f"tumors.{name}"] = u.tumors[:, i]
+        f = jnp.stack([by_name[q] for q in self.quantities], axis=-1) * act[:, None]
+        valid = u.normal_mass_kg > 0
+        if self.case.has_whole_liver:
+            # the whole liver must hold the perfused territory and the untreated tumours
+            untreated = 1.0 - x.tumor_treated
+            outside = jnp.sum(x.tumor_volume_ml * untreated, axis=-1)
+            valid = valid & (x.whole_liver_volume_ml >= x.perfused_volume_ml + outside)
+        return f, valid
+
+    def nominal_factors(self) -> np.ndarray:
+        """Dose factors at the nominal (measured) inputs, in float64 numpy (independent of JAX's x64)."""
+        from .reference import reference_doses
+
+        c = self.case
+        nom = c.nominal()
+        names = c.tumor_names
+        d = reference_doses(
+            nom["delivery.activity_factor"],
+            nom["liver.perfused_volume_ml"],
+            np.array([nom[f"tumors.{t}.volume_ml"] for t in names]),
+            np.array([nom[f"tumors.{t}.tn_ratio"] for t in names]),
+            np.array([t.treated for t in c.tumors], dtype=bool),
+            nom["lung.shunt_fraction"],
+            nom["lung.mass_kg"],
+            nom["delivery.residual_fraction"],
+            nom.get("liver.whole_liver_volume_ml", np.nan),
+            0.0,
+            c.conventions.dose_constant_gy_kg_per_gbq,
+            c.conventions.tissue_density_g_per_ml,
+        )
+        out = []
+        for q in self.quantities:
+            if q.startswith("tumors."):
+                out.append(d["tumors"][names.index(q.split(".", 1)[1])])
+            else:
+                out.append(d[q])
+        return np.asarray(out, dtype=np.float64)
+
+
+# -- sampling -----------------------------------------------------------------------------------------------
+
+
+def variates(key, start, count: int, n_dims: int, dtype):
+    """Standard normal variates (count, n_dims) for global sample indices [start, start + count).
+
+    Block b = index // BLOCK is drawn from fold_in(key, b); the result does not depend on how a run is
+    chunked. ``start`` may be traced; ``count`` is static.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    nb = -(-count // BLOCK) + 1
+    b0 = start // BLOCK
+    blocks = b0 + jnp.arange(nb, dtype=jnp.uint32)
+    keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(blocks)
+    z = jax.vmap(lambda k: jax.random.normal(k, (BLOCK, n_dims), dtype))(keys).reshape(nb * BLOCK, n_dims)
+    return jax.lax.dynamic_slice_in_dim(z, start - b0 * BLOCK, count, axis=0)
+
+
+def make_key(seed: int):
+    import jax
+
+    return jax.random.key(seed)
+
+
+def chunks(n: int, chunk: int) -> Iterator[tuple[int, int]]:
+    """(start, size) pairs covering [0, n); the last chunk is padded up to ``chunk`` by the caller."""
+    for start in range(0, n, chunk):
+        yield start, min(chunk, n - start)
+
+
+@functools.lru_cache(maxsize=64)
+def _jit_chunk_fn(model: Model, count: int, dtype: str, reducer: Callable | None):
+    import jax
+    import jax.numpy as jnp
+
+    dt = jnp.dtype(dtype)
+
+    def fn(key, start, n_total, *args):
+        z = variates(key, start, count, model.n_dims, dt)
+        f, valid = model.factors_from_z(z)
+        in_range = (start + jnp.arange(count)) < n_total
+        if reducer is None:
+            return f, valid, in_range
+        return reducer(f, valid, in_range, *args)
+
+    return jax.jit(fn)
+
+
+def run_chunks(
+    model: Model,
+    n: int,
+    seed: int,
+    reducer: Callable,
+    args: tuple = (),
+    chunk: int = DEFAULT_CHUNK,
+    dtype: str = "float32",
+    progress: Callable[[int], None] | None = None,
+) -> Iterator:
+    """Yield ``reducer(F, valid, in_range, *args)`` for each chunk of the n samples.
+
+    Every chunk has the same static size (the last is masked with ``in_range``), so one compile serves the
+    whole run. ``reducer`` must be a pure JAX function (it is traced inside the chunk's ``jit``).
+    """
+    import jax.numpy as jnp
+
+    chunk = max(1, min(chunk, n))
+    key = make_key(seed)
+    fn = _jit_chunk_fn(model, chunk, dtype, reducer)
+    jargs = tuple(jnp.asarray(a) for a in args)
+    for start, size in chunks(n, chunk):
+        yield fn(key, jnp.asarray(start, jnp.uint32 if n < 2**32 else jnp.int64), n, *jargs)
+        if progress is not None:
+            progress(size)
+
+
+def sample_factors(model: Model, n: int, seed: int, chunk: int = DEFAULT_CHUNK, dtype: str = "float32"):
+    """All factors (n, Q) and validity (n,) as numpy arrays (for small runs, tests and the planner)."""
+    import jax.numpy as jnp
+
+    chunk = max(1, min(chunk, n))
+    key = make_key(seed)
+    fn = _jit_chunk_fn(model, chunk, dtype, None)
+    fs, vs = [], []
+    for start, size in chunks(n, chunk):
+        f, v, _ = fn(key, jnp.asarray(start, jnp.uint32), n)
+        fs.append(np.asarray(f[:size]))
+        vs.append(np.asarray(v[:size]))
+    return np.concatenate(fs), np.concatenate(vs)
+
+
+def sample_inputs(model: Model, n: int, seed: int, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """The sampled input values by case path (numpy), for inspection and tests."""
+    import jax.numpy as jnp
+
+    z = variates(make_key(seed), jnp.asarray(0, jnp.uint32), n, model.n_dims, jnp.dtype(dtype))
+    return {k: np.asarray(v) for k, v in model.input_columns(z).items()}
+
+
+def check_invalid(n_invalid: int, n: int, file: str, limit: float = MAX_INVALID_FRACTION) -> None:
+    if n and n_invalid / n > limit:
+        raise UnphysicalSamplesError(
+            f"{file}: tumors: {n_invalid} of {n} samples ({100 * n_invalid / n:.3g} %) have tumours larger than "
+            f"their territory (normal liver mass ≤ 0; at most {100 * limit:g} % tolerated): reduce the volume "
+            "uncertainties or correlate the tumour and perfused volumes"
+        )
+

@@ -1,0 +1,133 @@
+"""The bridge between a case and its scenario's rules: which rules apply, which tumours count, and the
+rule outcome and advisories at the nominal doses.
+
+One evaluation (:func:`y90opt.rules.margins`, margins ≤ 0 satisfied) drives ``dose``, ``simulate``, ``plan``
+and the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from . import rules as _rules
+from .case import Case
+
+
+@dataclasses.dataclass(frozen=True)
+class ActiveRules:
+    """The rules a plan is judged by, after the case's overrides and its choice of success."""
+
+    scenario: Any  # rules.Scenario
+    targets: tuple  # primary targets: success = all met
+    secondary: tuple  # "where possible" targets: reported only
+    limits: tuple
+    counted_tumors: tuple[str, ...]
+    success: str
+
+
+def active_rules(case: Case) -> ActiveRules:
+    scen = _rules.load_scenario(case.scenario)
+    scen = _rules.apply_overrides(scen, dict(case.rules), case.path)
+    treated = tuple(t.name for t in case.tumors if t.treated)
+    mode = case.plan.success
+    if mode == "index-tumor":
+        counted = (case.plan.index_tumor,)
+    else:
+        counted = treated
+
+    def rewrite(r):
+        if mode == "mass-weighted" and r.quantity == "tumors":
+            return dataclasses.replace(r, quantity="tumor_total")
+        return r
+
+    targets = tuple(rewrite(r) for r in scen.targets if r.level == "primary")
+    secondary = tuple(rewrite(r) for r in scen.targets if r.level != "primary")
+    limits = tuple(rewrite(r) for r in scen.limits)
+    return ActiveRules(scen, targets, secondary, limits, counted, mode)
+
+
+def dose_mapping(quantities, values) -> dict[str, Any]:
+    """Quantity-name columns (``tumors.T1`` …) → the mapping :func:`rules.margins` expects."""
+    values = np.asarray(values)
+    d: dict[str, Any] = {}
+    tumor_cols = []
+    for i, q in enumerate(quantities):
+        if q.startswith("tumors."):
+            tumor_cols.append(values[..., i])
+        else:
+            d[q] = values[..., i]
+    if tumor_cols:
+        d["tumors"] = np.stack(tumor_cols, axis=-1)
+    return d
+
+
+def nominal_outcome(case: Case, nominal: dict[str, Any]) -> dict[str, Any]:
+    """Rule outcome at the nominal doses and the advisories, for ``dose``."""
+    from .nominal import flatten_doses
+
+    ar = active_rules(case)
+    flat = flatten_doses(nominal["dose_gy"])
+    doses = {k: np.asarray(v) for k, v in flat.items() if not k.startswith("tumors.")}
+    if case.tumor_names:
+        doses["tumors"] = np.asarray([flat[f"tumors.{n}"] for n in case.tumor_names])
+    rows = []
+    for kind, group in (("target", ar.targets), ("secondary target", ar.secondary), ("limit", ar.limits)):
+        m = _rules.margins(group, doses, case.tumor_names, ar.counted_tumors)
+        for r in group:
+            for label, margin in m.items():
+                if label != r.id and not label.startswith(r.id + ":"):
+                    continue
+                # margin = threshold − dose for a target, dose − threshold for a limit
+                value = r.threshold_gy - float(margin) if r.kind == "target" else r.threshold_gy + float(margin)
+                ok = float(margin) <= 0
+                rows.append({
+                    "label": label,
+                    "kind": kind,
+                    "quantity": r.quantity,
+                    "threshold_gy": r.threshold_gy,
+                    "value": value,
+                    "margin_gy": float(margin),
+                    "status": ("met" if ok else "not met") if r.kind == "target" else ("kept" if ok else "EXCEEDED"),
+                    "source": r.source,
+                })
+    missing = _rules.missing_quantities(ar.targets + ar.secondary + ar.limits, doses)
+    return {
+        "rules": rows,
+        "rules_not_evaluated": missing,
+        "targets_met": all(r["status"] == "met" for r in rows if r["kind"] == "target"),
+        "limits_kept": all(r["status"] == "kept" for r in rows if r["kind"] == "limit"),
+        "advisories": nominal_advisories(case, nominal, ar),
+    }
+
+
+def hepatic_reserve(case: Case) -> float | None:
+    """Untreated share of the whole liver (nominal), or None without a whole-liver volume."""
+    if case.whole_liver_volume_ml is None:
+        return None
+    return 1.0 - case.perfused_volume_ml.nominal / case.whole_liver_volume_ml.nominal
+
+
+def nominal_advisories(case: Case, nominal: dict[str, Any], ar: ActiveRules | None = None) -> list[dict[str, str]]:
+    ar = ar or active_rules(case)
+    model_used = "partition" if any(t.treated for t in case.tumors) else "single-compartment"
+    adv = _rules.advisories(
+        ar.scenario,
+        tn_ratios={t.name: t.tn_ratio.nominal for t in case.tumors if t.treated},
+        shunt_fraction=case.shunt_fraction.nominal,
+        lung_activity_gbq=nominal["activity_gbq"]["lung"],
+        hours_after_calibration=nominal["hours_after_calibration"],
+        model=model_used,
+        hepatic_reserve=hepatic_reserve(case),
+        activity_per_sphere_bq=nominal["activity_per_sphere_bq"],
+    )
+    out = [{"code": c, "message": m} for c, m in adv]
+    if case.biased_inputs:
+        out.append({
+            "code": "bias",
+            "message": "bias options used on " + ", ".join(case.biased_inputs)
+            + ": Monte Carlo doses are centred on an estimate of the delivered dose (research), not the planned dose",
+        })
+    return out

@@ -1,0 +1,435 @@
+"""Uncertainty specifications: small named distribution objects.
+
+Every uncertain input is drawn from a standard normal variate z (so that a Gaussian copula can correlate
+inputs) and mapped through the distribution's quantile function: x = F⁻¹(Φ(z)). Lognormal and normal use the
+exact shortcut x = m·exp(σz), x = μ + σz. Truncation is done by the quantile function on the truncated range,
+never by clipping samples. A systematic bias (``bias_factor`` and/or ``bias_shift``) maps x ↦ x·factor + shift;
+it moves the distribution toward a delivered rather than a planned dose and is always reported.
+
+Case-file forms (tables are named, never positional)::
+
+    3.2                                               exact (no uncertainty)
+    { value = 3.2, cv = 0.35 }                        lognormal, median 3.2, σ_ln = sqrt(ln(1 + cv²))
+    { dist = "lognormal", median = 3.2, sigma_ln = 0.3 }   (or cv = ...)
+    { dist = "normal", mean = 0.06, sd = 0.02, min = 0, max = 0.5 }   min/max: truncated normal
+    { dist = "uniform", min = 0.9, max = 1.1 }
+    { dist = "triangular", min = 0.8, mode = 1.0, max = 1.3 }
+    any table form may add  bias_factor = 0.8  and/or  bias_shift = -0.085
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+
+class SpecError(ValueError):
+    """A malformed uncertainty specification; the message names the offending key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Fixed:
+    """An exactly known value."""
+
+    value: float
+
+    kind = "fixed"
+
+    @property
+    def nominal(self) -> float:
+        return self.value
+
+    def scipy(self):
+        return stats.uniform(loc=self.value, scale=0.0)
+
+    def from_z(self, z):
+        import jax.numpy as jnp
+
+        return jnp.full(jnp.shape(z), self.value, dtype=jnp.result_type(z))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dist": "fixed", "value": self.value}
+
+    def describe(self) -> str:
+        return f"{self.value:g}"
+
+    def outside(self, low: float, high: float) -> float:
+        return 0.0 if low <= self.value < high else 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LogNormal:
+    """Lognormal with median ``median`` and log-standard deviation ``sigma_ln``."""
+
+    median: float
+    sigma_ln: float
+
+    kind = "lognormal"
+
+    @classmethod
+    def from_cv(cls, median: float, cv: float) -> LogNormal:
+        return cls(median, math.sqrt(math.log1p(cv * cv)))
+
+    @property
+    def cv(self) -> float:
+        return math.sqrt(math.expm1(self.sigma_ln**2))
+
+    @property
+    def nominal(self) -> float:
+        return self.median
+
+    def scipy(self):
+        return stats.lognorm(s=self.sigma_ln, scale=self.median)
+
+    def from_z(self, z):
+        import jax.numpy as jnp
+
+        return self.median * jnp.exp(self.sigma_ln * z)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dist": "lognormal", "median": self.median, "sigma_ln": self.sigma_ln, "cv": self.cv}
+
+    def describe(self) -> str:
+        return f"lognormal(median {self.median:g}, CV {100 * self.cv:.3g} %)"
+
+    def outside(self, low: float, high: float) -> float:
+        d = self.scipy()
+        return float(d.cdf(low) + d.sf(high))
+
+
+@dataclasses.dataclass(frozen=True)
+class Normal:
+    """Normal with ``mean`` and ``sd``, truncated to [low, high] when either bound is finite."""
+
+    mean: float
+    sd: float
+    low: float = -math.inf
+    high: float = math.inf
+
+    @property
+    def kind(self) -> str:
+        return "truncnormal" if self.truncated else "normal"
+
+    @property
+    def truncated(self) -> bool:
+        return math.isfinite(self.low) or math.isfinite(self.high)
+
+    @property
+    def nominal(self) -> float:
+        return self.mean
+
+    def scipy(self):
+        if not self.truncated:
+            return stats.norm(loc=self.mean, scale=self.sd)
+        a = (self.low - self.mean) / self.sd
+        b = (self.high - self.mean) / self.sd
+        return stats.truncnorm(a, b, loc=self.mean, scale=self.sd)
+
+    def from_z(self, z):
+        import jax.numpy as jnp
+        from jax.scipy.special import ndtr, ndtri
+
+        if not self.truncated:
+            return self.mean + self.sd * z
+        dt = jnp.result_type(z)
+        pa = float(stats.norm.cdf((self.low - self.mean) / self.sd))
+        pb = float(stats.norm.cdf((self.high - self.mean) / self.sd))
+        u = pa + ndtr(z) * (pb - pa)
+        tiny = float(np.finfo(np.dtype(dt)).tiny)
+        u = jnp.clip(u, max(pa, tiny), min(pb, 1.0 - float(np.finfo(np.dtype(dt)).epsneg)))
+        x = self.mean + self.sd * ndtri(u)
+        # the quantile function of the truncated law maps into [low, high]; rounding can step 1 ulp out
+        return jnp.clip(x, self.low, self.high).astype(dt)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"dist": "normal", "mean": self.mean, "sd": self.sd}
+        if math.isfinite(self.low):
+            d["min"] = self.low
+        if math.isfinite(self.high):
+            d["max"] = self.high
+        return d
+
+    def describe(self) -> str:
+        s = f"normal(mean {self.mean:g}, SD {self.sd:g})"
+        if self.truncated:
+            s += f" truncated to [{self.low:g}, {self.high:g}]"
+        return s
+
+    def outside(self, low: float, high: float) -> float:
+        d = self.scipy()
+        return float(d.cdf(low) + d.sf(high))
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform:
+    low: float
+    high: float
+
+    kind = "uniform"
+
+    @property
+    def nominal(self) -> float:
+        return 0.5 * (self.low + self.high)
+
+    def scipy(self):
+        return stats.uniform(loc=self.low, scale=self.high - self.low)
+
+    def from_z(self, z):
+        from jax.scipy.special import ndtr
+
+        return self.low + (self.high - self.low) * ndtr(z)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dist": "uniform", "min": self.low, "max": self.high}
+
+    def describe(self) -> str:
+        return f"uniform[{self.low:g}, {self.high:g}]"
+
+    def outside(self, low: float, high: float) -> float:
+        d = self.scipy()
+        return float(d.cdf(low) + d.sf(high))
+
+
+@dataclasses.dataclass(frozen=True)
+class Triangular:
+    low: float
+    mode: float
+    high: float
+
+    kind = "triangular"
+
+    @property
+    def nominal(self) -> float:
+        return self.mode
+
+    def scipy(self):
+        width = self.high - self.low
+        return stats.triang(c=(self.mode - self.low) / width, loc=self.low, scale=width)
+
+    def from_z(self, z):
+        import jax.numpy as jnp
+        from jax.scipy.special import ndtr
+
+        u = ndtr(z)
+        width = self.high - self.low
+        c = (self.mode - self.low) / width
+        left = self.low + jnp.sqrt(u * width * (self.mode - self.low))
+        right = self.high - jnp.sqrt((1.0 - u) * width * (self.high - self.mode))
+        return jnp.where(u < c, left, right)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dist": "triangular", "min": self.low, "mode": self.mode, "max": self.high}
+
+    def describe(self) -> str:
+        return f"triangular(min {self.low:g}, mode {self.mode:g}, max {self.high:g})"
+
+    def outside(self, low: float, high: float) -> float:
+        d = self.scipy()
+        return float(d.cdf(low) + d.sf(high))
+
+
+Distribution = Fixed | LogNormal | Normal | Uniform | Triangular
+
+
+@dataclasses.dataclass(frozen=True)
+class Biased:
+    """A systematic bias on top of a distribution: x ↦ x · factor + shift (research use; always reported)."""
+
+    base: Distribution
+    factor: float = 1.0
+    shift: float = 0.0
+
+    @property
+    def kind(self) -> str:
+        return self.base.kind
+
+    @property
+    def nominal(self) -> float:
+        """The measured (planned) value: the bias is not applied to the nominal dose."""
+        return self.base.nominal
+
+    def scipy(self):
+        return _AffineScipy(self.base.scipy(), self.factor, self.shift)
+
+    def from_z(self, z):
+        return self.base.from_z(z) * self.factor + self.shift
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.base.to_dict())
+        d["bias_factor"] = self.factor
+        d["bias_shift"] = self.shift
+        return d
+
+    def describe(self) -> str:
+        parts = []
+        if self.factor != 1.0:
+            parts.append(f"× {self.factor:g}")
+        if self.shift != 0.0:
+            parts.append(f"{self.shift:+g}")
+        return f"{self.base.describe()} with bias {' '.join(parts)} (research)"
+
+    def outside(self, low: float, high: float) -> float:
+        d = self.scipy()
+        return float(d.cdf(low) + d.sf(high))
+
+
+class _AffineScipy:
+    """The law of a·X + b for a frozen scipy distribution X (a > 0)."""
+
+    def __init__(self, dist, a: float, b: float):
+        self.dist, self.a, self.b = dist, a, b
+
+    def cdf(self, x):
+        return self.dist.cdf((np.asarray(x) - self.b) / self.a)
+
+    def sf(self, x):
+        return self.dist.sf((np.asarray(x) - self.b) / self.a)
+
+    def ppf(self, q):
+        return self.dist.ppf(q) * self.a + self.b
+
+    def mean(self):
+        return self.dist.mean() * self.a + self.b
+
+    def std(self):
+        return self.dist.std() * self.a
+
+    def median(self):
+        return self.dist.median() * self.a + self.b
+
+
+Spec = Distribution | Biased
+
+
+def is_uncertain(spec: Spec) -> bool:
+    return not isinstance(spec, Fixed)
+
+
+def is_biased(spec: Spec) -> bool:
+    return isinstance(spec, Biased)
+
+
+def _num(table: dict, key: str, *, required: bool = True, default: float | None = None) -> float | None:
+    if key not in table:
+        if required:
+            raise SpecError(f"{key}: missing")
+        return default
+    v = table[key]
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise SpecError(f"{key}: expected a number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise SpecError(f"{key}: must be finite")
+    return v
+
+
+_ALLOWED = {
+    None: {"value", "cv"},
+    "lognormal": {"dist", "median", "cv", "sigma_ln"},
+    "normal": {"dist", "mean", "sd", "min", "max"},
+    "uniform": {"dist", "min", "max"},
+    "triangular": {"dist", "min", "mode", "max"},
+}
+
+
+def parse_spec(raw: Any) -> Spec:
+    """Parse a case-file quantity (a number or a table) into a spec. Raises :class:`SpecError`."""
+    if isinstance(raw, bool):
+        raise SpecError("expected a number or a table, got a boolean")
+    if isinstance(raw, int | float):
+        v = float(raw)
+        if not math.isfinite(v):
+            raise SpecError("must be finite")
+        return Fixed(v)
+    if not isinstance(raw, dict):
+        raise SpecError(f"expected a number or a table, got {type(raw).__name__}")
+    dist = raw.get("dist")
+    if dist is not None and dist not in _ALLOWED:
+        raise SpecError(f"dist: unknown distribution {dist!r}; expected one of lognormal, normal, uniform, triangular")
+    allowed = _ALLOWED[dist] | {"bias_factor", "bias_shift"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise SpecError(f"{unknown[0]}: unknown key for {'the {value, cv} form' if dist is None else dist}")
+    base: Distribution
+    if dist is None:
+        value = _num(raw, "value")
+        cv = _num(raw, "cv", required=False, default=0.0)
+        if cv < 0:
+            raise SpecError("cv: must be ≥ 0")
+        if cv > 0 and value <= 0:
+            raise SpecError("value: a lognormal median must be > 0")
+        base = LogNormal.from_cv(value, cv) if cv > 0 else Fixed(value)
+    elif dist == "lognormal":
+        median = _num(raw, "median")
+        if median <= 0:
+            raise SpecError("median: must be > 0")
+        if ("cv" in raw) == ("sigma_ln" in raw):
+            raise SpecError("cv: give exactly one of cv or sigma_ln")
+        if "cv" in raw:
+            cv = _num(raw, "cv")
+            if cv <= 0:
+                raise SpecError("cv: must be > 0")
+            base = LogNormal.from_cv(median, cv)
+        else:
+            sigma = _num(raw, "sigma_ln")
+            if sigma <= 0:
+                raise SpecError("sigma_ln: must be > 0")
+            base = LogNormal(median, sigma)
+    elif dist == "normal":
+        mean, sd = _num(raw, "mean"), _num(raw, "sd")
+        if sd <= 0:
+            raise SpecError("sd: must be > 0")
+        low = _num(raw, "min", required=False, default=-math.inf)
+        high = _num(raw, "max", required=False, default=math.inf)
+        if not low < high:
+            raise SpecError("min: must be below max")
+        if not low <= mean <= high:
+            raise SpecError("mean: must lie within [min, max]")
+        base = Normal(mean, sd, low, high)
+    elif dist == "uniform":
+        low, high = _num(raw, "min"), _num(raw, "max")
+        if not low < high:
+            raise SpecError("min: must be below max")
+        base = Uniform(low, high)
+    else:  # triangular
+        low, mode, high = _num(raw, "min"), _num(raw, "mode"), _num(raw, "max")
+        if not low < high:
+            raise SpecError("min: must be below max")
+        if not low <= mode <= high:
+            raise SpecError("mode: must lie within [min, max]")
+        base = Triangular(low, mode, high)
+    factor = _num(raw, "bias_factor", required=False, default=1.0)
+    shift = _num(raw, "bias_shift", required=False, default=0.0)
+    if factor <= 0:
+        raise SpecError("bias_factor: must be > 0")
+    if factor != 1.0 or shift != 0.0:
+        return Biased(base, factor, shift)
+    return base
+
+
+#: Probability mass allowed outside an input's physical support before a spec is rejected.
+SUPPORT_TOLERANCE = 1e-6
+
+
+def check_support(spec: Spec, support: str) -> None:
+    """Raise :class:`SpecError` if ``spec`` puts more than :data:`SUPPORT_TOLERANCE` of its mass outside
+    the support: ``"positive"`` (x > 0), ``"nonnegative"`` (x ≥ 0) or ``"fraction"`` (0 ≤ x < 1)."""
+    low, high = (0.0, 1.0) if support == "fraction" else (0.0, math.inf)
+    if isinstance(spec, Fixed) or (isinstance(spec, Biased) and isinstance(spec.base, Fixed)):
+        v = spec.nominal if isinstance(spec, Fixed) else spec.base.value * spec.factor + spec.shift
+        ok = {"positive": v > 0, "nonnegative": v >= 0, "fraction": 0 <= v < 1}[support]
+        if not ok:
+            what = {"positive": "> 0", "nonnegative": "≥ 0", "fraction": "in [0, 1)"}[support]
+            raise SpecError(f"value {v:g} must be {what}")
+        return
+    mass = spec.outside(low, high)
+    if mass > SUPPORT_TOLERANCE:
+        rng = "[0, 1)" if support == "fraction" else "(0, ∞)"
+        raise SpecError(
+            f"{100 * mass:.3g} % of this distribution lies outside {rng}; "
+            "narrow it or truncate it with min/max (dist = \"normal\")"
+        )
