@@ -61,7 +61,7 @@ def flatten_doses(dose_gy: dict[str, Any]) -> dict[str, float]:
     """``{"tumors": {"T1": x}}`` → ``{"tumors.T1": x}``, other keys unchanged."""
     out = {}
     for k, v in dose_gy.items():
-        if isinstance(v, dict):
+        if k == "tumors":
             out.update({f"{k}.{n}": x for n, x in v.items()})
         else:
             out[k] = v

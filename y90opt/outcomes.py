@@ -131,3 +131,59 @@ def nominal_advisories(case: Case, nominal: dict[str, Any], ar: ActiveRules | No
             + ": Monte Carlo doses are centred on an estimate of the delivered dose (research), not the planned dose",
         })
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleTable:
+    """The active rules compiled against a model's factor columns, for vectorised evaluation.
+
+    Row r is one label (a rule, or a rule on one tumour): margin_r = sign_r · (dose[col_r] − threshold_r),
+    with sign −1 for targets (margin = threshold − dose) and +1 for limits, so margin ≤ 0 is satisfied,
+    exactly as :func:`y90opt.rules.margins` defines it.
+    """
+
+    labels: tuple[str, ...]
+    kinds: tuple[str, ...]  # "target" (primary), "secondary", "limit"
+    quantities: tuple[str, ...]
+    sources: tuple[str, ...]
+    cols: np.ndarray  # (R,) column of the factor matrix
+    thresholds: np.ndarray  # (R,) Gy
+    signs: np.ndarray  # (R,) −1 target, +1 limit
+    not_evaluated: tuple[str, ...]  # rules whose quantity the case cannot give (e.g. no whole-liver volume)
+
+    @property
+    def is_primary(self) -> np.ndarray:
+        return np.array([k == "target" for k in self.kinds])
+
+    @property
+    def is_limit(self) -> np.ndarray:
+        return np.array([k == "limit" for k in self.kinds])
+
+    def margins(self, doses):
+        """Margins (..., R) from doses (..., Q) (numpy or JAX arrays)."""
+        return self.signs * (doses[..., self.cols] - self.thresholds)
+
+
+def compile_rules(ar: ActiveRules, quantities: tuple[str, ...]) -> RuleTable:
+    labels, kinds, qs, srcs, cols, thr, signs, missing = [], [], [], [], [], [], [], []
+    for kind, group in (("target", ar.targets), ("secondary", ar.secondary), ("limit", ar.limits)):
+        for r in group:
+            if r.quantity == "tumors":
+                targets = [(f"{r.id}:{n}", f"tumors.{n}") for n in ar.counted_tumors]
+            else:
+                targets = [(r.id, r.quantity)]
+            for label, q in targets:
+                if q not in quantities:
+                    missing.append(label)
+                    continue
+                labels.append(label)
+                kinds.append(kind)
+                qs.append(q)
+                srcs.append(r.source)
+                cols.append(quantities.index(q))
+                thr.append(r.threshold_gy)
+                signs.append(-1.0 if r.kind == "target" else 1.0)
+    return RuleTable(
+        tuple(labels), tuple(kinds), tuple(qs), tuple(srcs), np.asarray(cols, dtype=int),
+        np.asarray(thr, dtype=float), np.asarray(signs), tuple(missing),
+    )

@@ -1,0 +1,507 @@
+"""The planner: choose the vial and the treatment time under chance constraints (``y90opt plan``).
+
+Every dose is affine in the decayed vial activity s = A_cal · 2^(−Δt/T½): dose = s·F + b per sample. So for
+each sample, each rule holds on an interval of s:
+
+* a target (dose ≥ t) holds iff s ≥ (t − b)/F; all primary targets hold iff s ≥ s_lo = max over targets;
+* a limit (dose ≤ t) holds iff s ≤ (t − b)/F = s_hi.
+
+Sorting s_lo and each s_hi once gives P(success) and P(limit kept) at *any* s by binary search: the exact
+probabilities (for the sample set) of every candidate, with the same samples for all (common random
+numbers). This :class:`Evaluator` is the ground truth for the exact enumeration and for the Optuna search.
+
+Semantics (design document, "Planning semantics"): maximise P(all primary targets met) subject to
+P(limit kept) ≥ 1 − risk for every limit separately; candidates within ``tie_tolerance`` of the best are
+tied, and ties go to the smaller vial, then the earlier time. Nothing feasible → ``feasible = false``, the
+binding limit and the least risky candidate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+from typing import Any
+
+import numpy as np
+
+from . import engine, physics
+from .case import Case, CaseError
+from .outcomes import RuleTable, active_rules, compile_rules
+
+#: Points of the P-versus-activity curve stored with every plan.
+CURVE_POINTS = 241
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateTime:
+    hours: float
+    local: str  # ISO datetime at the site
+    label: str  # e.g. "Wed 2026-12-09 12:00"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionSpace:
+    vials_gbq: tuple[float, ...]
+    times: tuple[CandidateTime, ...]
+    vial_source: str
+    time_source: str
+
+    @property
+    def hours(self) -> np.ndarray:
+        return np.array([t.hours for t in self.times])
+
+    @property
+    def size(self) -> int:
+        return len(self.vials_gbq) * len(self.times)
+
+
+def _label(when: _dt.datetime) -> str:
+    return when.strftime("%a %Y-%m-%d %H:%M %Z").strip()
+
+
+def candidate_time(case: Case, hours: float) -> CandidateTime:
+    when = (case.calibration + _dt.timedelta(hours=float(hours))).astimezone(case.site_zone())
+    return CandidateTime(float(hours), when.isoformat(), _label(when))
+
+
+def default_times(case: Case, window) -> tuple[CandidateTime, ...]:
+    """Each weekday in the site's time zone whose date lies in the scenario window, at the site's procedure
+    time (or the calibration's clock time)."""
+    zone = case.site_zone()
+    cal_local = case.calibration.astimezone(zone)
+    first = (case.calibration + _dt.timedelta(hours=window.start_h)).astimezone(zone).date()
+    last = (case.calibration + _dt.timedelta(hours=window.end_h)).astimezone(zone).date()
+    clock = case.plan.procedure_time or cal_local.timetz().replace(tzinfo=None)
+    out = []
+    day = first
+    while day <= last:
+        if day.weekday() < 5:
+            when = _dt.datetime.combine(day, clock).replace(tzinfo=zone)
+            h = physics.hours_between(case.calibration, when)
+            if h >= 0:
+                out.append(CandidateTime(h, when.isoformat(), _label(when)))
+        day += _dt.timedelta(days=1)
+    return tuple(out)
+
+
+def _expand(r: tuple[float, float, float]) -> tuple[float, ...]:
+    lo, hi, step = r
+    k = int(np.floor((hi - lo) / step + 1e-9)) + 1
+    return tuple(float(x) for x in np.round(lo + step * np.arange(k), 10))
+
+
+def decision_space(case: Case, window, vial_range=None, hours_range=None) -> DecisionSpace:
+    if vial_range is not None:
+        vials, vsrc = _expand(vial_range), "range (command line)"
+    else:
+        vials, vsrc = case.vials_gbq.values, {"default": "standard catalogue", "list": "case list", "range": "case range"}[case.vials_gbq.spec]
+    if hours_range is not None:
+        times, tsrc = tuple(candidate_time(case, h) for h in _expand(hours_range)), "range (command line)"
+    elif case.plan.hours_after_calibration is not None:
+        times = tuple(candidate_time(case, h) for h in case.plan.hours_after_calibration.values)
+        tsrc = f"case {case.plan.hours_after_calibration.spec}"
+    else:
+        times, tsrc = default_times(case, window), "weekdays in the scenario window"
+    if not times:
+        raise CaseError(case.path, "plan.hours_after_calibration", "no candidate treatment time (the window holds no weekday)")
+    return DecisionSpace(tuple(vials), times, vsrc, tsrc)
+
+
+@dataclasses.dataclass
+class Evaluator:
+    """Exact probabilities at any decayed vial activity s, from one set of samples.
+
+    Attributes:
+        s_lo: sorted per-sample activity from which every primary target holds (inf: never).
+        s_hi: (L, n) sorted per-sample activity up to which each limit holds.
+        s_joint: sorted min over limits of s_hi where the target interval is non-empty, for P(success and safe).
+        n: valid samples.
+    """
+
+    s_lo: np.ndarray
+    s_lo_joint: np.ndarray
+    s_hi: np.ndarray
+    s_joint: np.ndarray
+    n: int
+    limit_labels: tuple[str, ...]
+
+    def p_success(self, s) -> np.ndarray:
+        s = np.asarray(s, dtype=np.float64)
+        return np.searchsorted(self.s_lo, s, side="right") / self.n
+
+    def p_limits(self, s) -> np.ndarray:
+        """(..., L) probability that each limit is kept at s."""
+        s = np.asarray(s, dtype=np.float64)
+        if not len(self.limit_labels):
+            return np.ones(s.shape + (0,))
+        out = [1.0 - np.searchsorted(row, s, side="left") / self.n for row in self.s_hi]
+        return np.stack(out, axis=-1)
+
+    def p_joint(self, s) -> np.ndarray:
+        """P(all primary targets met and all limits kept) at s: s_lo ≤ s ≤ min s_hi."""
+        s = np.asarray(s, dtype=np.float64)
+        return (np.searchsorted(self.s_lo_joint, s, side="right") - np.searchsorted(self.s_joint, s, side="left")) / self.n
+
+
+def _critical_reducer(f, valid, in_range, b, cols, thr, signs, primary, limit):
+    """Per sample: s_lo (targets) and s_hi per limit, from dose = s·F + b."""
+    import jax.numpy as jnp
+
+    ok = valid & in_range
+    fc = f[:, cols]
+    crit = (thr - b[cols]) / fc  # s at which the rule's dose equals its threshold
+    # a target with F > 0 holds for s ≥ crit; a limit holds for s ≤ crit (F = 0: crit = ±inf handles it)
+    crit = jnp.where(jnp.isnan(crit), jnp.inf, crit)
+    s_lo = jnp.max(jnp.where(primary, crit, -jnp.inf), axis=1, initial=0.0)
+    s_lo = jnp.where(ok, s_lo, jnp.inf)
+    s_hi = jnp.where(limit[None, :] & ok[:, None], crit, -jnp.inf)
+    return s_lo, s_hi, ok, in_range & ~valid, f
+
+
+def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: str, keep_factors: bool = True, progress=None):
+    """Sample once and build the :class:`Evaluator` (and the factor matrix for dose quantiles)."""
+    b = model.offsets
+    args = (b, rt.cols, rt.thresholds, rt.signs, rt.is_primary, rt.is_limit)
+    lo_parts, hi_parts, f_parts, n_invalid = [], [], [], 0
+    for s_lo, s_hi, ok, bad, f in engine.run_chunks(model, n, seed, _critical_reducer, args, chunk, dtype, progress):
+        m = np.asarray(ok)
+        lo_parts.append(np.asarray(s_lo)[m])
+        hi_parts.append(np.asarray(s_hi)[m])
+        if keep_factors:
+            f_parts.append(np.asarray(f)[m])
+        n_invalid += int(np.sum(bad))
+    engine.check_invalid(n_invalid, n, model.case.path)
+    s_lo = np.concatenate(lo_parts).astype(np.float64)
+    s_hi_all = np.concatenate(hi_parts).astype(np.float64)[:, rt.is_limit]
+    n_valid = s_lo.size
+    s_min = s_hi_all.min(axis=1) if s_hi_all.shape[1] else np.full(n_valid, np.inf)
+    nonempty = s_lo <= s_min
+    ev = Evaluator(
+        s_lo=np.sort(s_lo),
+        s_lo_joint=np.sort(np.where(nonempty, s_lo, np.inf)),
+        s_hi=np.sort(s_hi_all.T, axis=1),
+        s_joint=np.sort(np.where(nonempty, s_min, np.inf)),
+        n=n_valid,
+        limit_labels=tuple(lab for lab, k in zip(rt.labels, rt.kinds, strict=True) if k == "limit"),
+    )
+    factors = np.concatenate(f_parts) if keep_factors else None
+    return ev, factors, n_invalid
+
+
+def choose(p_success: np.ndarray, p_limits: np.ndarray, vials, hours, risk: float, tol: float) -> dict[str, Any]:
+    """The planning rule on a (V, T) grid. Returns indices of the recommendation and the reasons."""
+    feasible = np.all(p_limits >= 1.0 - risk - 1e-12, axis=-1) if p_limits.shape[-1] else np.ones(p_success.shape, bool)
+    if feasible.any():
+        best = p_success[feasible].max()
+        tied = feasible & (p_success >= best - tol)
+        # ties: the smaller vial, then the earlier time
+        order = sorted(zip(*np.nonzero(tied), strict=True), key=lambda ij: (vials[ij[0]], hours[ij[1]]))
+        i, j = order[0]
+        return {"feasible": True, "index": (int(i), int(j)), "feasible_mask": feasible, "best_p": float(best)}
+    # least risky: maximise the smallest P(limit kept); ties to the smaller vial, earlier time
+    worst = p_limits.min(axis=-1)
+    top = worst.max()
+    cand = sorted(zip(*np.nonzero(worst >= top - 1e-12), strict=True), key=lambda ij: (vials[ij[0]], hours[ij[1]]))
+    i, j = cand[0]
+    return {"feasible": False, "index": (int(i), int(j)), "feasible_mask": feasible, "best_p": float("nan")}
+
+
+@dataclasses.dataclass
+class PlanResult:
+    dataset: Any
+    summary: dict[str, Any]
+
+    def text(self) -> str:
+        return plan_text(self.summary)
+
+    def write(self, out_dir: str) -> None:
+        from .results import write_netcdf
+
+        write_netcdf(self.dataset, os.path.join(out_dir, "plan.nc"))
+        try:
+            from .report import write_report
+        except ImportError:  # report module not installed in this build
+            return
+        write_report(self.dataset, out_dir)
+
+
+def plan_case(
+    case: Case,
+    n: int = 100_000,
+    seed: int = 0,
+    chunk: int | None = None,
+    dtype: str = "float32",
+    risk: float | None = None,
+    optuna_trials: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    vial_range=None,
+    hours_range=None,
+    progress: bool = False,
+) -> PlanResult:
+    """Choose vial and treatment time for ``case`` (exact enumeration, cross-checked by Optuna)."""
+    engine.enable_x64_if(dtype)
+    if risk is not None and not 0 < risk < 1:
+        from .cli import BadInput
+
+        raise BadInput(f"--risk: must be in (0, 1), got {risk}")
+    risk = case.plan.risk if risk is None else risk
+    ar = active_rules(case)
+    model = engine.Model.from_case(case)
+    rt = compile_rules(ar, model.quantities)
+    space = decision_space(case, ar.scenario.window, vial_range, hours_range)
+    ev, factors, n_invalid = build_evaluator(model, rt, n, seed, chunk or engine.DEFAULT_CHUNK, dtype)
+    result = evaluate_space(case, model, rt, space, ev, factors, risk)
+    optuna_info = None
+    trials = optuna_trials if optuna_trials is not None else min(200, max(1, space.size // 2))
+    if trials > 0:
+        from .optimise import optuna_search
+
+        optuna_info = optuna_search(
+            ev, space, risk, case.plan.tie_tolerance, trials=trials, seed=seed, storage=storage,
+            study_name=study_name, exact=result["choice"], progress=progress,
+        )
+    ds = plan_dataset(case, model, rt, space, ev, factors, result, risk, n, seed, dtype, n_invalid, optuna_info)
+    return PlanResult(ds, summarize_plan(ds))
+
+
+def evaluate_space(case, model, rt, space: DecisionSpace, ev: Evaluator, factors, risk: float) -> dict[str, Any]:
+    vials = np.asarray(space.vials_gbq)
+    hours = space.hours
+    s = vials[:, None] * physics.decay_factor(hours[None, :], case.conventions.half_life_h)
+    ps = ev.p_success(s)
+    pl = ev.p_limits(s)
+    pj = ev.p_joint(s)
+    ch = choose(ps, pl, vials, hours, risk, case.plan.tie_tolerance)
+    return {"s": s, "p_success": ps, "p_limits": pl, "p_joint": pj, "choice": ch}
+
+
+def plan_dataset(case, model, rt, space, ev, factors, result, risk, n, seed, dtype, n_invalid, optuna_info):
+    from .results import build_dataset, provenance
+
+    vials = np.asarray(space.vials_gbq)
+    hours = space.hours
+    s = result["s"]
+    qs = np.quantile(factors, (0.05, 0.5, 0.95), axis=0) if factors is not None and factors.shape[0] else None
+    dose_q = {}
+    if qs is not None:
+        for k, name in enumerate(("p05", "p50", "p95")):
+            dose_q[f"dose_{name}"] = (("vial", "time", "quantity"), s[..., None] * qs[k] + model.offsets)
+    p_rules = _rule_probabilities(rt, factors, model.offsets, s) if factors is not None else None
+    lo = max(min(float(s.min()) * 0.5, 1e-3), 1e-6)
+    hi = float(s.max()) * 1.5
+    grid = np.geomspace(lo, hi, CURVE_POINTS)
+    ch = result["choice"]
+    i, j = ch["index"]
+    dv: dict[str, tuple] = {
+        "vial_at_treatment": (("vial", "time"), s),
+        "p_success": (("vial", "time"), result["p_success"]),
+        "p_limit": (("vial", "time", "limit"), result["p_limits"]),
+        "p_joint": (("vial", "time"), result["p_joint"]),
+        "feasible": (("vial", "time"), ch["feasible_mask"].astype(np.int8)),
+        "curve_p_success": (("activity",), ev.p_success(grid)),
+        "curve_p_limit": (("activity", "limit"), ev.p_limits(grid)),
+        "nominal_factor": (("quantity",), model.nominal_factors()),
+        "quantity_offset": (("quantity",), model.offsets),
+        **dose_q,
+    }
+    if p_rules is not None:
+        dv["p_rule"] = (("vial", "time", "rule"), p_rules)
+    coords = {
+        "vial": ("vial", vials, {"units": "GBq", "long_name": "vial activity at calibration"}),
+        "time": ("time", np.arange(len(hours)), {"long_name": "candidate treatment time index"}),
+        "hours_after_calibration": ("time", hours, {"units": "h"}),
+        "time_local": ("time", np.array([t.local for t in space.times], dtype=object)),
+        "time_label": ("time", np.array([t.label for t in space.times], dtype=object)),
+        "limit": list(ev.limit_labels),
+        "rule": list(rt.labels),
+        "rule_kind": ("rule", np.array(rt.kinds, dtype=object)),
+        "rule_quantity": ("rule", np.array(rt.quantities, dtype=object)),
+        "rule_threshold": ("rule", rt.thresholds, {"units": "Gy"}),
+        "rule_source": ("rule", np.array(rt.sources, dtype=object)),
+        "quantity": list(model.quantities),
+        "unit": ("quantity", np.array(model.units, dtype=object)),
+        "activity": ("activity", grid, {"units": "GBq", "long_name": "vial activity at treatment"}),
+    }
+    extra = {
+        "risk": risk,
+        "tie_tolerance": case.plan.tie_tolerance,
+        "success_definition": f"all primary targets met ({case.plan.success})",
+        "feasible": int(ch["feasible"]),
+        "recommended_vial_gbq": float(vials[i]),
+        "recommended_hours_after_calibration": float(hours[j]),
+        "recommended_index_vial": i,
+        "recommended_index_time": j,
+        "calibration": case.calibration.isoformat(),
+        "site_timezone": str(case.plan.site_timezone or case.calibration.tzinfo),
+        "vial_source": space.vial_source,
+        "time_source": space.time_source,
+        "valid_sample_count": ev.n,
+        "unphysical_sample_count": n_invalid,
+        "rules_not_evaluated": ", ".join(rt.not_evaluated),
+    }
+    if optuna_info is not None:
+        extra["optuna"] = __import__("json").dumps(optuna_info)
+    attrs = provenance(case, seed=seed, n=n, dtype=dtype, command="plan", extra=extra)
+    return build_dataset(dv, coords, attrs)
+
+
+def _rule_probabilities(rt: RuleTable, factors: np.ndarray, offsets: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """P(rule satisfied) for every rule label at every candidate (targets, secondary targets and limits)."""
+    out = np.empty(s.shape + (len(rt.labels),))
+    for r, (c, t, sg) in enumerate(zip(rt.cols, rt.thresholds, rt.signs, strict=True)):
+        crit = np.sort((t - offsets[c]) / factors[:, c])
+        n = crit.size
+        if sg < 0:  # target: holds for s ≥ crit
+            out[..., r] = np.searchsorted(crit, s, side="right") / n
+        else:
+            out[..., r] = 1.0 - np.searchsorted(crit, s, side="left") / n
+    return out
+
+
+def summarize_plan(ds) -> dict[str, Any]:
+    """The pinned ``plan --json`` structure (``feasible``, ``recommended``), derived from the Dataset."""
+    import json
+
+    a = ds.attrs
+    feasible = bool(a["feasible"])
+    i, j = int(a["recommended_index_vial"]), int(a["recommended_index_time"])
+    vials = ds["vial"].values
+    limits = [str(x) for x in ds["limit"].values]
+    risk = float(a["risk"])
+
+    def cand(ii, jj) -> dict[str, Any]:
+        d = {
+            "vial_gbq": float(vials[ii]),
+            "hours_after_calibration": float(ds["hours_after_calibration"].values[jj]),
+            "treatment_local": str(ds["time_local"].values[jj]),
+            "vial_at_treatment_gbq": float(ds["vial_at_treatment"].values[ii, jj]),
+            "p_success": float(ds["p_success"].values[ii, jj]),
+            "p_joint": float(ds["p_joint"].values[ii, jj]),
+            "p_limits": {lab: float(ds["p_limit"].values[ii, jj, k]) for k, lab in enumerate(limits)},
+            "feasible": bool(ds["feasible"].values[ii, jj]),
+        }
+        if "dose_p50" in ds:
+            d["dose_gy"] = {
+                str(q): {p: float(ds[f"dose_{p}"].values[ii, jj, k]) for p in ("p05", "p50", "p95")}
+                for k, q in enumerate(ds["quantity"].values)
+                if str(ds["unit"].values[k]) == "Gy"
+            }
+        return d
+
+    rec = cand(i, j)
+    conv = json.loads(a["conventions"])
+    vial_cal = float(vials[i])
+    h = rec["hours_after_calibration"]
+    rec_out = {
+        "vial_gbq": vial_cal,
+        "hours_after_calibration": h,
+        "vial_mci": physics.gbq_to_mci(vial_cal),
+        "calibration": a["calibration"],
+        "treatment_local": rec["treatment_local"],
+        "vial_at_treatment_gbq": rec["vial_at_treatment_gbq"],
+        "spheres": vial_cal * 1e9 / conv["bq_per_sphere_at_calibration"],
+        "activity_per_sphere_bq": conv["bq_per_sphere_at_calibration"] * physics.decay_factor(h, conv["half_life_h"]),
+        "p_success": rec["p_success"],
+        "p_limits": rec["p_limits"],
+    }
+    ps = ds["p_success"].values
+    order = np.dstack(np.unravel_index(np.argsort(-ps, axis=None, kind="stable"), ps.shape))[0]
+    ranked = [cand(int(a_), int(b_)) for a_, b_ in order]
+    rejected = []
+    best_feasible_p = rec["p_success"] if feasible else -1.0
+    for c in ranked:
+        if c["p_success"] > best_feasible_p and not c["feasible"]:
+            c = dict(c)
+            c["ruled_out_by"] = [lab for lab, p in c["p_limits"].items() if p < 1 - risk]
+            rejected.append(c)
+    out: dict[str, Any] = {
+        "case": a["case_name"],
+        "scenario": a["scenario"],
+        "feasible": feasible,
+        "recommended": rec_out if feasible else None,
+        "risk": risk,
+        "tie_tolerance": float(a["tie_tolerance"]),
+        "success_definition": a["success_definition"],
+        "samples": int(a["sample_count"]),
+        "seed": int(a["seed"]),
+        "dtype": a["dtype"],
+        "backend": a["backend"],
+        "candidates": int(ps.size),
+        "vials_gbq": [float(v) for v in vials],
+        "hours_after_calibration": [float(x) for x in ds["hours_after_calibration"].values],
+        "ranked": ranked[:10],
+        "rejected_better": rejected[:10],
+        "conventions": conv,
+        "case_sha256": a["case_sha256"],
+    }
+    if not feasible:
+        worst_limit = min(rec["p_limits"], key=lambda k: rec["p_limits"][k])
+        out["least_risky"] = rec_out
+        out["binding_limit"] = worst_limit
+        out["relax"] = _relax_text(ds, worst_limit, rec, risk)
+    if "optuna" in a:
+        out["optuna"] = json.loads(a["optuna"])
+    return out
+
+
+def _relax_text(ds, limit: str, rec: dict, risk: float) -> str:
+    curve = ds["curve_p_limit"].sel(limit=limit).values
+    grid = ds["activity"].values
+    ok = grid[curve >= 1 - risk]
+    p = rec["p_limits"][limit]
+    msg = (f"limit {limit!r} is kept with P = {p:.3f} < {1 - risk:.3f} even at the least risky candidate "
+           f"({rec['vial_gbq']:g} GBq, {rec['hours_after_calibration']:.0f} h)")
+    if ok.size:
+        msg += (f"; it would need at most {ok.max():.3g} GBq at treatment (a smaller vial, a later day), "
+                f"or a larger risk (--risk {1 - p + 1e-3:.3f})")
+    else:
+        msg += "; no activity keeps it: revisit the inputs (e.g. the lung shunt or a prior lung dose)"
+    return msg
+
+
+def plan_text(summary: dict[str, Any]) -> str:
+    from .textout import table
+
+    lines = [
+        f"case {summary['case']!r}  scenario {summary['scenario']}",
+        f"{summary['samples']} samples, seed {summary['seed']}, {summary['dtype']} on {summary['backend']}; "
+        f"{summary['candidates']} candidates; each limit kept with P ≥ {1 - summary['risk']:.3g}; "
+        f"success = {summary['success_definition']}",
+        "",
+    ]
+    if summary["feasible"]:
+        r = summary["recommended"]
+        lines += [
+            "RECOMMENDATION",
+            f"  order   {r['vial_gbq']:g} GBq vial ({r['vial_mci']:.0f} mCi) calibrated {r['calibration']}",
+            f"  treat   {r['treatment_local']}  ({r['hours_after_calibration']:.1f} h after calibration, "
+            f"{r['vial_at_treatment_gbq']:.3g} GBq in the vial)",
+            f"  spheres {r['spheres']:.3g}, {r['activity_per_sphere_bq']:.0f} Bq per sphere at treatment",
+            f"  P(all targets met) = {r['p_success']:.3f}; " + ", ".join(f"P({k}) = {v:.3f}" for k, v in r["p_limits"].items()),
+        ]
+    else:
+        lines += ["NO FEASIBLE CANDIDATE", f"  binding limit: {summary['binding_limit']}", f"  {summary['relax']}"]
+    lines.append("")
+    limits = list(summary["ranked"][0]["p_limits"]) if summary["ranked"] else []
+    rows = [
+        (c["vial_gbq"], round(c["hours_after_calibration"], 1), c["treatment_local"][:16], f"{c['p_success']:.3f}",
+         *[f"{c['p_limits'][k]:.3f}" for k in limits],
+         "yes" if c["feasible"] else "no")
+        for c in summary["ranked"]
+    ]
+    lines.append("best candidates by P(targets):")
+    lines.append(table(rows, header=("vial GBq", "h", "local time", "P(targets)", *[f"P({k})" for k in limits], "feasible"),
+                       align="rrl" + "r" * (1 + len(limits)) + "l"))
+    if summary["rejected_better"]:
+        lines.append("")
+        for c in summary["rejected_better"][:5]:
+            lines.append(f"ruled out: {c['vial_gbq']:g} GBq at {c['hours_after_calibration']:.0f} h "
+                         f"(P(targets) {c['p_success']:.3f}) by {', '.join(c['ruled_out_by'])}")
+    if "optuna" in summary:
+        o = summary["optuna"]
+        lines.append("")
+        lines.append(f"Optuna cross-check: {o['trials']} trials, best {o['best']}; "
+                     f"{'matches' if o.get('matches_exact') else 'DOES NOT match'} the exact optimum")
+    return "\n".join(lines)

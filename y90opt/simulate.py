@@ -1,0 +1,352 @@
+"""Monte Carlo doses at one decision (``y90opt simulate``), with streaming reductions.
+
+Memory does not grow with the sample count: every chunk is reduced inside its ``jit`` to sums, counts and
+fixed-bin histograms. Quantiles are exact (all samples kept) up to :data:`EXACT_QUANTILE_LIMIT` samples;
+above, they come from log-spaced histograms whose bin edges are fixed by a pilot chunk, and their relative
+error (half a bin) is stated in the Dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from . import engine, physics
+from .case import Case, CaseError
+from .outcomes import RuleTable, active_rules, compile_rules, nominal_advisories
+
+#: Up to this many samples, quantiles are computed exactly from all samples.
+EXACT_QUANTILE_LIMIT = 2_000_000
+#: Log-spaced histogram bins per quantity for streaming quantiles.
+HIST_BINS = 16384
+QUANTILES = (0.05, 0.5, 0.95)
+
+
+@dataclasses.dataclass
+class SimulationResult:
+    dataset: Any  # xarray.Dataset
+    summary: dict[str, Any]
+
+    def text(self) -> str:
+        return simulation_text(self.summary)
+
+
+def decision_activity(case: Case) -> tuple[float, float]:
+    """(hours after calibration, vial activity at treatment [GBq]) of the case's ``[plan]`` decision."""
+    if case.plan.vial_gbq is None:
+        raise CaseError(case.path, "plan.vial_gbq", "missing (required by `dose` and `simulate`)")
+    if case.plan.treatment is None:
+        raise CaseError(case.path, "plan.treatment", "missing (required by `dose` and `simulate`)")
+    h = case.treatment_hours()
+    return h, case.plan.vial_gbq * physics.decay_factor(h, case.conventions.half_life_h)
+
+
+def _moment_reducer(f, valid, in_range, s, b, cols, thr, signs, primary, limit, lo, hi):
+    """Per chunk: counts, sums, sums of squares, rule counts, success counts, histograms."""
+    import jax.numpy as jnp
+
+    ok = valid & in_range
+    w = ok.astype(f.dtype)
+    d = s * f + b
+    cnt = jnp.maximum(jnp.sum(w), 1.0)
+    sums = jnp.sum(jnp.where(ok[:, None], d, 0.0), axis=0)
+    centred = jnp.where(ok[:, None], d - sums / cnt, 0.0)
+    sq = jnp.sum(centred * centred, axis=0)  # M2 about the chunk mean (combined with Chan's formula)
+    margins = signs * (d[:, cols] - thr)
+    sat = (margins <= 0) & ok[:, None]
+    rule_counts = jnp.sum(sat, axis=0)
+    success = jnp.all((margins <= 0) | ~primary, axis=1) & ok
+    limits_ok = jnp.all((margins <= 0) | ~limit, axis=1) & ok
+    # histograms on log scale; NaN and out-of-range values go to the under/overflow bins
+    nb = HIST_BINS
+    logd = jnp.log(jnp.maximum(d, 1e-30))
+    pos = (logd - lo) / (hi - lo) * nb
+    idx = jnp.clip(jnp.floor(pos), -1, nb).astype(jnp.int32) + 1  # 0 underflow, nb+1 overflow
+    q = d.shape[1]
+    flat = idx + jnp.arange(q, dtype=jnp.int32)[None, :] * (nb + 2)
+    hist = jnp.zeros(q * (nb + 2), jnp.int32).at[flat.ravel()].add(jnp.repeat(ok.astype(jnp.int32), q))
+    return (
+        jnp.sum(ok), jnp.sum(in_range & ~valid), sums, sq, rule_counts,
+        jnp.sum(success), jnp.sum(limits_ok), hist.reshape(q, nb + 2), jnp.min(jnp.where(ok[:, None], d, jnp.inf), 0),
+        jnp.max(jnp.where(ok[:, None], d, -jnp.inf), 0),
+    )
+
+
+def _collect_reducer(f, valid, in_range, s, b):
+    return s * f + b, valid & in_range, in_range & ~valid
+
+
+def simulate_case(
+    case: Case,
+    n: int = 100_000,
+    seed: int = 0,
+    chunk: int | None = None,
+    dtype: str = "float32",
+    keep_samples: bool = False,
+    progress: bool = False,
+    exact_quantile_limit: int = EXACT_QUANTILE_LIMIT,
+) -> SimulationResult:
+    """Propagate the input uncertainties of ``case`` to every dose at its ``[plan]`` decision."""
+    engine.enable_x64_if(dtype)
+    hours, s = decision_activity(case)
+    model = engine.Model.from_case(case)
+    rt = compile_rules(active_rules(case), model.quantities)
+    chunk = chunk or engine.DEFAULT_CHUNK
+    b = model.offsets
+    bar = _progress(n, progress)
+    exact = n <= exact_quantile_limit or keep_samples
+
+    if exact:
+        doses, oks = [], []
+        n_invalid = 0
+        for d, ok, bad in engine.run_chunks(model, n, seed, _collect_reducer, (s, b), chunk, dtype, bar):
+            m = np.asarray(ok)
+            doses.append(np.asarray(d)[m])
+            n_invalid += int(np.sum(bad))
+            oks.append(m)
+        _close(bar)
+        engine.check_invalid(n_invalid, n, case.path)
+        all_d = np.concatenate(doses).astype(np.float64)
+        stats = _exact_stats(all_d, rt)
+        stats["quantile_method"] = "exact (all samples)"
+        stats["quantile_rel_error"] = 0.0
+    else:
+        stats, n_invalid = _streaming_stats(model, n, seed, s, b, rt, chunk, dtype, bar)
+        _close(bar)
+        engine.check_invalid(n_invalid, n, case.path)
+        all_d = None
+    stats["n_invalid"] = n_invalid
+    ds = _dataset(case, model, rt, stats, hours, s, n, seed, dtype, all_d if keep_samples else None)
+    return SimulationResult(ds, summarize_simulation(ds, case))
+
+
+def _exact_stats(d: np.ndarray, rt: RuleTable) -> dict[str, Any]:
+    n = d.shape[0]
+    margins = rt.margins(d)
+    sat = margins <= 0
+    success = np.all(sat[:, rt.is_primary], axis=1) if rt.is_primary.any() else np.ones(n, bool)
+    limits = np.all(sat[:, rt.is_limit], axis=1) if rt.is_limit.any() else np.ones(n, bool)
+    return {
+        "n": n,
+        "mean": d.mean(0),
+        "sd": d.std(0, ddof=1) if n > 1 else np.zeros(d.shape[1]),
+        "quantiles": np.quantile(d, QUANTILES, axis=0) if n else np.full((3, d.shape[1]), np.nan),
+        "rule_counts": sat.sum(0),
+        "success": int(success.sum()),
+        "limits": int(limits.sum()),
+    }
+
+
+def _streaming_stats(model, n, seed, s, b, rt: RuleTable, chunk, dtype, bar):
+    # pilot: the first chunk fixes the histogram range (log scale, widened 4x each way)
+    pilot_n = min(n, 1 << 16)
+    f, v = engine.sample_factors(model, pilot_n, seed, chunk=pilot_n, dtype=dtype)
+    d = s * f[v] + b
+    pos = d[d > 0]
+    lo = np.log(pos.min() / 4.0) if pos.size else -30.0
+    hi = np.log(d.max() * 4.0) if pos.size else 1.0
+    args = (s, b, rt.cols, rt.thresholds, rt.signs, rt.is_primary, rt.is_limit, lo, hi)
+    tot = None
+    mean = m2 = None
+    for part in engine.run_chunks(model, n, seed, _moment_reducer, args, chunk, dtype, bar):
+        part = [np.asarray(x).astype(np.float64) if np.asarray(x).dtype.kind == "f" else np.asarray(x).astype(np.int64) for x in part]
+        nb = float(part[0])
+        mb = part[2] / max(nb, 1.0)
+        if tot is None:
+            tot, mean, m2 = part, mb, part[3]
+            continue
+        na = float(tot[0])
+        delta = mb - mean
+        if na + nb > 0:  # Chan et al. parallel update of mean and M2
+            mean = mean + delta * nb / (na + nb)
+            m2 = m2 + part[3] + delta**2 * na * nb / (na + nb)
+        for i in (0, 1, 4, 5, 6, 7):
+            tot[i] = tot[i] + part[i]
+        tot[8] = np.minimum(tot[8], part[8])
+        tot[9] = np.maximum(tot[9], part[9])
+    count, n_invalid, _, _, rule_counts, success, limits, hist, dmin, dmax = tot
+    count = int(count)
+    var = m2 / max(count - 1, 1)
+    edges = lo + (hi - lo) * np.arange(HIST_BINS + 1) / HIST_BINS
+    quantiles = np.stack([[_hist_quantile(hist[j], edges, p, dmin[j], dmax[j]) for j in range(hist.shape[0])] for p in QUANTILES])
+    return {
+        "n": count,
+        "mean": mean,
+        "sd": np.sqrt(var),
+        "quantiles": quantiles,
+        "rule_counts": rule_counts,
+        "success": int(success),
+        "limits": int(limits),
+        "quantile_method": f"log-spaced histogram, {HIST_BINS} bins",
+        "quantile_rel_error": float(np.expm1((hi - lo) / HIST_BINS / 2)),
+    }, int(n_invalid)
+
+
+def _hist_quantile(h: np.ndarray, edges: np.ndarray, p: float, dmin: float, dmax: float) -> float:
+    """Quantile from a histogram with under/overflow bins (log-linear interpolation within a bin)."""
+    total = h.sum()
+    if total == 0:
+        return float("nan")
+    target = p * total
+    c = np.cumsum(h)
+    k = int(np.searchsorted(c, target, side="left"))
+    if k == 0:
+        return float(dmin)
+    if k == len(h) - 1:
+        return float(dmax)
+    before = c[k - 1]
+    frac = (target - before) / h[k] if h[k] else 0.0
+    lo_e, hi_e = edges[k - 1], edges[k]
+    return float(np.clip(np.exp(lo_e + frac * (hi_e - lo_e)), dmin, dmax))
+
+
+def _dataset(case, model, rt, stats, hours, s, n, seed, dtype, samples):
+    from .results import build_dataset, provenance
+
+    count = stats["n"]
+    rc = np.asarray(stats["rule_counts"], dtype=np.float64)
+    p = rc / count if count else np.full(len(rt.labels), np.nan)
+    p_succ = stats["success"] / count if count else float("nan")
+    nominal = s * model.nominal_factors() + model.offsets
+    dv = {
+        "mean": ("quantity", stats["mean"]),
+        "mean_se": ("quantity", stats["sd"] / np.sqrt(max(count, 1))),
+        "sd": ("quantity", stats["sd"]),
+        "p05": ("quantity", stats["quantiles"][0]),
+        "p50": ("quantity", stats["quantiles"][1]),
+        "p95": ("quantity", stats["quantiles"][2]),
+        "nominal": ("quantity", nominal),
+        "probability": ("rule", p),
+        "probability_se": ("rule", np.sqrt(p * (1 - p) / max(count, 1))),
+        "threshold": ("rule", rt.thresholds),
+        "rule_kind": ("rule", np.array(rt.kinds, dtype=object)),
+        "rule_quantity": ("rule", np.array(rt.quantities, dtype=object)),
+        "rule_source": ("rule", np.array(rt.sources, dtype=object)),
+        "p_success": ((), p_succ),
+        "p_success_se": ((), np.sqrt(p_succ * (1 - p_succ) / max(count, 1))),
+        "p_limits": ((), stats["limits"] / count if count else float("nan")),
+    }
+    if samples is not None:
+        dv["samples"] = (("sample", "quantity"), samples)
+    coords = {"quantity": list(model.quantities), "rule": list(rt.labels), "unit": ("quantity", list(model.units))}
+    attrs = provenance(case, seed=seed, n=n, dtype=dtype, command="simulate", extra={
+        "hours_after_calibration": hours,
+        "vial_at_calibration_gbq": case.plan.vial_gbq,
+        "vial_at_treatment_gbq": s,
+        "valid_sample_count": count,
+        "unphysical_sample_count": stats["n_invalid"],
+        "quantile_method": stats["quantile_method"],
+        "quantile_rel_error": stats["quantile_rel_error"],
+        "rules_not_evaluated": ", ".join(rt.not_evaluated),
+        "success_definition": f"all primary targets met ({case.plan.success})",
+    })
+    ds = build_dataset(dv, coords, attrs)
+    for v in ("mean", "mean_se", "sd", "p05", "p50", "p95", "nominal"):
+        ds[v].attrs["units"] = "Gy (GBq for activities: see the unit coordinate)"
+    return ds
+
+
+def summarize_simulation(ds, case: Case) -> dict[str, Any]:
+    """The pinned ``simulate --json`` structure, derived from the Dataset."""
+    dose_gy: dict[str, Any] = {}
+    act: dict[str, Any] = {}
+    for q, unit in zip(ds["quantity"].values.tolist(), ds["unit"].values.tolist(), strict=True):
+        st = {k: float(ds[k].sel(quantity=q)) for k in ("mean", "p05", "p50", "p95", "sd", "mean_se", "nominal")}
+        if unit == "GBq":
+            act[q] = st
+        elif q.startswith("tumors."):
+            dose_gy.setdefault("tumors", {})[q.split(".", 1)[1]] = st
+        else:
+            dose_gy[q] = st
+    rules = [
+        {
+            "label": str(r),
+            "kind": str(ds["rule_kind"].sel(rule=r).item()),
+            "quantity": str(ds["rule_quantity"].sel(rule=r).item()),
+            "threshold_gy": float(ds["threshold"].sel(rule=r)),
+            "probability": float(ds["probability"].sel(rule=r)),
+            "probability_se": float(ds["probability_se"].sel(rule=r)),
+            "source": str(ds["rule_source"].sel(rule=r).item()),
+        }
+        for r in ds["rule"].values.tolist()
+    ]
+    a = ds.attrs
+    nominal = {
+        "activity_gbq": {"lung": float(ds["nominal"].sel(quantity="lung_activity"))},
+        "hours_after_calibration": float(a["hours_after_calibration"]),
+        "activity_per_sphere_bq": physics.activity_per_sphere_bq(float(a["hours_after_calibration"]), case.conventions),
+    }
+    return {
+        "case": case.name,
+        "scenario": case.scenario,
+        "samples": int(a["sample_count"]),
+        "seed": int(a["seed"]),
+        "dtype": a["dtype"],
+        "backend": a["backend"],
+        "hours_after_calibration": float(a["hours_after_calibration"]),
+        "activity_gbq": {"vial_at_calibration": float(a["vial_at_calibration_gbq"]), "vial_at_treatment": float(a["vial_at_treatment_gbq"]), **act},
+        "dose_gy": dose_gy,
+        "rules": rules,
+        "rules_not_evaluated": [x for x in str(a["rules_not_evaluated"]).split(", ") if x],
+        "p_success": float(ds["p_success"]),
+        "p_success_se": float(ds["p_success_se"]),
+        "p_limits": float(ds["p_limits"]),
+        "valid_samples": int(a["valid_sample_count"]),
+        "unphysical_samples": int(a["unphysical_sample_count"]),
+        "quantile_method": a["quantile_method"],
+        "quantile_rel_error": float(a["quantile_rel_error"]),
+        "conventions": case.conventions.as_dict(),
+        "case_sha256": a["case_sha256"],
+        "advisories": nominal_advisories(case, nominal),
+    }
+
+
+def simulation_text(summary: dict[str, Any]) -> str:
+    from .nominal import flatten_doses
+    from .textout import table
+
+    act = summary["activity_gbq"]
+    c = summary["conventions"]
+    lines = [
+        f"case {summary['case']!r}  scenario {summary['scenario']}",
+        f"vial {act['vial_at_calibration']:g} GBq, treatment {summary['hours_after_calibration']:.1f} h after calibration "
+        f"({act['vial_at_treatment']:.3g} GBq at treatment)",
+        f"{summary['samples']} samples, seed {summary['seed']}, {summary['dtype']} on {summary['backend']}; "
+        f"K = {c['dose_constant_gy_kg_per_gbq']:g} Gy·kg/GBq, T½ = {c['half_life_h']:g} h, density {c['tissue_density_g_per_ml']:g} g/mL",
+        "",
+    ]
+    rows = [(k, v["nominal"], v["mean"], v["p05"], v["p50"], v["p95"]) for k, v in flatten_doses(summary["dose_gy"]).items()]
+    lines.append(table(rows, header=("dose (Gy)", "nominal", "mean", "p05", "p50", "p95")))
+    lines.append("")
+    rrows = [
+        (r["label"], r["kind"], ("≥ " if r["kind"] != "limit" else "≤ ") + f"{r['threshold_gy']:g}", f"{r['probability']:.4f} ± {r['probability_se']:.4f}")
+        for r in summary["rules"]
+    ]
+    lines.append(table(rrows, header=("rule", "kind", "Gy", "P(satisfied) ± SE"), align="lllr"))
+    lines.append(f"\nP(all primary targets met) = {summary['p_success']:.4f} ± {summary['p_success_se']:.4f}; "
+                 f"P(all limits kept) = {summary['p_limits']:.4f}")
+    if summary["rules_not_evaluated"]:
+        lines.append("not evaluated (quantity not available for this case): " + ", ".join(summary["rules_not_evaluated"]))
+    if summary["unphysical_samples"]:
+        lines.append(f"{summary['unphysical_samples']} unphysical samples (normal liver mass ≤ 0) excluded")
+    for a in summary["advisories"]:
+        lines.append(f"advisory [{a['code']}]: {a['message']}")
+    return "\n".join(lines)
+
+
+def _progress(n: int, enabled: bool):
+    if not enabled or n < 2_000_000:
+        return None
+    import sys
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=n, unit="samples", unit_scale=True, file=sys.stderr, leave=False)
+    return bar.update
+
+
+def _close(bar) -> None:
+    if bar is not None:
+        bar.__self__.close()
