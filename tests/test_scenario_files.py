@@ -527,3 +527,51 @@ def test_missing_window(tmp_path):
     with pytest.raises(ScenarioError) as info:
         load_scenario(_write(tmp_path, text))
     assert info.value.field == "window" and "missing" in str(info.value)
+
+
+# --- example cases ----------------------------------------------------------------------------------------
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "configs" / "examples"
+
+
+def test_one_example_per_scenario():
+    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("sid", sorted(EXPECTED))
+def test_example_nominal_plan_meets_its_primary_rules(sid):
+    """Each example's nominal plan (its [plan] vial and time) meets every primary target and limit, by the
+    independent numpy reference model, and its [rules] overrides apply."""
+    import numpy as np
+
+    from y90opt import physics
+    from y90opt.case import load_case
+    from y90opt.reference import reference_doses
+
+    path = EXAMPLES / f"{sid}.toml"
+    c = load_case(path)
+    assert c.scenario == sid
+    s = rules.apply_overrides(load_scenario(sid), c.rules, str(path))
+    hours = physics.hours_between(c.calibration, c.plan.treatment)
+    assert s.window.contains(hours, rules.DAY_TOLERANCE_H)
+    vial_now = c.plan.vial_gbq * physics.decay_factor(hours)
+    whole = c.whole_liver_volume_ml.nominal if c.whole_liver_volume_ml is not None else np.nan
+    d = reference_doses(
+        vial_now,
+        c.perfused_volume_ml.nominal,
+        [t.volume_ml.nominal for t in c.tumors],
+        [t.tn_ratio.nominal for t in c.tumors],
+        [t.treated for t in c.tumors],
+        c.shunt_fraction.nominal,
+        c.lung_mass_kg.nominal,
+        c.residual_fraction.nominal,
+        whole,
+        c.prior_lung_dose_gy,
+    )
+    counted = (
+        [c.plan.index_tumor] if c.plan.success == "index-tumor" else [t.name for t in c.tumors if t.treated]
+    )
+    active = [r for r in rules.success_rules(s.rules, c.plan.success) if r.level == "primary"]
+    assert rules.missing_quantities(active, d) == []
+    m = rules.margins(active, d, [t.name for t in c.tumors], counted)
+    assert m and all(float(v) <= 0 for v in m.values()), m
