@@ -27,8 +27,13 @@ conservative.
 The uncertain inputs of a case are quantile transforms of standard normal variates (:mod:`y90opt.uncertainty`),
 so the design is drawn in that space and evaluated through the JAX model (:meth:`y90opt.engine.Model.factors_from_z`)
 in chunks of fixed size: the indices do not depend on the chunk size, and the same seed gives the same indices.
-Sobol' indices assume independent inputs; a case with ``[[correlations]]`` is refused (see
-:func:`sensitivity_case`).
+Dependent inputs: the Saltelli design assumes independence. When a case declares ``[[correlations]]`` (a
+Gaussian copula) the indices reported are S1ᵢ = V[E(Y|Xᵢ)]/V and STᵢ = E[V(Y|X₋ᵢ)]/V, which stay defined
+for dependent inputs (Kucherenko, Tarantola & Annoni, Comput. Phys. Commun. 183 (2012) 937-946), estimated
+as the "full" first-order and the "independent" total index of Mara, Tarantola & Annoni (Environ. Model.
+Softw. 72 (2015) 173-183) on decorrelated orderings of the inputs (:func:`sobol_indices_dependent`). With
+dependence S1 may exceed ST: an input correlated with an influential one has S1 > 0 even when it does not
+enter the output (then ST = 0). Every result states which case applied (``input_dependence``).
 
 A one-at-a-time (OAT) view complements the indices: each output with one input at its 5th and 95th
 percentile and every other input at its nominal (measured) value, as data and as a tornado figure.
@@ -40,7 +45,7 @@ import dataclasses
 import math
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,6 +68,14 @@ METHOD = (
     "Sobol' indices, independent inputs: Saltelli 2010 design (A, B, A_B^(i); N(d+2) evaluations) on "
     "scrambled Sobol' points mapped to standard normal variates; first order: Saltelli 2010 estimator; "
     "total: Jansen 1999 estimator; outputs centred; percentile row-bootstrap confidence intervals"
+)
+
+METHOD_DEPENDENT = (
+    "Sobol' indices, inputs dependent through a Gaussian copula: for each of the d circular input orderings "
+    "a Saltelli design in the decorrelated variables (A, B and the swaps of the first and the last column; "
+    "4Nd evaluations, scrambled Sobol' points), full indices from the first and independent indices from "
+    "the last variable (Mara, Tarantola & Annoni 2015); first order: Saltelli 2010 estimator; total: "
+    "Jansen 1999 estimator; outputs centred; percentile row-bootstrap confidence intervals"
 )
 
 
@@ -106,12 +119,17 @@ def saltelli_design(n: int, d: int, seed: int | np.random.SeedSequence) -> tuple
     return z[:, :d], z[:, d:]
 
 
-def design_rows(a: np.ndarray, b: np.ndarray, start: int, count: int) -> np.ndarray:
-    """Rows [start, start + count) of the stacked design [A; B; A_B⁽¹⁾; …; A_B⁽ᵈ⁾] (N·(d + 2), d)."""
+def design_rows(
+    a: np.ndarray, b: np.ndarray, start: int, count: int, columns: Sequence[int] | None = None
+) -> np.ndarray:
+    """Rows [start, start + count) of the stacked design [A; B; A_B⁽ᶜ¹⁾; A_B⁽ᶜ²⁾; …] for the listed columns c
+    (default every column: N·(d + 2) rows of d variates)."""
     n, d = a.shape
+    cols = np.arange(d) if columns is None else np.asarray(columns)
     r = np.arange(start, start + count)
     block, j = np.divmod(r, n)
-    from_b = (block == 1)[:, None] | (np.arange(d)[None, :] == (block - 2)[:, None])
+    swapped = np.where(block >= 2, cols[np.clip(block - 2, 0, len(cols) - 1)], -1)
+    from_b = (block == 1)[:, None] | (np.arange(d)[None, :] == swapped[:, None])
     return np.where(from_b, b[j], a[j])
 
 
@@ -121,19 +139,22 @@ def evaluate_design(
     b: np.ndarray,
     chunk: int,
     progress: Callable[[int, int], None] | None = None,
+    columns: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """f(A) (N, K), f(B) (N, K) and f(A_B⁽ⁱ⁾) (N, d, K), calling ``func`` on chunks of exactly ``chunk`` rows.
+    """f(A) (N, K), f(B) (N, K) and f(A_B⁽ᶜ⁾) (N, m, K) for the m listed columns (default all d), calling
+    ``func`` on chunks of exactly ``chunk`` rows.
 
     The last chunk is padded by repeating its last row (so a jitted ``func`` compiles once); every row is
     evaluated on its own, so the result does not depend on ``chunk``.
     """
     n, d = a.shape
-    total = n * (d + 2)
-    chunk = max(1, min(int(chunk), total))
+    m = d if columns is None else len(columns)
+    total = n * (m + 2)
+    chunk = max(1, int(chunk))
     out: np.ndarray | None = None
     for start in range(0, total, chunk):
         size = min(chunk, total - start)
-        z = design_rows(a, b, start, size)
+        z = design_rows(a, b, start, size, columns)
         if size < chunk:
             z = np.concatenate([z, np.repeat(z[-1:], chunk - size, axis=0)])
         y = np.asarray(func(z), dtype=np.float64)
@@ -145,8 +166,7 @@ def evaluate_design(
         if progress is not None:
             progress(start + size, total)
     assert out is not None
-    k = out.shape[1]
-    f = out.reshape(d + 2, n, k)
+    f = out.reshape(m + 2, n, out.shape[1])
     return f[0], f[1], np.moveaxis(f[2:], 0, 1)
 
 
@@ -239,8 +259,102 @@ def sobol_indices(
     """
     design_ss, boot_ss = np.random.SeedSequence(seed).spawn(2)
     a, b = saltelli_design(n, d, design_ss)
-    f_a, f_b, f_ab = evaluate_design(func, a, b, chunk, progress)
+    f_a, f_b, f_ab = evaluate_design(func, a, b, min(chunk, n * (d + 2)), progress)
     return sobol_from_samples(f_a, f_b, f_ab, bootstrap, np.random.default_rng(boot_ss), level)
+
+
+@dataclasses.dataclass(frozen=True)
+class DependentEstimate:
+    """Indices for inputs dependent through a Gaussian copula (Mara, Tarantola & Annoni 2015).
+
+    ``full`` (S1, ST of Xᵢ with its correlations: Xᵢ first in the conditioning order) and ``independent``
+    (S1, ST of the part of Xᵢ independent of every other input: Xᵢ last), each a :class:`SobolEstimate`
+    (K, d). ``full.S1`` = V[E(Y|Xᵢ)]/V and ``independent.ST`` = E[V(Y|X₋ᵢ)]/V are the first-order and total
+    indices of Kucherenko, Tarantola & Annoni (2012), defined whatever the dependence.
+    """
+
+    full: SobolEstimate
+    independent: SobolEstimate
+
+    @property
+    def S1(self) -> np.ndarray:
+        return self.full.S1
+
+    @property
+    def ST(self) -> np.ndarray:
+        return self.independent.ST
+
+
+def copula_orderings(corr: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The d circular orderings (k, k+1, …, k−1) and the Cholesky factor of the reordered correlation.
+
+    With z_π = L_π w (w independent standard normal), w₁ = z_k and w_d is the part of z_{k−1} independent of
+    every other variate (a Rosenblatt transform of the Gaussian copula)."""
+    d = corr.shape[0]
+    out = []
+    for k in range(d):
+        perm = (k + np.arange(d)) % d
+        out.append((perm, np.linalg.cholesky(corr[np.ix_(perm, perm)])))
+    return out
+
+
+def sobol_indices_dependent(
+    func: Callable[[np.ndarray], np.ndarray],
+    corr: np.ndarray,
+    n: int,
+    seed: int = 0,
+    chunk: int = 1 << 16,
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+    level: float = DEFAULT_LEVEL,
+    progress: Callable[[int, int], None] | None = None,
+) -> DependentEstimate:
+    """Full and independent Sobol' indices of a vectorised model of correlated standard normal inputs.
+
+    ``func`` maps variates z (m, d) with correlation matrix ``corr`` to outputs (m, K). For each of the d
+    circular orderings the design is drawn in the independent variables w (A, B and the swaps of the first
+    and the last column: 4N evaluations), mapped to z = P⁻¹ L_π w; the first column gives the full indices of
+    the ordering's first input, the last column the independent indices of its last input (Mara, Tarantola &
+    Annoni, Environ. Model. Softw. 72 (2015) 173-183). 4·N·d evaluations in all.
+    """
+    corr = np.asarray(corr, np.float64)
+    d = corr.shape[0]
+    per = 4 * n
+    chunk = min(chunk, per)
+    streams = np.random.SeedSequence(seed).spawn(2 * d)
+    full: list[SobolEstimate | None] = [None] * d
+    ind: list[SobolEstimate | None] = [None] * d
+    for k, (perm, chol) in enumerate(copula_orderings(corr)):
+        def to_z(w: np.ndarray, perm=perm, chol=chol) -> np.ndarray:
+            z = np.empty_like(w)
+            z[:, perm] = w @ chol.T
+            return func(z)
+
+        done = k * per
+        prog = None if progress is None else (lambda i, _t, done=done: progress(done + i, d * per))
+        a, b = saltelli_design(n, d, streams[2 * k])
+        f_a, f_b, f_ab = evaluate_design(to_z, a, b, chunk, prog, columns=[0, d - 1])
+        est = sobol_from_samples(f_a, f_b, f_ab, bootstrap, np.random.default_rng(streams[2 * k + 1]), level)
+        full[perm[0]] = _column(est, 0)
+        ind[perm[-1]] = _column(est, 1)
+    return DependentEstimate(_stack(full), _stack(ind))
+
+
+def _column(est: SobolEstimate, i: int) -> SobolEstimate:
+    pick = {f: getattr(est, f)[:, i : i + 1] for f in ("S1", "ST", "S1_lo", "S1_hi", "ST_lo", "ST_hi", "S1_se", "ST_se")}
+    return dataclasses.replace(est, **pick)
+
+
+def _stack(parts) -> SobolEstimate:
+    """Join one-input estimates (in input order) into one; mean and variance are averaged over the designs."""
+    fields = ("S1", "ST", "S1_lo", "S1_hi", "ST_lo", "ST_hi", "S1_se", "ST_se")
+    return SobolEstimate(
+        **{f: np.concatenate([getattr(p, f) for p in parts], axis=1) for f in fields},
+        mean=np.mean([p.mean for p in parts], axis=0),
+        variance=np.mean([p.variance for p in parts], axis=0),
+        n_base=parts[0].n_base,
+        n_used=min(p.n_used for p in parts),
+        level=parts[0].level,
+    )
 
 
 # -- a case: doses and success at the [plan] decision ----------------------------------------------------
@@ -339,6 +453,91 @@ def _reporter(progress: bool | Callable[[int, int], None] | None) -> Callable[[i
     return report
 
 
+@dataclasses.dataclass(frozen=True)
+class CaseFunction:
+    """The outputs of a case at its ``[plan]`` decision as a function of variates z (m, d).
+
+    ``z`` are standard normal variates in copula space (already correlated when the case declares
+    correlations; this function does not apply the case's Cholesky factor): input i is F_i⁻¹(Φ(z_i)).
+    ``__call__`` returns (m, K) float64: the doses of ``outputs`` (Gy) then ``success`` (0/1); rows with
+    an unphysical geometry are NaN.
+    """
+
+    model: Any  # engine.Model
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    units: tuple[str, ...]
+    correlation: np.ndarray  # (d, d) correlation of z (identity without [[correlations]])
+    vial_at_treatment_gbq: float
+    hours_after_calibration: float
+    success_definition: str
+    dtype: str
+    _evaluate: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        return self._evaluate(z)
+
+    def input_values(self, z: np.ndarray) -> np.ndarray:
+        """The input values (m, d) that the model uses for variates z."""
+        import jax.numpy as jnp
+
+        cols = self.model.input_columns(jnp.asarray(z, jnp.dtype(self.dtype)))
+        return np.stack([np.asarray(cols[p], np.float64) for p in self.inputs], axis=1)
+
+
+def output_function(case: Case, dtype: str = "float32") -> CaseFunction:
+    """The case's doses and success indicator at its ``[plan]`` decision, evaluated through the JAX model.
+
+    Raises :class:`CaseError` when ``[plan]`` lacks the vial or the treatment time or no input is uncertain.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from .engine import Model, enable_x64_if
+
+    if case.plan.vial_gbq is None:
+        raise CaseError(case.path, "plan.vial_gbq", "missing (required by `sensitivity`)")
+    if case.plan.treatment is None:
+        raise CaseError(case.path, "plan.treatment", "missing (required by `sensitivity`)")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    enable_x64_if(dtype)
+    model = Model.from_case(case)
+    if model.n_dims == 0:
+        raise CaseError(case.path, "", "every input is exact: there is no uncertainty to attribute")
+    corr = np.eye(model.n_dims) if model.cholesky is None else model.cholesky @ model.cholesky.T
+    # the design is drawn in copula space: the model must not correlate the variates again
+    free = dataclasses.replace(model, cholesky=None)
+    hours = case.treatment_hours()
+    s_gbq = case.plan.vial_gbq * physics.decay_factor(hours, case.conventions.half_life_h)
+    offsets = model.offsets
+    dose_q = model.dose_quantities()
+    cols = [model.quantities.index(q) for q in dose_q]
+    success, success_text = _success_function(case, model.quantities)
+    jdt = jnp.dtype(dtype)
+    factors = jax.jit(free.factors_from_z)
+
+    def evaluate(z: np.ndarray) -> np.ndarray:
+        f, valid = factors(jnp.asarray(z, jdt))
+        doses = s_gbq * np.asarray(f, np.float64) + offsets
+        y = np.concatenate([doses[:, cols], success(doses)[:, None]], axis=1)
+        y[~np.asarray(valid)] = np.nan
+        return y
+
+    return CaseFunction(
+        model=free,
+        inputs=tuple(model.uncertain),
+        outputs=tuple(f"dose_gy.{q}" for q in dose_q) + ("success",),
+        units=("Gy",) * len(dose_q) + ("1",),
+        correlation=corr,
+        vial_at_treatment_gbq=float(s_gbq),
+        hours_after_calibration=float(hours),
+        success_definition=success_text,
+        dtype=dtype,
+        _evaluate=evaluate,
+    )
+
+
 def sensitivity_case(
     case: Case,
     n: int = 8192,
@@ -353,7 +552,8 @@ def sensitivity_case(
 
     Args:
         case: a validated case with ``[plan].vial_gbq`` and ``[plan].treatment``.
-        n: base sample count N; the model is evaluated N·(d + 2) times (d uncertain inputs).
+        n: base sample count N; the model is evaluated N·(d + 2) times for d independent inputs,
+            4·N·d times when the case declares correlations.
         seed: seeds the design and the bootstrap; the same seed gives the same indices.
         chunk: model evaluations per JAX call (default: all at once up to 2¹⁸); does not change the result.
         dtype: "float32" or "float64" for the JAX model (the estimators run in float64).
@@ -365,92 +565,74 @@ def sensitivity_case(
     ``success`` (1 when every primary target of the scenario is met, else 0). Inputs: the case paths of the
     uncertain inputs (exact inputs have no index).
 
+    Inputs correlated through ``[[correlations]]`` (a Gaussian copula): S1 is V[E(Y|Xᵢ)]/V and ST is
+    E[V(Y|X₋ᵢ)]/V, both defined for dependent inputs (Kucherenko et al. 2012), estimated as the full
+    first-order and the independent total index of Mara et al. 2015 (:func:`sobol_indices_dependent`);
+    the Dataset adds ``ST_full`` and ``S1_independent``. With dependence S1 may exceed ST.
+
     Raises:
-        CaseError: ``[plan]`` incomplete, no uncertain input, or ``[[correlations]]`` declared (the indices
-            assume independent inputs).
+        CaseError: ``[plan]`` incomplete or no uncertain input.
     """
     import jax
-    import jax.numpy as jnp
     import xarray as xr
 
-    from .engine import DEFAULT_CHUNK, Model, check_invalid, enable_x64_if
+    from .engine import DEFAULT_CHUNK, check_invalid
 
-    if case.plan.vial_gbq is None:
-        raise CaseError(case.path, "plan.vial_gbq", "missing (required by `sensitivity`)")
-    if case.plan.treatment is None:
-        raise CaseError(case.path, "plan.treatment", "missing (required by `sensitivity`)")
-    if case.correlations:
-        raise CaseError(
-            case.path,
-            "correlations",
-            "Sobol' indices assume independent inputs; remove [[correlations]] to run `sensitivity` "
-            "(the indices then describe the uncorrelated model)",
-        )
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     if n < 2:
         raise ValueError("n must be at least 2")
-    enable_x64_if(dtype)
+    fn = output_function(case, dtype)
+    d = len(fn.inputs)
+    dependent = bool(case.correlations)
+    total = 4 * n * d if dependent else n * (d + 2)
+    per_design = 4 * n if dependent else total
+    chunk = max(1, min(chunk or DEFAULT_CHUNK, per_design))
 
-    model = Model.from_case(case)
-    d = model.n_dims
-    if d == 0:
-        raise CaseError(case.path, "", "every input is exact: there is no uncertainty to attribute")
-    inputs = model.uncertain
-    hours = case.treatment_hours()
-    s_gbq = case.plan.vial_gbq * physics.decay_factor(hours, case.conventions.half_life_h)
-    offsets = model.offsets
-    dose_q = model.dose_quantities()
-    cols = [model.quantities.index(q) for q in dose_q]
-    outputs = [f"dose_gy.{q}" for q in dose_q] + ["success"]
-    units = ["Gy"] * len(dose_q) + ["1"]
-    success, success_text = _success_function(case, model.quantities)
+    report = _reporter(progress)
+    if dependent:
+        dep = sobol_indices_dependent(fn, fn.correlation, n, seed, chunk, bootstrap, level, report)
+        est, extra = dep.full, dep.independent
+        est = dataclasses.replace(
+            est, ST=extra.ST, ST_lo=extra.ST_lo, ST_hi=extra.ST_hi, ST_se=extra.ST_se,
+            n_used=min(est.n_used, extra.n_used),
+        )
+        method, dependence = METHOD_DEPENDENT, (
+            "Gaussian copula with the case's [[correlations]]: S1 = full first-order index V[E(Y|Xi)]/V, "
+            "ST = independent total index E[V(Y|X~i)]/V (Mara et al. 2015; Kucherenko et al. 2012); "
+            "ST_full and S1_independent are also given"
+        )
+    else:
+        design_ss, boot_ss = np.random.SeedSequence(seed).spawn(2)
+        a, b = saltelli_design(n, d, design_ss)
+        f_a, f_b, f_ab = evaluate_design(fn, a, b, chunk, report)
+        est = sobol_from_samples(f_a, f_b, f_ab, bootstrap, np.random.default_rng(boot_ss), level)
+        dep = None
+        method, dependence = METHOD, "independent (the case declares no correlations)"
+    # a design row with an unphysical geometry (normal liver mass ≤ 0) in any of its evaluations is dropped
+    dropped = est.n_base - est.n_used
+    check_invalid(dropped, est.n_base, case.path)
 
-    jdt = jnp.dtype(dtype)
-    factors = jax.jit(model.factors_from_z)
-    def evaluate(z: np.ndarray) -> np.ndarray:
-        f, valid = factors(jnp.asarray(z, jdt))
-        f = np.asarray(f, np.float64)
-        valid = np.asarray(valid)
-        doses = s_gbq * f + offsets
-        y = np.concatenate([doses[:, cols], success(doses)[:, None]], axis=1)
-        y[~valid] = np.nan
-        return y
-
-    total = n * (d + 2)
-    chunk = max(1, min(chunk or DEFAULT_CHUNK, total))
-    design_ss, boot_ss = np.random.SeedSequence(seed).spawn(2)
-    a, b = saltelli_design(n, d, design_ss)
-    f_a, f_b, f_ab = evaluate_design(evaluate, a, b, chunk, _reporter(progress))
-    invalid = int(
-        (~np.isfinite(f_a[:, 0])).sum() + (~np.isfinite(f_b[:, 0])).sum() + (~np.isfinite(f_ab[:, :, 0])).sum()
-    )
-    check_invalid(invalid, total, case.path)
-    est = sobol_from_samples(f_a, f_b, f_ab, bootstrap, np.random.default_rng(boot_ss), level)
-
-    # one-at-a-time: nominal row, then each input at its low and high percentile
-    z_nom = np.array([_nominal_z(case.inputs[p]) for p in inputs])
+    # one-at-a-time: nominal row, then each input at its low and high percentile (independently)
+    z_nom = np.array([_nominal_z(case.inputs[p]) for p in fn.inputs])
     z_oat = np.repeat(z_nom[None, :], 1 + 2 * d, axis=0)
     q_lo, q_hi = (float(special.ndtri(q)) for q in OAT_QUANTILES)
     for i in range(d):
         z_oat[1 + 2 * i, i] = q_lo
         z_oat[2 + 2 * i, i] = q_hi
-    z_pad = np.concatenate([z_oat, np.repeat(z_oat[-1:], max(0, chunk - len(z_oat)), axis=0)])
-    y_oat = np.concatenate([evaluate(z_pad[i : i + chunk]) for i in range(0, len(z_oat), chunk)])[: len(z_oat)]
-    x_cols = model.input_columns(jnp.asarray(z_oat, jdt))
-    x_oat = np.stack([np.asarray(x_cols[p], np.float64) for p in inputs], axis=1)
+    z_pad = np.concatenate([z_oat, np.repeat(z_oat[-1:], (-len(z_oat)) % chunk, axis=0)])
+    y_oat = np.concatenate([fn(z_pad[i : i + chunk]) for i in range(0, len(z_pad), chunk)])[: len(z_oat)]
+    x_oat = fn.input_values(z_oat)
 
     ds = _dataset(
-        xr, case, est, outputs, units, list(inputs), y_oat, x_oat, d,
+        xr, case, est, list(fn.outputs), list(fn.units), list(fn.inputs), y_oat, x_oat, d,
         attrs={
             "y90opt_version": __version__,
-            "method": METHOD,
-            "input_dependence": "independent (the case declares no correlations)",
+            "method": method,
+            "input_dependence": dependence,
             "seed": int(seed),
             "samples": int(n),
             "model_evaluations": int(total),
             "rows_used": int(est.n_used),
-            "invalid_evaluations": invalid,
+            "rows_dropped": int(dropped),
             "bootstrap": int(bootstrap),
             "confidence_level": float(level),
             "dtype": dtype,
@@ -460,15 +642,18 @@ def sensitivity_case(
             "case_path": str(case.path),
             "scenario": case.scenario,
             "vial_gbq": float(case.plan.vial_gbq),
-            "hours_after_calibration": float(hours),
-            "vial_at_treatment_gbq": float(s_gbq),
-            "success_definition": success_text,
+            "hours_after_calibration": fn.hours_after_calibration,
+            "vial_at_treatment_gbq": fn.vial_at_treatment_gbq,
+            "success_definition": fn.success_definition,
             "oat_quantiles": f"{OAT_QUANTILES[0]:g} {OAT_QUANTILES[1]:g}",
-            "oat_baseline": "every other input at its nominal (measured) value",
+            "oat_baseline": "every other input at its nominal (measured) value, inputs moved one at a time "
+            "without their correlations",
             "biased_inputs": ", ".join(case.biased_inputs) or "none",
             **{f"conventions_{k}": float(v) for k, v in case.conventions.as_dict().items()},
         },
     )
+    if dep is not None:
+        ds = _add_dependent(ds, dep)
     return SensitivityResult(ds, summary_from_dataset(ds))
 
 
@@ -516,6 +701,25 @@ def _dataset(xr, case, est: SobolEstimate, outputs, units, inputs, y_oat, x_oat,
     return ds
 
 
+def _add_dependent(ds, dep: DependentEstimate):
+    """The other two indices of dependent inputs: ST_full (Xᵢ with its correlations) and S1_independent
+    (the part of Xᵢ independent of the other inputs)."""
+    dims = ("output", "input")
+    ci = f"{100 * dep.full.level:g} % bootstrap percentile interval"
+    for name, est, what in (
+        ("ST_full", dep.full, "total index of the input with its correlations (full)"),
+        ("S1_independent", dep.independent, "first-order index of the part of the input independent of the others"),
+    ):
+        key = name[:2]
+        ds[name] = (dims, getattr(est, key), {"units": "1", "long_name": what})
+        ds[f"{name}_lo"] = (dims, getattr(est, f"{key}_lo"), {"units": "1", "long_name": f"{what}, lower end of the {ci}"})
+        ds[f"{name}_hi"] = (dims, getattr(est, f"{key}_hi"), {"units": "1", "long_name": f"{what}, upper end of the {ci}"})
+        ds[f"{name}_se"] = (dims, getattr(est, f"{key}_se"), {"units": "1", "long_name": f"{what}, bootstrap standard error"})
+    ds["S1"].attrs["long_name"] = "first-order Sobol' index V[E(Y|Xi)]/V (full, with the input's correlations)"
+    ds["ST"].attrs["long_name"] = "total Sobol' index E[V(Y|X~i)]/V (independent part of the input)"
+    return ds
+
+
 def _f(x) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
@@ -536,6 +740,10 @@ def summary_from_dataset(ds) -> dict[str, Any]:
                 "S1_ci": [_f(sel["S1_lo"]), _f(sel["S1_hi"])],
                 "ST_ci": [_f(sel["ST_lo"]), _f(sel["ST_hi"])],
             })
+            for extra in ("ST_full", "S1_independent"):
+                if extra in ds:
+                    indices[-1][extra] = _f(sel[extra])
+                    indices[-1][f"{extra}_ci"] = [_f(sel[f"{extra}_lo"]), _f(sel[f"{extra}_hi"])]
             oat.append({
                 "output": str(o),
                 "input": str(i),
@@ -596,8 +804,9 @@ def _text(ds) -> str:
         f"method: {a['method']}",
         f"success = {a['success_definition']}",
     ]
-    if a.get("invalid_evaluations"):
-        lines.append(f"{a['invalid_evaluations']} evaluations had an unphysical geometry; their design rows were dropped")
+    if a.get("rows_dropped"):
+        lines.append(f"{a['rows_dropped']} of {a['samples']} design rows dropped (an unphysical geometry: normal "
+                     "liver mass ≤ 0 or perfused territory larger than the liver)")
     plo, phi = (f"p{100 * q:02.0f}" for q in OAT_QUANTILES)
     for o in ds["output"].values:
         sub = ds.sel(output=o)
@@ -609,10 +818,11 @@ def _text(ds) -> str:
             lines.append("  constant over the samples: no variance to attribute")
             continue
         st = sub["ST"].values
-        order = np.argsort(-np.nan_to_num(st, nan=-1.0), kind="stable")
+        none = (st == 0.0) & (sub["S1"].values == 0.0)  # the input does not enter this output
+        order = np.argsort(-np.nan_to_num(np.fmax(st, sub["S1"].values), nan=-1.0), kind="stable")
         rows = []
         for j in order:
-            if st[j] == 0.0:  # the input does not enter this output: listed once below
+            if none[j]:  # listed once below
                 continue
             s = sub.isel(input=j)
             rows.append((
@@ -626,9 +836,9 @@ def _text(ds) -> str:
             header=("input", "S1", "S1 CI", "ST", "ST CI", f"at {plo}", f"at {phi}"),
             align="lrlrlrr",
         ))
-        absent = [str(i) for i, v in zip(sub["input"].values, st, strict=True) if v == 0.0]
+        absent = [str(i) for i, v in zip(sub["input"].values, none, strict=True) if v]
         if absent:
-            lines.append("no effect (ST = 0): " + ", ".join(absent))
+            lines.append("no effect (S1 = ST = 0): " + ", ".join(absent))
     return "\n".join(lines)
 
 
