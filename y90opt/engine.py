@@ -274,7 +274,11 @@ def run_chunks(
     chunk = max(1, min(chunk, n))
     key = make_key(seed)
     fn = _jit_chunk_fn(model, chunk, dtype, reducer)
-    jargs = tuple(jnp.asarray(a) for a in args)
+    dt = jnp.dtype(dtype)
+    # floating arguments take the run's dtype, so a float32 run stays float32 even under JAX's x64 mode
+    jargs = tuple(
+        jnp.asarray(a, dt) if np.issubdtype(np.asarray(a).dtype, np.floating) else jnp.asarray(a) for a in args
+    )
     for start, size in chunks(n, chunk):
         yield fn(key, jnp.asarray(start, jnp.uint32 if n < 2**32 else jnp.int64), n, *jargs)
         if progress is not None:
