@@ -485,15 +485,36 @@ class CaseFunction:
         return np.stack([np.asarray(cols[p], np.float64) for p in self.inputs], axis=1)
 
 
+_COMPILED: dict[tuple[str, str, str], tuple] = {}
+
+
+def _compiled_model(case: Case, dtype: str):
+    """The case's model, its copy without the copula's Cholesky factor (the design is drawn in copula space:
+    the model must not correlate the variates again) and that copy's jitted factor function. Kept for a few
+    cases (keyed by the case text and path, which determine the model) so that repeated runs compile once
+    per chunk shape."""
+    import jax
+
+    from .engine import Model
+
+    key = (case.sha256, str(case.path), dtype)
+    if key not in _COMPILED:
+        model = Model.from_case(case)
+        free = dataclasses.replace(model, cholesky=None)
+        while len(_COMPILED) >= 8:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = (model, free, jax.jit(free.factors_from_z))
+    return _COMPILED[key]
+
+
 def output_function(case: Case, dtype: str = "float32") -> CaseFunction:
     """The case's doses and success indicator at its ``[plan]`` decision, evaluated through the JAX model.
 
     Raises :class:`CaseError` when ``[plan]`` lacks the vial or the treatment time or no input is uncertain.
     """
-    import jax
     import jax.numpy as jnp
 
-    from .engine import Model, enable_x64_if
+    from .engine import enable_x64_if
 
     if case.plan.vial_gbq is None:
         raise CaseError(case.path, "plan.vial_gbq", "missing (required by `sensitivity`)")
@@ -502,12 +523,10 @@ def output_function(case: Case, dtype: str = "float32") -> CaseFunction:
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     enable_x64_if(dtype)
-    model = Model.from_case(case)
+    model, free, factors = _compiled_model(case, dtype)
     if model.n_dims == 0:
         raise CaseError(case.path, "", "every input is exact: there is no uncertainty to attribute")
     corr = np.eye(model.n_dims) if model.cholesky is None else model.cholesky @ model.cholesky.T
-    # the design is drawn in copula space: the model must not correlate the variates again
-    free = dataclasses.replace(model, cholesky=None)
     hours = case.treatment_hours()
     s_gbq = case.plan.vial_gbq * physics.decay_factor(hours, case.conventions.half_life_h)
     offsets = model.offsets
@@ -515,7 +534,6 @@ def output_function(case: Case, dtype: str = "float32") -> CaseFunction:
     cols = [model.quantities.index(q) for q in dose_q]
     success, success_text = _success_function(case, model.quantities)
     jdt = jnp.dtype(dtype)
-    factors = jax.jit(free.factors_from_z)
 
     def evaluate(z: np.ndarray) -> np.ndarray:
         f, valid = factors(jnp.asarray(z, jdt))
