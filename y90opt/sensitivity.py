@@ -224,7 +224,8 @@ def sobol_from_samples(
         group = max(1, _BOOTSTRAP_BLOCK_BYTES // (8 * n))
         for g0 in range(0, bootstrap, group):
             g = min(group, bootstrap - g0)
-            w = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(g)]).astype(np.float64)
+            rows = rng.integers(0, n, (g, n)) + n * np.arange(g)[:, None]
+            w = np.bincount(rows.ravel(), minlength=g * n).reshape(g, n).astype(np.float64)
             reps.append(w @ terms)
         bs1, bst, _ = indices(np.concatenate(reps), n)
         alpha = 0.5 * (1.0 - level)
@@ -472,17 +473,14 @@ class CaseFunction:
     hours_after_calibration: float
     success_definition: str
     dtype: str
-    _evaluate: Callable[[np.ndarray], np.ndarray]
+    _evaluate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
     def __call__(self, z: np.ndarray) -> np.ndarray:
+        return self._evaluate(z)[0]
+
+    def with_inputs(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The outputs (m, K) and the input values (m, d) that the model used for variates z."""
         return self._evaluate(z)
-
-    def input_values(self, z: np.ndarray) -> np.ndarray:
-        """The input values (m, d) that the model uses for variates z."""
-        import jax.numpy as jnp
-
-        cols = self.model.input_columns(jnp.asarray(z, jnp.dtype(self.dtype)))
-        return np.stack([np.asarray(cols[p], np.float64) for p in self.inputs], axis=1)
 
 
 _COMPILED: dict[tuple[str, str, str], tuple] = {}
@@ -503,7 +501,17 @@ def _compiled_model(case: Case, dtype: str):
         free = dataclasses.replace(model, cholesky=None)
         while len(_COMPILED) >= 8:
             _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = (model, free, jax.jit(free.factors_from_z))
+        inputs = tuple(model.uncertain)
+
+        def factors(z):
+            import jax.numpy as jnp
+
+            f, valid = free.factors_from_z(z)
+            cols = free.input_columns(z)
+            x = jnp.stack([cols[p] for p in inputs], axis=-1) if inputs else jnp.zeros((z.shape[0], 0), z.dtype)
+            return f, valid, x
+
+        _COMPILED[key] = (model, free, jax.jit(factors))
     return _COMPILED[key]
 
 
@@ -536,11 +544,11 @@ def output_function(case: Case, dtype: str = "float32") -> CaseFunction:
     jdt = jnp.dtype(dtype)
 
     def evaluate(z: np.ndarray) -> np.ndarray:
-        f, valid = factors(jnp.asarray(z, jdt))
+        f, valid, x = factors(jnp.asarray(z, jdt))
         doses = s_gbq * np.asarray(f, np.float64) + offsets
         y = np.concatenate([doses[:, cols], success(doses)[:, None]], axis=1)
         y[~np.asarray(valid)] = np.nan
-        return y
+        return y, np.asarray(x, np.float64)
 
     return CaseFunction(
         model=free,
@@ -637,8 +645,9 @@ def sensitivity_case(
         z_oat[1 + 2 * i, i] = q_lo
         z_oat[2 + 2 * i, i] = q_hi
     z_pad = np.concatenate([z_oat, np.repeat(z_oat[-1:], (-len(z_oat)) % chunk, axis=0)])
-    y_oat = np.concatenate([fn(z_pad[i : i + chunk]) for i in range(0, len(z_pad), chunk)])[: len(z_oat)]
-    x_oat = fn.input_values(z_oat)
+    parts = [fn.with_inputs(z_pad[i : i + chunk]) for i in range(0, len(z_pad), chunk)]
+    y_oat = np.concatenate([p[0] for p in parts])[: len(z_oat)]
+    x_oat = np.concatenate([p[1] for p in parts])[: len(z_oat)]
 
     ds = _dataset(
         xr, case, est, list(fn.outputs), list(fn.units), list(fn.inputs), y_oat, x_oat, d,
