@@ -1,0 +1,170 @@
+"""Monte Carlo engine and simulate: closed forms within standard errors, invariance, reproducibility."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from y90opt import engine
+from y90opt.case import parse_case
+from y90opt.simulate import simulate_case
+
+SINGLE = """\
+name = "lognormal-volume"
+scenario = "radiation-segmentectomy"
+[liver]
+perfused_volume_ml = { value = 200, cv = 0.15 }
+[lung]
+shunt_fraction = 0.05
+[vials]
+calibration = "2026-12-06T12:00:00-05:00"
+[plan]
+vial_gbq = 3
+treatment = "2026-12-10T12:00:00-05:00"
+"""
+
+
+def test_lognormal_volume_gives_lognormal_dose():
+    # D_P = c / V with V lognormal(median m, σ) ⇒ D_P lognormal(median c/m, σ): closed-form mean and quantiles
+    case = parse_case(SINGLE)
+    n = 400_000
+    res = simulate_case(case, n=n, seed=3, dtype="float64")
+    s = res.summary
+    sigma = math.sqrt(math.log(1 + 0.15**2))
+    median = s["dose_gy"]["perfused_mean"]["nominal"]
+    law = stats.lognorm(s=sigma, scale=median)
+    d = s["dose_gy"]["perfused_mean"]
+    assert abs(d["mean"] - law.mean()) < 4 * law.std() / math.sqrt(n)
+    for key, p in (("p05", 0.05), ("p50", 0.5), ("p95", 0.95)):
+        q = law.ppf(p)
+        # standard error of a sample quantile: sqrt(p(1-p)/n) / pdf(q)
+        se = math.sqrt(p * (1 - p) / n) / law.pdf(q)
+        assert abs(d[key] - q) < 4 * se
+    # probability of reaching 400 Gy against the closed form, within 4 SE
+    p_exact = law.sf(400.0)
+    se = math.sqrt(p_exact * (1 - p_exact) / n)
+    assert abs(s["p_success"] - p_exact) < 4 * se
+
+
+def test_standard_error_shrinks_as_inverse_sqrt_n(case_text):
+    case = parse_case(case_text)
+    ns = [4_000, 16_000, 64_000, 256_000]
+    se = [simulate_case(case, n=n, seed=1).summary["dose_gy"]["tumors"]["T1"]["mean_se"] for n in ns]
+    slope = np.polyfit(np.log(ns), np.log(se), 1)[0]
+    assert slope == pytest.approx(-0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_chunk_size_does_not_change_samples(case_text, dtype):
+    model = engine.Model.from_case(parse_case(case_text))
+    n = 20_000
+    ref, vref = engine.sample_factors(model, n, seed=7, chunk=n, dtype=dtype)
+    for chunk in (n // 4, 4999, 4096, 1):
+        if chunk == 1:
+            continue
+        f, v = engine.sample_factors(model, n, seed=7, chunk=chunk, dtype=dtype)
+        np.testing.assert_array_equal(f, ref)  # to the last bit
+        np.testing.assert_array_equal(v, vref)
+    assert ref.dtype == np.dtype(dtype)
+
+
+def test_chunk_size_does_not_change_results(case_text):
+    case = parse_case(case_text)
+    a = simulate_case(case, n=30_000, seed=2).summary
+    b = simulate_case(case, n=30_000, seed=2, chunk=7_001).summary
+    assert a["p_success"] == b["p_success"]
+    for k in ("mean", "p05", "p50", "p95"):
+        assert a["dose_gy"]["tumors"]["T1"][k] == pytest.approx(b["dose_gy"]["tumors"]["T1"][k], rel=1e-6)
+
+
+def test_streaming_quantiles_agree_with_exact(case_text):
+    case = parse_case(case_text)
+    exact = simulate_case(case, n=200_000, seed=4).summary
+    stream = simulate_case(case, n=200_000, seed=4, exact_quantile_limit=1000).summary
+    assert stream["quantile_method"].startswith("log-spaced")
+    rel = stream["quantile_rel_error"]
+    for q in ("normal_perfused", "lung"):
+        for k in ("p05", "p50", "p95"):
+            assert stream["dose_gy"][q][k] == pytest.approx(exact["dose_gy"][q][k], rel=2 * rel + 1e-6)
+        assert stream["dose_gy"][q]["mean"] == pytest.approx(exact["dose_gy"][q]["mean"], rel=1e-5)
+    assert stream["p_success"] == exact["p_success"]
+
+
+def test_another_seed_gives_other_numbers(case_text):
+    case = parse_case(case_text)
+    a = simulate_case(case, n=5_000, seed=1).summary["dose_gy"]["tumors"]["T1"]["mean"]
+    b = simulate_case(case, n=5_000, seed=2).summary["dose_gy"]["tumors"]["T1"]["mean"]
+    assert a != b
+
+
+def test_same_seed_same_json_in_fresh_process(case_text, write_case):
+    path = write_case(case_text)
+    cmd = [sys.executable, "-m", "y90opt.cli", "simulate", path, "--samples", "20000", "--seed", "9", "--json"]
+    outs = [json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout) for _ in range(2)]
+    assert outs[0]["dose_gy"] == outs[1]["dose_gy"]
+    assert outs[0]["p_success"] == outs[1]["p_success"]
+    assert set(outs[0]["dose_gy"]) >= {"perfused_mean", "normal_perfused", "whole_normal_liver", "lung", "lung_cumulative", "tumors"}
+    assert set(outs[0]["dose_gy"]["tumors"]["T1"]) >= {"mean", "p05", "p50", "p95"}
+
+
+def test_probabilities_match_numpy_reference(case_text):
+    # the engine's samples fed to the plain-numpy reference model give the same rule probabilities
+    from y90opt.reference import reference_doses
+
+    case = parse_case(case_text)
+    model = engine.Model.from_case(case)
+    n = 50_000
+    x = engine.sample_inputs(model, n, seed=11, dtype="float64")
+    s = 7 * 2 ** (-72 / 64.1)
+    ref = reference_doses(
+        s * x["delivery.activity_factor"], x["liver.perfused_volume_ml"], x["tumors.T1.volume_ml"][:, None],
+        x["tumors.T1.tn_ratio"][:, None], np.array([True]), x["lung.shunt_fraction"], x["lung.mass_kg"],
+        x["delivery.residual_fraction"], x["liver.whole_liver_volume_ml"], 0.0,
+    )
+    # valid samples: the tumour fits in its territory, the territory in the whole liver
+    ok = (x["liver.perfused_volume_ml"] > x["tumors.T1.volume_ml"]) & (x["liver.perfused_volume_ml"] <= x["liver.whole_liver_volume_ml"])
+    res = simulate_case(case, n=n, seed=11, dtype="float64").summary
+    p_ntad = np.mean(ref["normal_perfused"][ok] <= 120)
+    p_tumor = np.mean(ref["tumors"][ok, 0] >= 205)
+    rules = {r["label"]: r["probability"] for r in res["rules"]}
+    assert rules["ntad"] == pytest.approx(p_ntad, abs=1e-12)
+    assert rules["tumor:T1"] == pytest.approx(p_tumor, abs=1e-12)
+
+
+def test_unphysical_samples_stop_the_run(case_text):
+    from y90opt.engine import UnphysicalSamplesError
+
+    t = case_text.replace("volume_ml = { value = 180, cv = 0.17 }", "volume_ml = { value = 900, cv = 0.5 }")
+    with pytest.raises(UnphysicalSamplesError, match="tumors"):
+        simulate_case(parse_case(t), n=10_000, seed=0)
+
+
+def test_copula_rank_correlation(case_text):
+    # Gaussian copula with ρ: Spearman rank correlation = (6/π) asin(ρ/2)
+    t = case_text + '\n[[correlations]]\ninputs = ["tumors.T1.volume_ml", "liver.perfused_volume_ml"]\nrho = 0.6\n'
+    model = engine.Model.from_case(parse_case(t))
+    n = 100_000
+    x = engine.sample_inputs(model, n, seed=5, dtype="float64")
+    r = stats.spearmanr(x["tumors.T1.volume_ml"], x["liver.perfused_volume_ml"]).statistic
+    expected = 6 / math.pi * math.asin(0.3)
+    # SE of Spearman's rho ≈ (1 − r²)/sqrt(n − 1) (large-sample)
+    assert abs(r - expected) < 4 * (1 - expected**2) / math.sqrt(n - 1)
+
+
+def test_netcdf_round_trip(case_text, tmp_path):
+    import xarray as xr
+
+    from y90opt.results import read_netcdf, write_netcdf
+
+    res = simulate_case(parse_case(case_text), n=2_000, seed=0, keep_samples=True)
+    p = tmp_path / "sim.nc"
+    write_netcdf(res.dataset, p)
+    back = read_netcdf(p)
+    xr.testing.assert_allclose(back[["mean", "p05", "p95", "probability"]], res.dataset[["mean", "p05", "p95", "probability"]])
+    assert back.attrs["case_toml"] == case_text
+    assert back["mean"].attrs["long_name"]
+    assert back["samples"].shape == (2_000 - back.attrs["unphysical_sample_count"], len(back["quantity"]))
