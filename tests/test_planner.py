@@ -1,0 +1,148 @@
+"""The planner: chance-constraint semantics, tie-break, infeasible answers, prior lung dose, and agreement
+with a brute-force re-evaluation of every candidate on the same samples."""
+
+import io
+import json
+import contextlib
+
+import numpy as np
+import pytest
+
+from y90opt import engine
+from y90opt.case import parse_case
+from y90opt.cli import main
+from y90opt.planner import choose, plan_case
+from y90opt.reference import reference_doses
+
+# Exact inputs: probabilities are 0 or 1 and the answer follows by hand.
+# D_P = 50 · s · 0.95 / 0.103 kg ≥ 400 Gy  ⇔  s ≥ 0.8674 GBq;  lung = 50 · s · 0.05 / 1 kg = 2.5 s.
+EXACT = """\
+name = "exact"
+scenario = "radiation-segmentectomy"
+[liver]
+perfused_volume_ml = 100
+[lung]
+shunt_fraction = 0.05
+prior_dose_gy = {prior}
+[vials]
+calibration = "2026-12-06T12:00:00-05:00"
+activities_gbq = [3, 5]
+[plan]
+hours_after_calibration = [72, 96, 120, 192, 216]
+"""
+
+
+def _plan(text, **kw):
+    kw.setdefault("optuna_trials", 0)
+    return plan_case(parse_case(text), n=kw.pop("n", 2_000), seed=kw.pop("seed", 0), **kw).summary
+
+
+def test_ties_go_to_smaller_vial_then_earlier_time():
+    s = _plan(EXACT.format(prior=0))
+    # every candidate with s ≥ 0.8674 reaches 400 Gy with P = 1: 3 GBq at 72 h (1.38 GBq) is the first
+    assert s["feasible"] is True
+    assert s["recommended"]["vial_gbq"] == 3 and s["recommended"]["hours_after_calibration"] == 72
+    assert s["recommended"]["p_success"] == 1.0
+
+
+def test_prior_lung_dose_constrains_the_choice():
+    # prior 48 Gy: cumulative ≤ 50 ⇔ 2.5 s ≤ 2 ⇔ s ≤ 0.8 GBq: only 3 GBq at ≥ 192 h (0.38 GBq) qualifies,
+    # and it cannot reach 400 Gy (needs 0.867 GBq): feasible, P(targets) = 0
+    s = _plan(EXACT.format(prior=48))
+    assert s["feasible"] is True
+    assert (s["recommended"]["vial_gbq"], s["recommended"]["hours_after_calibration"]) == (3, 192)
+    assert s["recommended"]["p_success"] == 0.0
+    assert s["rejected_better"] and "lung-cumulative" in s["rejected_better"][0]["ruled_out_by"]
+
+
+def test_infeasible_is_an_answer_with_the_binding_limit(write_case):
+    path = write_case(EXACT.format(prior=51))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["plan", path, "--samples", "1000", "--optuna-trials", "0", "--json"])
+    assert code == 0, err.getvalue()
+    s = json.loads(out.getvalue())
+    assert s["feasible"] is False and s["recommended"] is None
+    assert s["binding_limit"] == "lung-cumulative"
+    assert "no activity keeps it" in s["relax"]
+
+
+def test_choose_rule_on_hand_arrays():
+    vials = np.array([3.0, 5.0, 7.0])
+    hours = np.array([72.0, 96.0])
+    p_s = np.array([[0.50, 0.40], [0.899, 0.80], [0.90, 0.95]])
+    p_l = np.array([[[1.0], [1.0]], [[0.96], [0.99]], [[0.97], [0.90]]])
+    c = choose(p_s, p_l, vials, hours, risk=0.05, tol=0.005)
+    # 7 GBq at 96 h is infeasible; the best feasible is 0.90 (7 GBq, 72 h); 0.899 (5 GBq, 72 h) is tied
+    # within 0.005 and goes first as the smaller vial
+    assert c["feasible"] and c["index"] == (1, 0)
+    c = choose(p_s, p_l, vials, hours, risk=0.05, tol=0.0)
+    assert c["index"] == (2, 0)
+    c = choose(p_s, p_l * 0.5, vials, hours, risk=0.05, tol=0.005)
+    assert not c["feasible"] and c["index"] == (0, 0)  # least risky: smallest worst-limit risk, smaller vial
+
+
+def test_risk_semantics_change_the_answer(case_text):
+    text = case_text + ""
+    strict = _plan(text, n=20_000, risk=0.01)
+    loose = _plan(text, n=20_000, risk=0.20)
+    assert loose["recommended"]["p_success"] >= strict["recommended"]["p_success"]
+    for lab, p in strict["recommended"]["p_limits"].items():
+        assert p >= 0.99
+    for lab, p in loose["recommended"]["p_limits"].items():
+        assert p >= 0.80
+
+
+def test_default_times_are_weekdays_in_the_window(case_text):
+    s = _plan(case_text)
+    # calibration Sunday 12:00 US Eastern; scenario 3 window week 1 Wednesday – week 2 Tuesday
+    assert s["hours_after_calibration"] == [72.0, 96.0, 120.0, 192.0, 216.0]
+    assert s["vials_gbq"] == [3.0, 5.0, 7.0, 10.0, 15.0, 20.0]
+
+
+def test_exact_solver_equals_brute_force_on_same_samples(case_text):
+    case = parse_case(case_text)
+    n = 20_000
+    res = plan_case(case, n=n, seed=3, dtype="float64", optuna_trials=0)
+    ds = res.dataset
+    x = engine.sample_inputs(engine.Model.from_case(case), n, seed=3, dtype="float64")
+    for i, vial in enumerate(ds["vial"].values):
+        for j, h in enumerate(ds["hours_after_calibration"].values):
+            s = vial * 2 ** (-h / 64.1)
+            d = reference_doses(
+                s * x["delivery.activity_factor"], x["liver.perfused_volume_ml"], x["tumors.T1.volume_ml"][:, None],
+                x["tumors.T1.tn_ratio"][:, None], np.array([True]), x["lung.shunt_fraction"], x["lung.mass_kg"],
+                x["delivery.residual_fraction"], x["liver.whole_liver_volume_ml"], 0.0,
+            )
+            ok = (x["liver.perfused_volume_ml"] > x["tumors.T1.volume_ml"]) & (x["liver.perfused_volume_ml"] <= x["liver.whole_liver_volume_ml"])
+            assert float(ds["p_success"][i, j]) == pytest.approx(np.mean(d["tumors"][ok, 0] >= 205), abs=1e-12)
+            p_ntad = np.mean(d["normal_perfused"][ok] <= 120)
+            assert float(ds["p_limit"].sel(limit="ntad")[i, j]) == pytest.approx(p_ntad, abs=1e-12)
+            p_lung = np.mean(d["lung"][ok] <= 30)
+            assert float(ds["p_limit"].sel(limit="lung-session")[i, j]) == pytest.approx(p_lung, abs=1e-12)
+
+
+def test_plan_json_pinned_keys_and_reproducible(case_text, write_case):
+    path = write_case(case_text)
+    outs = []
+    for _ in range(2):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["plan", path, "--samples", "5000", "--seed", "4", "--optuna-trials", "0", "--json"]) == 0
+        outs.append(json.loads(out.getvalue()))
+    s = outs[0]
+    assert isinstance(s["feasible"], bool)
+    assert set(s["recommended"]) >= {"vial_gbq", "hours_after_calibration"}
+    assert outs[0]["recommended"] == outs[1]["recommended"]
+
+
+def test_plan_writes_netcdf(case_text, write_case, tmp_path):
+    from y90opt.results import read_netcdf
+
+    path = write_case(case_text)
+    out_dir = tmp_path / "res"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["plan", path, "--samples", "3000", "--optuna-trials", "0", "--out", str(out_dir)]) == 0
+    ds = read_netcdf(out_dir / "plan.nc")
+    assert ds["p_success"].dims == ("vial", "time")
+    assert ds.attrs["case_toml"] == case_text
