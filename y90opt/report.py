@@ -1,0 +1,986 @@
+"""The plan report: figures and one self-contained HTML page, derived from a plan Dataset.
+
+Everything shown comes from the Dataset written by ``y90opt plan`` (:func:`y90opt.planner.plan_dataset`) or
+from the summary derived from it (:func:`y90opt.planner.summarize_plan`); nothing here computes a dose.
+Three library calls add context that the Dataset does not hold as numbers: the case is re-parsed from the
+stored case text (its inputs and their uncertainty), the scenario's rules are reloaded (with the case's
+overrides), and the nominal doses and advisories at the recommendation come from
+:func:`y90opt.nominal.nominal_doses` and :func:`y90opt.outcomes.nominal_advisories`.
+
+Dose distributions are drawn from the stored percentiles (p05, p50, p95) of each candidate: raw samples are
+not stored, and redrawing them would compute the doses a second time.
+
+Figures (PNG, 150 dpi, written next to ``report.html`` and linked by relative paths, so the page opens from
+disk in any browser without a server):
+
+* ``report_heatmap.png``: P(all primary targets met) over vial × treatment time, infeasible cells hatched,
+  the recommendation outlined;
+* ``report_doses.png``: each constrained dose at the recommendation (5th-95th percentile and median), with the
+  scenario's targets and limits;
+* ``report_curves.png``: P(targets) and P(each limit kept) against the vial activity at treatment, with every
+  candidate and the 1 − risk line;
+* ``report_tornado_<output>.png``: the one-at-a-time view of each constrained dose when a sensitivity result
+  is given.
+
+The page is deterministic: the same Dataset gives the same bytes (no time stamp other than the Dataset's own).
+Numbers a check may read carry ``data-key`` and ``data-value`` attributes (``repr`` of the stored float).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import html
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import physics
+
+#: Resolution of every figure [dots per inch].
+DPI = 150
+
+#: Figure file names (relative to the report's folder).
+HEATMAP_PNG = "report_heatmap.png"
+DOSES_PNG = "report_doses.png"
+CURVES_PNG = "report_curves.png"
+TORNADO_PNG = "report_tornado_{}.png"
+
+#: Most candidates the folded table of every candidate lists.
+MAX_TABLE_ROWS = 200
+
+#: Candidates ranked above the recommendation that the alternatives table shows, and below it.
+ALTERNATIVES_ABOVE = 10
+ALTERNATIVES_BELOW = 5
+
+#: Most cells the heat map annotates with their probability.
+MAX_ANNOTATED_CELLS = 120
+
+# Colour-blind-safe colours (Okabe & Ito) so that print, screen and grey scale all read.
+_TARGET_COLOUR = "#009E73"
+_LIMIT_COLOURS = ("#D55E00", "#0072B2", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+_SUCCESS_COLOUR = "#000000"
+
+_QUANTITY_NAMES = {
+    "perfused_mean": "perfused territory (mean)",
+    "normal_perfused": "NTAD (normal perfused liver)",
+    "whole_normal_liver": "whole normal liver",
+    "whole_liver": "whole liver",
+    "lung": "lung, this session",
+    "lung_cumulative": "lung, cumulative",
+    "tumor_total": "tumours, mass-weighted",
+    "injected": "injected activity",
+    "liver": "activity to the liver",
+    "lung_activity": "activity to the lungs",
+}
+
+_QUANTITY_ORDER = (
+    "tumor_total", "perfused_mean", "normal_perfused", "whole_normal_liver", "whole_liver", "lung", "lung_cumulative",
+)
+
+
+def quantity_name(q: str) -> str:
+    """A reader's name for a dose quantity (``tumors.T1`` → ``tumour T1``)."""
+    if q.startswith("tumors."):
+        return f"tumour {q.split('.', 1)[1]}"
+    return _QUANTITY_NAMES.get(q, q)
+
+
+# --- public API --------------------------------------------------------------------------------------------
+
+
+def write_report(ds, out_dir: str | os.PathLike, sensitivity=None) -> str:
+    """Write the figures and ``report.html`` for a plan Dataset into ``out_dir``; return the page's path.
+
+    Args:
+        ds: the Dataset of ``y90opt plan`` (:attr:`y90opt.planner.PlanResult.dataset`, or read from plan.nc).
+        out_dir: folder for ``report.html`` and its PNG figures (created if missing).
+        sensitivity: optional :class:`y90opt.sensitivity.SensitivityResult` (or its Dataset) of the same case;
+            adds tornado figures and the Sobol' indices of plan success.
+    """
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    ctx = _context(ds)
+    figures: dict[str, str] = {
+        "heatmap": heatmap_figure(ds, os.path.join(out_dir, HEATMAP_PNG)),
+        "doses": dose_figure(ds, os.path.join(out_dir, DOSES_PNG), nominal=ctx["nominal_flat"]),
+        "curves": curve_figure(ds, os.path.join(out_dir, CURVES_PNG)),
+    }
+    sens = None
+    if sensitivity is not None:
+        sens = _sensitivity_section(ds, sensitivity, out_dir)
+    page = render_html(ds, ctx, {k: os.path.basename(v) for k, v in figures.items()}, sens)
+    path = os.path.join(out_dir, "report.html")
+    tmp = path + ".part"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(page)
+    os.replace(tmp, path)
+    return path
+
+
+def report_from_netcdf(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, sensitivity=None) -> str:
+    """Rebuild the report from a saved ``plan.nc``; ``out_dir`` defaults to the file's folder. Returns the
+    path of ``report.html``. ``sensitivity`` may be a SensitivityResult, its Dataset or a NetCDF path."""
+    from .cli import BadInput
+    from .results import read_netcdf
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BadInput(f"{path}: no such results file")
+    try:
+        ds = read_netcdf(path)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{path}: not a readable NetCDF results file ({e})") from None
+    if ds.attrs.get("command") != "plan" or "p_success" not in ds:
+        raise BadInput(f"{path}: not the results of `y90opt plan` (command = {ds.attrs.get('command')!r})")
+    if isinstance(sensitivity, str | os.PathLike):
+        sensitivity = read_netcdf(sensitivity)
+    out = os.fspath(out_dir) if out_dir is not None else os.path.dirname(os.path.abspath(path))
+    return write_report(ds, out, sensitivity=sensitivity)
+
+
+# --- what the page shows, gathered once -------------------------------------------------------------------
+
+
+def _context(ds) -> dict[str, Any]:
+    """Summary, case, rules, nominal doses and advisories at the recommendation (or the least risky
+    candidate). The case part degrades to notes when the stored case cannot be re-parsed."""
+    from .planner import summarize_plan
+
+    summary = summarize_plan(ds)
+    a = ds.attrs
+    i, j = int(a["recommended_index_vial"]), int(a["recommended_index_time"])
+    ctx: dict[str, Any] = {
+        "summary": summary,
+        "index": (i, j),
+        "case": None,
+        "active": None,
+        "nominal": None,
+        "nominal_flat": {},
+        "advisories": [],
+        "notes": [],
+    }
+    try:
+        from .case import parse_case
+        from .nominal import flatten_doses, nominal_doses
+        from .outcomes import active_rules, nominal_advisories
+
+        case = parse_case(str(a["case_toml"]), str(a.get("case_path", "<case>")))
+        ctx["case"] = case
+        ar = active_rules(case)
+        ctx["active"] = ar
+        when = _dt.datetime.fromisoformat(str(ds["time_local"].values[j]))
+        plan = dataclasses.replace(case.plan, vial_gbq=float(ds["vial"].values[i]), treatment=when)
+        at_rec = dataclasses.replace(case, plan=plan)
+        nominal = nominal_doses(at_rec)
+        ctx["nominal"] = nominal
+        ctx["nominal_flat"] = flatten_doses(nominal["dose_gy"])
+        ctx["advisories"] = nominal_advisories(at_rec, nominal, ar)
+    except Exception as e:  # noqa: BLE001 - the page still shows everything the Dataset holds
+        ctx["notes"].append(f"the stored case could not be re-read ({type(e).__name__}: {e}); "
+                            "inputs, nominal doses and advisories are not shown")
+    if a.get("rules_not_evaluated"):
+        ctx["advisories"] = list(ctx["advisories"]) + [{
+            "code": "rule-not-evaluated",
+            "message": f"rules not evaluated (the case gives no dose for them): {a['rules_not_evaluated']}",
+        }]
+    bad = int(a.get("unphysical_sample_count", 0))
+    if bad:
+        ctx["advisories"] = list(ctx["advisories"]) + [{
+            "code": "unphysical-samples",
+            "message": f"{bad} of {int(a['sample_count'])} samples were unphysical (tumours larger than their "
+            "territory) and left out of every probability",
+        }]
+    return ctx
+
+
+def _constrained_quantities(ds) -> list[str]:
+    """Dose quantities the page plots: every tumour that receives a dose, NTAD, the lung, and every quantity
+    a rule constrains, in a fixed reading order (tumours first, lungs last)."""
+    qs = [str(q) for q in ds["quantity"].values]
+    units = [str(u) for u in ds["unit"].values]
+    gy = {q for q, u in zip(qs, units, strict=True) if u == "Gy"}
+    ruled = {str(q) for q in ds["rule_quantity"].values}
+    i, j = int(ds.attrs["recommended_index_vial"]), int(ds.attrs["recommended_index_time"])
+    p95 = ds["dose_p95"].values[i, j] if "dose_p95" in ds else None
+    out = []
+    for k, q in enumerate(qs):
+        if q.startswith("tumors.") and (q in ruled or p95 is None or p95[k] > 0):
+            out.append(q)
+    wanted = ruled | {"normal_perfused", "lung"}
+    out += [q for q in _QUANTITY_ORDER if q in wanted and q in gy]
+    return out
+
+
+# --- figures -------------------------------------------------------------------------------------------------
+
+
+def _figure(width_in: float, height_in: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str) -> str:
+    # no software/date metadata: the same Dataset gives the same bytes
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    return path
+
+
+def _rc():
+    import matplotlib
+
+    return matplotlib.rc_context({
+        "font.size": 9.5,
+        "axes.titlesize": 10.5,
+        "axes.labelsize": 9.5,
+        "legend.fontsize": 8.5,
+        "xtick.labelsize": 8.5,
+        "ytick.labelsize": 8.5,
+        "hatch.linewidth": 0.8,
+        "svg.hashsalt": "y90opt",
+    })
+
+
+def _time_ticks(ds) -> list[str]:
+    """Tick labels for candidate times: local day name and date, clock time, hours after calibration."""
+    out = []
+    for local, h in zip(ds["time_local"].values, ds["hours_after_calibration"].values, strict=True):
+        when = _dt.datetime.fromisoformat(str(local))
+        out.append(f"{when.strftime('%a %d %b')}\n{when.strftime('%H:%M')}\n{float(h):.0f} h")
+    return out
+
+
+def _zone(ds) -> str:
+    return str(ds.attrs.get("site_timezone", ""))
+
+
+def heatmap_figure(ds, path: str) -> str:
+    """P(all primary targets met) on the vial × treatment-time grid; infeasible cells hatched; the
+    recommendation (or, when nothing is feasible, the least risky candidate) outlined."""
+    from matplotlib.patches import Rectangle
+
+    ps = ds["p_success"].values.astype(float)
+    feas = ds["feasible"].values.astype(bool)
+    vials = ds["vial"].values.astype(float)
+    nv, nt = ps.shape
+    i0, j0 = int(ds.attrs["recommended_index_vial"]), int(ds.attrs["recommended_index_time"])
+    ok = bool(int(ds.attrs["feasible"]))
+    with _rc():
+        fig = _figure(min(11.0, max(6.5, 1.0 + 0.95 * nt)), min(9.0, max(3.4, 1.6 + 0.42 * nv)))
+        ax = fig.add_subplot()
+        im = ax.imshow(ps, origin="lower", aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
+                       extent=(-0.5, nt - 0.5, -0.5, nv - 0.5), interpolation="nearest")
+        cb = fig.colorbar(im, ax=ax, pad=0.01)
+        cb.set_label("P(all primary targets met) (probability, 0-1)")
+        small = nv * nt <= MAX_ANNOTATED_CELLS
+        for a in range(nv):
+            for b in range(nt):
+                if not feas[a, b]:
+                    ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, facecolor=(1, 1, 1, 0.55), edgecolor="#555555",
+                                           hatch="///" if small else None, linewidth=0.0))
+                if small:
+                    colour = "white" if ps[a, b] < 0.55 and feas[a, b] else "black"
+                    ax.text(b, a, f"{ps[a, b]:.2f}", ha="center", va="center", fontsize=8.5, color=colour,
+                            fontweight="bold" if (a, b) == (i0, j0) else "normal")
+        ax.add_patch(Rectangle((j0 - 0.5, i0 - 0.5), 1, 1, fill=False, edgecolor="#D55E00" if ok else "#CC79A7",
+                               linewidth=3.0, zorder=5))
+        step_t = max(1, int(math.ceil(nt / 14)))
+        step_v = max(1, int(math.ceil(nv / 20)))
+        ticks = _time_ticks(ds)
+        ax.set_xticks(range(0, nt, step_t), [ticks[b] for b in range(0, nt, step_t)])
+        ax.set_yticks(range(0, nv, step_v), [f"{vials[a]:g}" for a in range(0, nv, step_v)])
+        ax.set_xlabel(f"treatment time (local, {_zone(ds)}; hours after calibration)")
+        ax.set_ylabel("vial activity at calibration (GBq)")
+        what = "recommendation" if ok else "least risky candidate"
+        ax.set_title(f"P(targets met); hatched: a limit kept with P < {1 - float(ds.attrs['risk']):.3g}; "
+                     f"outlined: {what}", loc="left")
+        return _save(fig, path)
+
+
+def dose_figure(ds, path: str, nominal: dict[str, float] | None = None) -> str:
+    """Each plotted dose at the recommendation: the 5th-95th percentile band, the median, the nominal dose,
+    and the scenario's thresholds on that dose (targets green dashed, limits red solid). One panel per dose,
+    each on its own linear scale from 0 Gy."""
+    qs_all = [str(q) for q in ds["quantity"].values]
+    qs = _constrained_quantities(ds)
+    i, j = int(ds.attrs["recommended_index_vial"]), int(ds.attrs["recommended_index_time"])
+    rule_q = [str(x) for x in ds["rule_quantity"].values]
+    rule_kind = [str(x) for x in ds["rule_kind"].values]
+    rule_thr = ds["rule_threshold"].values.astype(float)
+    rule_lab = [str(x) for x in ds["rule"].values]
+    have_q = "dose_p50" in ds
+    box = {"facecolor": "white", "edgecolor": "none", "pad": 0.6, "alpha": 0.85}
+    with _rc():
+        fig = _figure(8.2, 1.1 + 0.82 * max(1, len(qs)))
+        axes = fig.subplots(max(1, len(qs)), 1, squeeze=False)[:, 0]
+        for ax, q in zip(axes, qs, strict=False):
+            k = qs_all.index(q)
+            thr = [(rule_thr[r], rule_kind[r], rule_lab[r]) for r in range(len(rule_q)) if rule_q[r] == q]
+            top = [t for t, _, _ in thr]
+            if nominal and q in nominal:
+                top.append(float(nominal[q]))
+            if have_q:
+                p05, p50, p95 = (float(ds[f"dose_{p}"].values[i, j, k]) for p in ("p05", "p50", "p95"))
+                top.append(p95)
+                ax.barh(0, p95 - p05, left=p05, height=0.46, color="#9ecae1", edgecolor="#3182bd",
+                        label="5th-95th percentile")
+                ax.plot([p50, p50], [-0.23, 0.23], color="#08306b", linewidth=2.8, solid_capstyle="butt",
+                        label="median")
+                ax.text(1.01, 0.5, f"{p05:.3g} / {p50:.3g} / {p95:.3g}", transform=ax.transAxes, va="center",
+                        ha="left", fontsize=8.5)
+            hi = max(top + [1e-9]) * 1.12
+            if nominal and q in nominal:
+                ax.plot([nominal[q]], [0], marker="D", color="white", markeredgecolor="black", markersize=5.5,
+                        linestyle="none", label="nominal (measured inputs)", zorder=4)
+            for t, kind, lab in thr:
+                if kind == "limit":
+                    ax.axvline(t, color=_LIMIT_COLOURS[0], linewidth=2.0, label="limit (maximum dose)")
+                    ax.text(t, 0.38, f" ≤ {t:g} {lab}", color=_LIMIT_COLOURS[0], fontsize=7.5, va="center",
+                            ha="left", bbox=box)
+                elif kind == "target":
+                    ax.axvline(t, color=_TARGET_COLOUR, linewidth=2.0, linestyle="--", label="target (minimum dose)")
+                    ax.text(t, 0.38, f"{lab} ≥ {t:g} ", color=_TARGET_COLOUR, fontsize=7.5, va="center",
+                            ha="right", bbox=box)
+                else:
+                    ax.axvline(t, color=_TARGET_COLOUR, linewidth=1.4, linestyle=":",
+                               label="secondary target (reported only)")
+                    ax.text(t, -0.38, f" ≥ {t:g} {lab}", color=_TARGET_COLOUR, fontsize=7.5, va="center",
+                            ha="left", bbox=box)
+            ax.set_xlim(0, hi)
+            ax.set_ylim(-0.6, 0.6)
+            ax.set_yticks([0], [quantity_name(q)])
+            ax.set_xlabel("absorbed dose (Gy)", fontsize=8, labelpad=1)
+            ax.grid(axis="x", color="#e3e3e3", linewidth=0.6)
+            ax.set_axisbelow(True)
+        if have_q:
+            axes[0].text(1.01, 1.12, "p05 / p50 / p95 (Gy)", transform=axes[0].transAxes, ha="left",
+                         va="bottom", fontsize=8.5, fontweight="bold")
+        handles: dict[str, Any] = {}
+        for ax in axes:
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(lab, h)
+        if handles:
+            fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
+                       ncols=min(len(handles), 3), frameon=False)
+        return _save(fig, path)
+
+
+def curve_figure(ds, path: str) -> str:
+    """P(targets) and P(each limit kept) against the vial activity at treatment (one sample set, exact for it),
+    with each candidate marked on the P(targets) curve and the 1 − risk line."""
+    grid = ds["activity"].values.astype(float)
+    risk = float(ds.attrs["risk"])
+    limits = [str(x) for x in ds["limit"].values]
+    vials = ds["vial"].values.astype(float)
+    s = ds["vial_at_treatment"].values.astype(float)
+    ps = ds["p_success"].values.astype(float)
+    feas = ds["feasible"].values.astype(bool)
+    i0, j0 = int(ds.attrs["recommended_index_vial"]), int(ds.attrs["recommended_index_time"])
+    with _rc():
+        fig = _figure(7.8, 4.6)
+        ax = fig.add_subplot()
+        cl = ds["curve_p_limit"].values.astype(float)
+        if cl.shape[1]:
+            ok = np.all(cl >= 1 - risk - 1e-12, axis=1)
+            if ok.any():
+                lo_s, hi_s = grid[ok].min(), grid[ok].max()
+                ax.axvspan(lo_s, hi_s, color="#eeeeee", zorder=0, label="every limit kept with P ≥ 1 − risk")
+        ax.plot(grid, ds["curve_p_success"].values, color=_SUCCESS_COLOUR, linewidth=2.4, label="P(all primary targets met)")
+        for k, lab in enumerate(limits):
+            ax.plot(grid, cl[:, k], color=_LIMIT_COLOURS[k % len(_LIMIT_COLOURS)], linewidth=1.6,
+                    linestyle=("-", "--", "-.", ":")[k % 4], label=f"P(limit {lab} kept)")
+        ax.axhline(1 - risk, color="#777777", linewidth=1.0, linestyle=":", label=f"1 − risk = {1 - risk:.3g}")
+        markers = "os^vDPX*<>"
+        for a, v in enumerate(vials):
+            m = markers[a % len(markers)]
+            ax.scatter(s[a][feas[a]], ps[a][feas[a]], marker=m, s=30, color="#555555", zorder=4,
+                       label=f"{v:g} GBq vial candidates" if len(vials) <= 10 else None)
+            ax.scatter(s[a][~feas[a]], ps[a][~feas[a]], marker=m, s=30, facecolor="white", edgecolor="#555555",
+                       zorder=4)
+        ok_plan = bool(int(ds.attrs["feasible"]))
+        ax.scatter([s[i0, j0]], [ps[i0, j0]], marker="o", s=170, facecolor="none", edgecolor="#D55E00",
+                   linewidth=2.5, zorder=5, label="recommendation" if ok_plan else "least risky candidate")
+        ax.set_xscale("log")
+        # the stored curve spans far below the candidates; show the candidates' range with a margin
+        ax.set_xlim(max(grid.min(), s.min() / 1.6), min(grid.max(), s.max() * 1.6))
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("vial activity at treatment (GBq, log scale)")
+        ax.set_ylabel("probability (0-1)")
+        ax.set_title("Probabilities against the activity at treatment (hollow markers: a limit fails)")
+        ax.grid(color="#dddddd", linewidth=0.6, which="both")
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        return _save(fig, path)
+
+
+# --- sensitivity ------------------------------------------------------------------------------------------
+
+
+def _sensitivity_section(ds, sensitivity, out_dir: str) -> dict[str, Any]:
+    from .sensitivity import tornado_figure
+
+    sds = getattr(sensitivity, "dataset", sensitivity)
+    outputs = [str(o) for o in sds["output"].values]
+    figs = []
+    for q in _constrained_quantities(ds):
+        name = f"dose_gy.{q}"
+        if name in outputs:
+            fname = TORNADO_PNG.format(_safe(q))
+            with _rc():
+                tornado_figure(sds, name, os.path.join(out_dir, fname))
+            figs.append((q, fname))
+    rows = []
+    if "success" in outputs:
+        sub = sds.sel(output="success")
+        for k, inp in enumerate(sds["input"].values):
+            rows.append((str(inp), str(sub["input_distribution"].values[k]) if "input_distribution" in sub else "",
+                         float(sub["S1"].values[k]), float(sub["ST"].values[k]),
+                         float(sub["ST_lo"].values[k]) if "ST_lo" in sub else float("nan"),
+                         float(sub["ST_hi"].values[k]) if "ST_hi" in sub else float("nan")))
+        rows.sort(key=lambda r: -np.nan_to_num(r[3]))
+    a = sds.attrs
+    return {"figures": figs, "success_rows": rows, "attrs": {k: a[k] for k in (
+        "method", "input_dependence", "samples", "seed", "vial_gbq", "hours_after_calibration", "case_sha256") if k in a}}
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+# --- HTML --------------------------------------------------------------------------------------------------
+
+_CSS = """
+:root { --ink:#1a1a1a; --muted:#5b6470; --line:#d9dde3; --bg:#ffffff; --panel:#f6f8fa; --ok:#0b7a4b;
+        --bad:#b3261e; --warn:#8a5a00; --accent:#0b5cad; }
+* { box-sizing: border-box; }
+body { font: 15px/1.45 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--ink);
+       background: var(--bg); margin: 0; }
+main { max-width: 1180px; margin: 0 auto; padding: 20px 28px 40px; }
+h1 { font-size: 26px; margin: 4px 0 2px; }
+h2 { font-size: 19px; margin: 30px 0 10px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
+h3 { font-size: 15px; margin: 16px 0 6px; }
+p { margin: 6px 0; }
+.sub { color: var(--muted); margin: 0 0 12px; }
+.banner { border: 2px solid var(--bad); background: #fdf0ef; color: #5c1410; padding: 8px 14px; border-radius: 6px;
+          font-weight: 600; margin: 10px 0 16px; }
+.cards { display: grid; grid-template-columns: 1.25fr 1fr; gap: 16px; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: 14px 18px; background: var(--panel); }
+.card.ok { border-left: 6px solid var(--ok); }
+.card.bad { border-left: 6px solid var(--bad); }
+.card h3 { margin-top: 0; font-size: 13px; text-transform: uppercase; letter-spacing: .06em; color: var(--muted); }
+.big { font-size: 30px; font-weight: 700; line-height: 1.15; }
+.big small { font-size: 17px; font-weight: 600; color: var(--muted); }
+.kv { display: grid; grid-template-columns: max-content 1fr; gap: 3px 14px; margin-top: 8px; }
+.kv dt { color: var(--muted); }
+.kv dd { margin: 0; font-variant-numeric: tabular-nums; }
+.prob { font-size: 34px; font-weight: 700; color: var(--ok); }
+.card.bad .prob { color: var(--bad); }
+table { border-collapse: collapse; width: 100%; margin: 6px 0 10px; font-size: 13.5px; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: var(--panel); font-weight: 600; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.rec td { background: #fff4e5; font-weight: 600; }
+td.fail { color: var(--bad); font-weight: 600; }
+td.pass { color: var(--ok); }
+.tag { display: inline-block; padding: 0 7px; border-radius: 10px; font-size: 12px; font-weight: 600; }
+.tag.ok { background: #dff3e9; color: var(--ok); }
+.tag.bad { background: #fbe3e1; color: var(--bad); }
+.tag.muted { background: #eceff3; color: var(--muted); }
+figure { margin: 10px 0 18px; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
+figure img.w900 { width: 900px; }
+td.nw { white-space: nowrap; }
+details { margin: 8px 0; }
+summary { cursor: pointer; color: var(--accent); font-weight: 600; }
+figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
+.adv-box { border: 1px solid #e8c97a; background: #fff8e6; border-radius: 8px; padding: 10px 16px; margin: 14px 0; }
+.adv-box.ok { border-color: var(--line); background: var(--panel); }
+.tag.warn { background: #f6e3b4; color: var(--warn); }
+ul.adv { padding-left: 20px; margin: 6px 0 0; }
+ul.adv li { margin: 3px 0; }
+code, pre { font-family: "SFMono-Regular", Menlo, Consolas, monospace; font-size: 12.5px; }
+pre { background: var(--panel); border: 1px solid var(--line); padding: 10px; overflow-x: auto; border-radius: 6px; }
+.grid2 { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
+.muted { color: var(--muted); }
+footer { margin-top: 34px; padding-top: 10px; border-top: 2px solid var(--line); color: var(--muted); font-size: 13px; }
+@media (max-width: 860px) { .cards, .grid2 { grid-template-columns: 1fr; } }
+@media print {
+  body { font-size: 11pt; }
+  main { max-width: none; padding: 0; }
+  h2 { break-after: avoid; }
+  figure, table, .card { break-inside: avoid; }
+  .card, th, tr.rec td, .banner { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+}
+"""
+
+
+def esc(x: Any) -> str:
+    """HTML-escape any value shown on the page (user text included)."""
+    return html.escape(str(x), quote=True)
+
+
+def _num(key: str, value: float, text: str | None = None, fmt: str = ".3f") -> str:
+    """A number a check can read back: the exact stored value in ``data-value``, the rounded one shown."""
+    v = float(value)
+    shown = text if text is not None else format(v, fmt)
+    return f'<span data-key="{esc(key)}" data-value="{esc(repr(v))}">{esc(shown)}</span>'
+
+
+def _p(p: float) -> str:
+    return f"{float(p):.3f}"
+
+
+def _se(p: float, n: int) -> float:
+    """Monte Carlo standard error of a probability estimated from n samples."""
+    p = float(p)
+    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+def _when(iso: str) -> str:
+    w = _dt.datetime.fromisoformat(str(iso))
+    zone = w.tzname() or ""
+    return f"{w.strftime('%a %Y-%m-%d %H:%M')} {zone}".strip()
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool] = (), row_class=None) -> str:
+    """A table from already-escaped cell HTML."""
+    numeric = list(numeric) + [False] * (len(header) - len(numeric))
+    out = ["<table>"]
+    if any(header):
+        out.append("<thead><tr>")
+        out += [f'<th class="n">{h}</th>' if numeric[k] else f"<th>{h}</th>" for k, h in enumerate(header)]
+        out.append("</tr></thead>")
+    out.append("<tbody>")
+    for r, row in enumerate(rows):
+        cls = row_class(r) if row_class else ""
+        out.append(f'<tr class="{cls}">' if cls else "<tr>")
+        for k, cell in enumerate(row):
+            if isinstance(cell, tuple):  # (html, extra class)
+                cell, extra = cell
+            else:
+                extra = ""
+            classes = " ".join(c for c in ("n" if numeric[k] else "", extra) if c)
+            out.append(f'<td class="{classes}">{cell}</td>' if classes else f"<td>{cell}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def render_html(ds, ctx: dict[str, Any], figures: dict[str, str], sens: dict[str, Any] | None = None) -> str:
+    """The report page (a string); ``figures`` maps ``heatmap``/``doses``/``curves`` to relative PNG paths."""
+    s = ctx["summary"]
+    a = ds.attrs
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>y90opt plan report: {esc(s['case'])}</title>",
+        f"<style>{_CSS}</style></head><body><main>",
+        _header(ds, ctx),
+        _recommendation(ds, ctx, figures),
+        _choice_section(ds, ctx, figures),
+        _alternatives(ds, ctx),
+        _optuna(s),
+        _rules_section(ds, ctx),
+        _case_section(ds, ctx),
+    ]
+    if sens is not None:
+        parts.append(_sensitivity_html(sens))
+    parts += [_provenance(ds), _footer(a), "</main></body></html>"]
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def _header(ds, ctx) -> str:
+    s = ctx["summary"]
+    ar = ctx["active"]
+    scen = ""
+    if ar is not None:
+        sc = ar.scenario
+        scen = (f"DSC 2022 scenario {sc.dsc_scenario}: {esc(sc.title)} ({esc(sc.intent)} intent; "
+                f"{esc(sc.preferred_model)} model preferred)")
+    else:
+        scen = f"scenario {esc(s['scenario'])}"
+    return (
+        f'<h1>Y-90 glass microsphere plan: <span data-key="case-name">{esc(s["case"])}</span></h1>'
+        f'<p class="sub">{scen} · scenario id <code>{esc(s["scenario"])}</code> · '
+        f'{_num("samples", s["samples"], fmt=",.0f")} Monte Carlo samples · '
+        f'{s["candidates"]} candidates (vial × treatment time)</p>'
+        '<div class="banner">Research software. This plan must be checked independently (vendor calculator, '
+        "a second physicist) before any clinical use.</div>"
+    )
+
+
+def _recommendation(ds, ctx, figures: dict[str, str]) -> str:
+    s = ctx["summary"]
+    a = ds.attrs
+    i, j = ctx["index"]
+    n = int(a.get("valid_sample_count", s["samples"]))
+    risk = float(s["risk"])
+    feasible = bool(s["feasible"])
+    r = s["recommended"] if feasible else s["least_risky"]
+    label = str(ds["time_label"].values[j])
+    out = ["<h2>Recommendation</h2>"]
+    cls = "ok" if feasible else "bad"
+    head = "Order and schedule" if feasible else "No feasible plan: the least risky candidate"
+    out.append(f'<div class="cards"><div class="card {cls}"><h3>{head}</h3>')
+    out.append(
+        f'<div class="big">{_num("recommended-vial-gbq", r["vial_gbq"], fmt="g")} GBq vial '
+        f'<small>({_num("recommended-vial-mci", r["vial_mci"], fmt=".0f")} mCi at calibration)</small></div>'
+        f'<div class="big" style="font-size:24px;margin-top:6px">treat <span data-key="recommended-treatment-label">'
+        f"{esc(label)}</span></div>"
+    )
+    out.append('<dl class="kv">')
+    millions = f"{r['spheres'] / 1e6:.2f}"
+    kv = [
+        ("vial calibration", f'<span data-key="calibration">{esc(_when(r["calibration"]))}</span>'),
+        ("treatment", f'<span data-key="recommended-treatment-local">{esc(r["treatment_local"])}</span> · '
+         f'{_num("recommended-hours", r["hours_after_calibration"], fmt=".1f")} h after calibration'),
+        ("vial at treatment", f'{_num("recommended-vial-at-treatment-gbq", r["vial_at_treatment_gbq"], fmt=".3g")} GBq '
+         f'({physics.gbq_to_mci(r["vial_at_treatment_gbq"]):.0f} mCi)'),
+        ("spheres in the vial", f'{_num("recommended-spheres", r["spheres"], millions)} million'),
+        ("activity per sphere", f'{_num("recommended-activity-per-sphere-bq", r["activity_per_sphere_bq"], fmt=".0f")} Bq at treatment'),
+    ]
+    nom = ctx["nominal"]
+    if nom is not None:
+        act = nom["activity_gbq"]
+        kv.append(("injected (nominal)", f"{act['injected']:.2f} GBq after the residual: "
+                   f"{act['liver']:.2f} GBq to the liver, {act['lung']:.2f} GBq to the lungs"))
+    out += [f"<dt>{k}</dt><dd>{v}</dd>" for k, v in kv]
+    out.append("</dl></div>")
+    # probabilities card
+    p = r["p_success"]
+    out.append(f'<div class="card {cls}"><h3>Chance of success</h3>')
+    out.append(f'<div class="prob">{_num("recommended-p-success", p)}</div>'
+               f'<div class="muted">P(all primary targets met) ± {_se(p, n):.3f} (Monte Carlo SE); '
+               f'{esc(s["success_definition"])}</div>')
+    out.append(f'<p class="muted">P(targets met and every limit kept) = '
+               f'{_num("recommended-p-joint", float(ds["p_joint"].values[i, j]))}</p>')
+    rows = []
+    for lab, pl in r["p_limits"].items():
+        kept = pl >= 1 - risk - 1e-12
+        rows.append((esc(lab), (_num(f"recommended-p-limit-{lab}", pl), "pass" if kept else "fail"),
+                     f"≥ {1 - risk:.3g}", '<span class="tag ok">kept</span>' if kept else '<span class="tag bad">not kept</span>'))
+    out.append(_table(("limit", "P(kept)", "required", ""), rows, (False, True, True, False)))
+    out.append("</div></div>")
+    if not feasible:
+        out.append(
+            f'<div class="card bad" style="margin-top:14px"><h3>Why nothing is feasible</h3>'
+            f'<p>Binding limit: <b data-key="binding-limit">{esc(s["binding_limit"])}</b></p>'
+            f'<p data-key="relax">What would relax it: {esc(s["relax"])}</p></div>'
+        )
+    out.append(_advisories(ctx))
+    out.append(
+        f'<h3>Doses at this candidate</h3><figure><img src="{esc(figures["doses"])}" '
+        'alt="dose distributions at the recommendation" class="w900">'
+        "<figcaption>Bar: 5th to 95th percentile over the input uncertainty; thick tick: median; diamond: nominal "
+        "(every input at its measured value). Green dashed: targets (minimum doses); green dotted: secondary targets; "
+        "red: limits (maximum doses).</figcaption></figure>")
+    out.append(_dose_table(ds, ctx))
+    return "".join(out)
+
+
+def _dose_table(ds, ctx) -> str:
+    if "dose_p50" not in ds:
+        return '<p class="muted">Dose percentiles were not stored with these results.</p>'
+    i, j = ctx["index"]
+    qs_all = [str(q) for q in ds["quantity"].values]
+    rules = list(zip([str(x) for x in ds["rule_quantity"].values], [str(x) for x in ds["rule_kind"].values],
+                     ds["rule_threshold"].values.astype(float), [str(x) for x in ds["rule"].values], strict=True))
+    p_rule = ds["p_rule"].values[i, j] if "p_rule" in ds else None
+    nominal = ctx["nominal_flat"]
+    rows = []
+    for q in _constrained_quantities(ds):
+        k = qs_all.index(q)
+        cells = [f"{esc(quantity_name(q))} <span class='muted'>({esc(q)})</span>"]
+        for pct in ("p05", "p50", "p95"):
+            v = float(ds[f"dose_{pct}"].values[i, j, k])
+            cells.append(_num(f"dose-{q}-{pct}", v, f"{v:.1f}"))
+        cells.append(f"{nominal[q]:.1f}" if q in nominal else "–")
+        rl = []
+        for r, (rq, kind, thr, lab) in enumerate(rules):
+            if rq != q:
+                continue
+            op = "≥" if kind != "limit" else "≤"
+            pr = f" (P = {_num(f'p-rule-{lab}', p_rule[r])})" if p_rule is not None else ""
+            rl.append(f"{esc(kind)} {op} {thr:g} Gy <span class='muted'>[{esc(lab)}]</span>{pr}")
+        cells.append("<br>".join(rl) or "<span class='muted'>no rule</span>")
+        rows.append(cells)
+    return ("<h3>Expected doses at this candidate</h3>" + _table(
+        ("dose", "p05 Gy", "median Gy", "p95 Gy", "nominal Gy", "rules (P satisfied)"), rows,
+        (False, True, True, True, True, False))
+        + '<p class="muted">Percentiles over the input uncertainty (Monte Carlo); nominal = every input at its '
+        "measured value, as a deterministic calculator would give.</p>")
+
+
+def _same_vial_schedule(ds, ctx) -> str:
+    """The recommended vial on every candidate day: what changes if the procedure moves."""
+    i, j0 = ctx["index"]
+    risk = float(ds.attrs["risk"])
+    limits = [str(x) for x in ds["limit"].values]
+    rows = []
+    for j in range(ds.sizes["time"]):
+        pl = ds["p_limit"].values[i, j]
+        fails = [lab for k, lab in enumerate(limits) if pl[k] < 1 - risk - 1e-12]
+        rows.append(((esc(_short_time(ds, j)), "nw"), f"{float(ds['hours_after_calibration'].values[j]):.1f}",
+                     f"{float(ds['vial_at_treatment'].values[i, j]):.3g}", _p(ds["p_success"].values[i, j]),
+                     '<span class="tag ok">feasible</span>' if not fails else
+                     f'<span class="tag bad">fails {esc(", ".join(fails))}</span>'))
+    vial = float(ds["vial"].values[i])
+    return (f"<h3>If the day changes: the {vial:g} GBq vial on each candidate day</h3>"
+            + _table((f"treatment ({esc(_zone(ds))})", "h after calibration", "vial at treatment GBq", "P(targets)", ""), rows,
+                     (False, True, True, True, False), row_class=lambda r: "rec" if r == j0 else ""))
+
+
+def _choice_section(ds, ctx, figures: dict[str, str]) -> str:
+    risk = float(ds.attrs["risk"])
+    return (
+        "<h2>Choosing the vial and the day</h2>"
+        f'<figure><img src="{esc(figures["heatmap"])}" alt="P(targets met) over vial and treatment time" class="w900">'
+        "<figcaption>Probability that every primary target is met, per candidate vial and treatment time. Hatched "
+        f"cells keep some limit with probability below {1 - risk:.3g} (not allowed); the outlined cell is the "
+        "recommendation.</figcaption></figure>"
+        + _same_vial_schedule(ds, ctx)
+        + f'<figure><img src="{esc(figures["curves"])}" alt="probabilities against activity at treatment" class="w900">'
+        "<figcaption>Each probability as a function of the vial activity at treatment: every candidate is one point "
+        "on these curves (the same samples serve all). Markers: candidates by vial, hollow when a limit fails; "
+        "shaded: activities at which every limit is kept.</figcaption></figure>"
+    )
+
+
+def _short_time(ds, j: int) -> str:
+    when = _dt.datetime.fromisoformat(str(ds["time_local"].values[j]))
+    return when.strftime("%a %Y-%m-%d %H:%M")
+
+
+def _candidate_table(ds, ctx, shown: list[tuple[int, int]], rank: dict[tuple[int, int], int], key: str) -> str:
+    s = ctx["summary"]
+    i0, j0 = ctx["index"]
+    risk = float(s["risk"])
+    tol = float(s["tie_tolerance"])
+    feasible_plan = bool(s["feasible"])
+    limits = [str(x) for x in ds["limit"].values]
+    ps = ds["p_success"].values.astype(float)
+    pl = ds["p_limit"].values.astype(float)
+    best = ps[i0, j0]
+    rows = []
+    for a_, b_ in shown:
+        fails = [lab for k, lab in enumerate(limits) if pl[a_, b_, k] < 1 - risk - 1e-12]
+        if (a_, b_) == (i0, j0):
+            why = '<span class="tag ok">recommended</span>' if feasible_plan else '<span class="tag bad">least risky</span>'
+        elif fails:
+            why = "ruled out by " + ", ".join(f"<b>{esc(lab)}</b>" for lab in fails)
+        elif feasible_plan and ps[a_, b_] >= best - tol:
+            why = f"tied (within {tol:g}): the smaller vial, then the earlier time wins"
+        elif feasible_plan:
+            why = f"lower P(targets) ({ps[a_, b_] - best:+.3f})"
+        else:
+            why = "a limit is less likely kept"
+        vial = float(ds["vial"].values[a_])
+        cells = [str(rank[(a_, b_)]),
+                 _num(f"{key}-{a_}-{b_}-vial", vial, fmt="g"),
+                 (esc(_short_time(ds, b_)), "nw"),
+                 f"{float(ds['hours_after_calibration'].values[b_]):.1f}",
+                 f"{float(ds['vial_at_treatment'].values[a_, b_]):.3g}",
+                 _num(f"{key}-{a_}-{b_}-p-success", ps[a_, b_])]
+        for k in range(len(limits)):
+            p = pl[a_, b_, k]
+            cells.append((f"{p:.3f}", "fail" if p < 1 - risk - 1e-12 else ""))
+        cells.append(why)
+        rows.append(cells)
+    return _table(("#", "vial GBq", f"treatment ({esc(_zone(ds))})", "h", "at treatment GBq", "P(targets)",
+                   *[f"P({esc(lab)} kept)" for lab in limits], "verdict"), rows,
+                  (True, True, False, True, True, True, *[True] * len(limits), False),
+                  row_class=lambda r: "rec" if shown[r] == (i0, j0) else "")
+
+
+def _alternatives(ds, ctx) -> str:
+    """The candidates ranked by P(targets): those that beat the recommendation and why they lost, the
+    recommendation, the next few; every candidate in a folded table."""
+    s = ctx["summary"]
+    i0, j0 = ctx["index"]
+    risk = float(s["risk"])
+    tol = float(s["tie_tolerance"])
+    ps = ds["p_success"].values.astype(float)
+    order = [(int(a_), int(b_)) for a_, b_ in np.dstack(np.unravel_index(
+        np.argsort(-ps, axis=None, kind="stable"), ps.shape))[0]]
+    rank = {ij: r + 1 for r, ij in enumerate(order)}
+    pos = order.index((i0, j0))
+    shown = order[:min(pos, ALTERNATIVES_ABOVE)] + order[pos:pos + 1 + ALTERNATIVES_BELOW]
+    if pos > ALTERNATIVES_ABOVE:
+        shown = order[:ALTERNATIVES_ABOVE] + [(i0, j0)] + order[pos + 1:pos + 1 + ALTERNATIVES_BELOW]
+    out = [
+        "<h2>Alternatives and why they lost</h2>",
+        f"<p>Candidates ranked by P(all primary targets met). A candidate is feasible when each limit is kept with "
+        f"probability ≥ {1 - risk:.3g}; among feasible candidates the highest P(targets) wins, and those within "
+        f"{tol:g} of it are tied. Shown: the candidates ranked above the recommendation"
+        f"{f' (the best {ALTERNATIVES_ABOVE})' if pos > ALTERNATIVES_ABOVE else ''}, the recommendation and the next "
+        f"{ALTERNATIVES_BELOW}. Red: a limit kept with P &lt; {1 - risk:.3g}.</p>",
+        _candidate_table(ds, ctx, shown, rank, "alt"),
+    ]
+    every = order[:MAX_TABLE_ROWS]
+    more = f" (the best {MAX_TABLE_ROWS})" if len(order) > MAX_TABLE_ROWS else ""
+    out.append(f"<details><summary>All {len(order)} candidates{more}</summary>"
+               + _candidate_table(ds, ctx, every, rank, "cand") + "</details>")
+    return "".join(out)
+
+
+def _rules_section(ds, ctx) -> str:
+    a = ds.attrs
+    risk = float(a["risk"])
+    rows = []
+    labels = [str(x) for x in ds["rule"].values]
+    for r, lab in enumerate(labels):
+        kind = str(ds["rule_kind"].values[r])
+        op = "≤" if kind == "limit" else "≥"
+        role = {"target": "primary target: defines success", "secondary": "secondary target: reported only",
+                "limit": f"limit: kept with P ≥ {1 - risk:.3g}"}.get(kind, kind)
+        rows.append((f"<code>{esc(lab)}</code>", esc(quantity_name(str(ds["rule_quantity"].values[r]))),
+                     f"{op} {float(ds['rule_threshold'].values[r]):g} Gy", esc(role), esc(ds["rule_source"].values[r])))
+    out = ["<h2>Scenario rules</h2>",
+           _table(("rule", "dose", "threshold", "role", "source"), rows)]
+    ar = ctx["active"]
+    if ar is not None:
+        sc = ar.scenario
+        w = sc.window
+        days = f" ({esc(w.days[0])} to {esc(w.days[-1])})" if w.days else ""
+        out.append(f"<p><b>Treatment window</b>: {w.start_h:g} to {w.end_h:g} h after calibration{days}; preferred "
+                   f"{', '.join(f'{p:g}' for p in w.preferred_h)} h{' (a default: the DSC sets none)' if w.default else ''}. "
+                   f"<span class='muted'>Source: {esc(w.source)}</span></p>")
+        out.append(f"<p><b>Scenario source</b>: {esc(sc.source)}</p>")
+        if sc.applied:
+            out.append("<p><b>Case overrides</b>: " + "; ".join(esc(x) for x in sc.applied) + "</p>")
+        if ar.counted_tumors:
+            out.append(f"<p><b>Tumours counted for success</b> ({esc(ar.success)}): {esc(', '.join(ar.counted_tumors))}</p>")
+    if a.get("rules_not_evaluated"):
+        out.append(f"<p class='muted'>Not evaluated (no dose for them): {esc(a['rules_not_evaluated'])}</p>")
+    return "".join(out)
+
+
+def _case_section(ds, ctx) -> str:
+    s = ctx["summary"]
+    a = ds.attrs
+    conv = s["conventions"]
+    out = ["<h2>Case and conventions</h2>", '<div class="grid2"><div>', "<h3>Inputs and their uncertainty</h3>"]
+    case = ctx["case"]
+    if case is not None:
+        rows = [(f"<code>{esc(k)}</code>", esc(v.describe())) for k, v in case.inputs.items()]
+        if case.prior_lung_dose_gy:
+            rows.append(("<code>lung.prior_dose_gy</code>", f"{case.prior_lung_dose_gy:g} Gy"))
+        untreated = [t.name for t in case.tumors if not t.treated]
+        out.append(_table(("input", "value and uncertainty"), rows))
+        if untreated:
+            out.append(f"<p class='muted'>Untreated tumours (no activity; subtracted from the whole-liver normal "
+                       f"mass): {esc(', '.join(untreated))}</p>")
+        if case.correlations:
+            out.append("<p><b>Correlations</b> (Gaussian copula): " + "; ".join(
+                f"<code>{esc(x)}</code> ↔ <code>{esc(y)}</code> ρ = {rho:g}" for x, y, rho in case.correlations) + "</p>")
+        out.append("<p class='muted'>{value, cv} means lognormal with that median; the medians are the measured "
+                   "values, so the probabilities answer “how sure is the planned dose”.</p>")
+    for note in ctx["notes"]:
+        out.append(f"<p class='muted'>{esc(note)}</p>")
+    if a.get("bias_used"):
+        out.append(f"<p><span class='tag bad'>research</span> {esc(a['bias_used'])}</p>")
+    out.append("</div><div><h3>Conventions</h3>")
+    rows = [
+        ("dose constant K", _num("conv-k", conv["dose_constant_gy_kg_per_gbq"], f"{conv['dose_constant_gy_kg_per_gbq']:g}") + " Gy·kg/GBq"),
+        ("Y-90 half-life", _num("conv-half-life", conv["half_life_h"], f"{conv['half_life_h']:g}") + " h"),
+        ("tissue density", _num("conv-density", conv["tissue_density_g_per_ml"], f"{conv['tissue_density_g_per_ml']:g}") + " g/mL"),
+        ("activity per sphere at calibration", f"{conv['bq_per_sphere_at_calibration']:g} Bq"),
+    ]
+    out.append(_table(("convention", "value"), rows))
+    out.append("<h3>Decision space</h3>")
+    out.append(_table(("", ""), [
+        ("vials (GBq at calibration)", esc(", ".join(f"{v:g}" for v in s["vials_gbq"])) + f" <span class='muted'>({esc(a.get('vial_source', ''))})</span>"),
+        ("treatment times", f"{len(s['hours_after_calibration'])} <span class='muted'>({esc(a.get('time_source', ''))})</span>"),
+        ("calibration", esc(_when(a["calibration"]))),
+        ("site time zone", esc(a.get("site_timezone", ""))),
+        ("risk per limit", f"{float(a['risk']):g} (each limit kept with P ≥ {1 - float(a['risk']):.3g})"),
+        ("tie tolerance", f"{float(a['tie_tolerance']):g}"),
+    ]))
+    out.append("</div></div>")
+    return "".join(out)
+
+
+def _advisories(ctx) -> str:
+    adv = ctx["advisories"]
+    if not adv:
+        return ('<div class="adv-box ok" data-key="advisories" data-value="0"><b>Advisories:</b> none at the '
+                "recommendation's nominal inputs.</div>")
+    items = "".join(f'<li><span class="tag warn">{esc(x["code"])}</span> {esc(x["message"])}</li>' for x in adv)
+    return (f'<div class="adv-box" data-key="advisories" data-value="{len(adv)}"><b>Advisories</b> '
+            "<span class='muted'>(advice on the nominal inputs at this candidate; never applied by the planner)</span>"
+            f"<ul class='adv'>{items}</ul></div>")
+
+
+def _optuna(s) -> str:
+    if "optuna" not in s:
+        return ("<h2>Optuna cross-check</h2><p class='muted'>Not run for these results (exact enumeration only; "
+                "use <code>--optuna-trials</code>).</p>")
+    o = s["optuna"]
+    match = o.get("matches_exact")
+    tag = ('<span class="tag ok">matches the exact optimum</span>' if match else
+           '<span class="tag bad">does not match the exact optimum</span>' if match is not None else "")
+    rows = [(esc(k), esc(json.dumps(v, sort_keys=True) if not isinstance(v, str) else v)) for k, v in sorted(o.items())]
+    return (f"<h2>Optuna cross-check</h2><p data-key='optuna-matches' data-value='{esc(repr(match))}'>{tag}</p>"
+            + _table(("field", "value"), rows))
+
+
+def _sensitivity_html(sens: dict[str, Any]) -> str:
+    a = sens["attrs"]
+    out = ["<h2>Sensitivity</h2>"]
+    where = ""
+    if "vial_gbq" in a:
+        where = (f" at the case's own decision ({float(a['vial_gbq']):g} GBq, "
+                 f"{float(a.get('hours_after_calibration', float('nan'))):.0f} h after calibration)")
+    out.append(f"<p>Which measured input drives each dose{esc(where)}: each input at its 5th and 95th percentile, "
+               "the others at their measured values.</p>")
+    if a.get("method"):
+        out.append(f"<p class='muted'>{esc(a['method'])}. {esc(a.get('input_dependence', ''))}</p>")
+    if sens["success_rows"]:
+        rows = [(f"<code>{esc(inp)}</code>", esc(dist), f"{s1:.3f}", f"{st:.3f}",
+                 f"{lo:.3f} to {hi:.3f}" if math.isfinite(lo) and math.isfinite(hi) else "–")
+                for inp, dist, s1, st, lo, hi in sens["success_rows"]]
+        out.append("<h3>Sobol' indices of plan success (targets met)</h3>"
+                   + _table(("input", "distribution", "S1", "ST", "ST interval"), rows, (False, False, True, True, True)))
+    for q, fname in sens["figures"]:
+        out.append(f'<figure><img src="{esc(fname)}" alt="tornado of {esc(q)}"><figcaption>One input at a time: '
+                   f"{esc(quantity_name(q))}.</figcaption></figure>")
+    return "".join(out)
+
+
+def _provenance(ds) -> str:
+    a = ds.attrs
+    rows = [
+        ("y90opt version", f"<span data-key='version'>{esc(a.get('y90opt_version', ''))}</span>"),
+        ("seed", _num("seed", a["seed"], str(int(a["seed"])))),
+        ("samples", f"{int(a['sample_count']):,} drawn, {int(a.get('valid_sample_count', a['sample_count'])):,} valid"),
+        ("precision and backend", esc(f"{a.get('dtype', '')} on {a.get('backend', '')} ({a.get('device', '')}); "
+                                      f"JAX {a.get('jax_version', '?')}, NumPy {a.get('numpy_version', '?')}")),
+        ("case file", f"<code>{esc(a.get('case_path', ''))}</code>"),
+        ("case SHA-256", f"<code data-key='case-sha256'>{esc(a.get('case_sha256', ''))}</code>"),
+        ("results created", esc(a.get("created", ""))),
+    ]
+    toml = str(a.get("case_toml", ""))
+    cli = [k for k in ("vial_source", "time_source") if "command line" in str(a.get(k, ""))]
+    ranges = " with the same <code>--vial-range</code> / <code>--hours-range</code>" if cli else ""
+    return ("<h2>Provenance</h2>" + _table(("", ""), rows)
+            + f"<details><summary>The case file as planned</summary><pre>{esc(toml)}</pre></details>"
+            + f"<p class='muted'>Rebuild this page: <code>y90opt report plan.nc</code>. Reproduce the results: "
+            f"<code>y90opt plan {esc(a.get('case_path', 'CASE'))} --samples {int(a['sample_count'])} "
+            f"--seed {int(a['seed'])} --dtype {esc(a.get('dtype', 'float32'))} --risk {float(a['risk']):g}</code>"
+            f"{ranges}.</p>")
+
+
+def _footer(a) -> str:
+    disclaimer = a.get("disclaimer", "research software: check every plan independently before clinical use")
+    return (f"<footer><p><b>{esc(disclaimer[:1].upper() + disclaimer[1:])}.</b> y90opt is research software; it is "
+            "not a medical device. Doses use the MIRD/partition model with the conventions above and the scenario "
+            "thresholds validated on planned (MAA-based) doses. Probabilities are Monte Carlo estimates over the stated "
+            "input uncertainty and are only as good as those inputs.</p></footer>")
