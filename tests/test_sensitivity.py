@@ -146,6 +146,21 @@ def test_dependent_linear_gaussian_closed_form():
     within(ind.ST[0], ind.independent.ST_se[0], a**2 / (a @ a))
 
 
+def test_rows_with_a_non_finite_output_are_dropped():
+    """A NaN marks an unusable evaluation: its design row is dropped, the rest still estimates the indices."""
+    sigma = np.array([0.3, 0.5])
+
+    def model(z):
+        y = np.exp(sigma * z).prod(axis=1)
+        return np.where(z[:, 0] > 3.0, np.nan, y)  # about 0.1 % of the evaluations
+
+    est = sobol_indices(model, 2, 2048, seed=4, bootstrap=100)
+    assert 0 < est.n_invalid and est.n_used < est.n_base == 2048
+    s1, st = lognormal_product_indices(sigma)
+    within(est.S1[0], est.S1_se[0], s1)
+    within(est.ST[0], est.ST_se[0], st)
+
+
 # -- a case ---------------------------------------------------------------------------------------------
 
 

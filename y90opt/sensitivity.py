@@ -99,6 +99,7 @@ class SobolEstimate:
     n_base: int  # N, the base sample count
     n_used: int  # rows of the design kept (rows with a non-finite output are dropped)
     level: float
+    n_invalid: int = 0  # model evaluations with a non-finite output
 
 
 def saltelli_design(n: int, d: int, seed: int | np.random.SeedSequence) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +192,9 @@ def sobol_from_samples(
     """
     f_a, f_b, f_ab = (np.asarray(x, np.float64) for x in (f_a, f_b, f_ab))
     n_base = f_a.shape[0]
-    keep = np.isfinite(f_a).all(axis=1) & np.isfinite(f_b).all(axis=1) & np.isfinite(f_ab).all(axis=(1, 2))
+    ok_a, ok_b, ok_ab = np.isfinite(f_a).all(axis=1), np.isfinite(f_b).all(axis=1), np.isfinite(f_ab).all(axis=2)
+    n_invalid = int((~ok_a).sum() + (~ok_b).sum() + (~ok_ab).sum())
+    keep = ok_a & ok_b & ok_ab.all(axis=1)
     if not keep.all():
         f_a, f_b, f_ab = f_a[keep], f_b[keep], f_ab[keep]
     n, d, k = f_ab.shape
@@ -238,7 +241,7 @@ def sobol_from_samples(
         s1_lo, s1_hi, st_lo, st_hi, s1_se, st_se = (x.T for x in (s1_lo, s1_hi, st_lo, st_hi, s1_se, st_se))
     return SobolEstimate(
         S1=s1.T, ST=st.T, S1_lo=s1_lo, S1_hi=s1_hi, ST_lo=st_lo, ST_hi=st_hi, S1_se=s1_se, ST_se=st_se,
-        mean=mean, variance=var, n_base=n_base, n_used=n, level=level,
+        mean=mean, variance=var, n_base=n_base, n_used=n, level=level, n_invalid=n_invalid,
     )
 
 
@@ -355,6 +358,7 @@ def _stack(parts) -> SobolEstimate:
         n_base=parts[0].n_base,
         n_used=min(p.n_used for p in parts),
         level=parts[0].level,
+        n_invalid=sum(p.n_invalid for p in parts),  # one part per design
     )
 
 
@@ -633,9 +637,10 @@ def sensitivity_case(
         est = sobol_from_samples(f_a, f_b, f_ab, bootstrap, np.random.default_rng(boot_ss), level)
         dep = None
         method, dependence = METHOD, "independent (the case declares no correlations)"
-    # a design row with an unphysical geometry (normal liver mass ≤ 0) in any of its evaluations is dropped
+    # an evaluation with an unphysical geometry (normal liver mass ≤ 0) drops its design row; the share of
+    # such evaluations is held to the Monte Carlo engine's limit
     dropped = est.n_base - est.n_used
-    check_invalid(dropped, est.n_base, case.path)
+    check_invalid(est.n_invalid, total, case.path)
 
     # one-at-a-time: nominal row, then each input at its low and high percentile (independently)
     z_nom = np.array([_nominal_z(case.inputs[p]) for p in fn.inputs])
@@ -660,6 +665,7 @@ def sensitivity_case(
             "model_evaluations": int(total),
             "rows_used": int(est.n_used),
             "rows_dropped": int(dropped),
+            "invalid_evaluations": int(est.n_invalid),
             "bootstrap": int(bootstrap),
             "confidence_level": float(level),
             "dtype": dtype,
@@ -819,6 +825,11 @@ def summary_from_dataset(ds) -> dict[str, Any]:
     }
 
 
+def _ci(lo, hi) -> str:
+    lo, hi = float(lo), float(hi)
+    return f"[{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else "—"
+
+
 def _text(ds) -> str:
     from .textout import table
 
@@ -827,7 +838,10 @@ def _text(ds) -> str:
         f"case {a['case_name']!r}  scenario {a['scenario']}  vial {a['vial_gbq']:g} GBq at "
         f"{a['hours_after_calibration']:.1f} h after calibration",
         f"{a['samples']} base samples, {a['model_evaluations']} model evaluations, seed {a['seed']}, "
-        f"{a['dtype']} on {a['jax_backend']}; {100 * a['confidence_level']:g} % bootstrap intervals ({a['bootstrap']} resamples)",
+        f"{a['dtype']} on {a['jax_backend']}; "
+        + (f"{100 * a['confidence_level']:g} % bootstrap intervals ({a['bootstrap']} resamples)" if a["bootstrap"]
+           else "no confidence intervals (no bootstrap)"),
+        f"inputs: {a['input_dependence']}",
         f"method: {a['method']}",
         f"success = {a['success_definition']}",
     ]
@@ -854,8 +868,8 @@ def _text(ds) -> str:
             s = sub.isel(input=j)
             rows.append((
                 str(s["input"].values),
-                float(s["S1"]), f"[{float(s['S1_lo']):.3f}, {float(s['S1_hi']):.3f}]",
-                float(s["ST"]), f"[{float(s['ST_lo']):.3f}, {float(s['ST_hi']):.3f}]",
+                float(s["S1"]), _ci(s["S1_lo"], s["S1_hi"]),
+                float(s["ST"]), _ci(s["ST_lo"], s["ST_hi"]),
                 float(s["oat_low"]), float(s["oat_high"]),
             ))
         lines.append(table(
