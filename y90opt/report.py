@@ -299,9 +299,9 @@ def heatmap_figure(ds, path: str) -> str:
         ax.set_yticks(range(0, nv, step_v), [f"{vials[a]:g}" for a in range(0, nv, step_v)])
         ax.set_xlabel(f"treatment time (local, {_zone(ds)}; hours after calibration)")
         ax.set_ylabel("vial activity at calibration (GBq)")
-        what = "recommendation" if ok else "least risky candidate"
-        ax.set_title(f"P(targets met); hatched: a limit kept with P < {1 - float(ds.attrs['risk']):.3g}; "
-                     f"outlined: {what}", loc="left")
+        what = "recommended" if ok else "least risky"
+        ax.set_title(f"P(targets met) per candidate; hatched: a limit fails; outlined: {what}", loc="left",
+                     fontsize=9.5)
         return _save(fig, path)
 
 
@@ -446,7 +446,8 @@ def _sensitivity_section(ds, sensitivity, out_dir: str) -> dict[str, Any]:
                          float(sub["ST_hi"].values[k]) if "ST_hi" in sub else float("nan")))
         rows.sort(key=lambda r: -np.nan_to_num(r[3]))
     a = sds.attrs
-    return {"figures": figs, "success_rows": rows, "attrs": {k: a[k] for k in (
+    other = bool(a.get("case_sha256")) and str(a.get("case_sha256")) != str(ds.attrs.get("case_sha256"))
+    return {"figures": figs, "success_rows": rows, "other_case": other, "attrs": {k: a[k] for k in (
         "method", "input_dependence", "samples", "seed", "vial_gbq", "hours_after_calibration", "case_sha256") if k in a}}
 
 
@@ -526,11 +527,13 @@ def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _num(key: str, value: float, text: str | None = None, fmt: str = ".3f") -> str:
-    """A number a check can read back: the exact stored value in ``data-value``, the rounded one shown."""
+def _num(key: str, value: float, text: str | None = None, fmt: str = ".3f", scale: float = 1.0) -> str:
+    """A number a check can read back: the exact value in ``data-value``, the rounded one shown (in units of
+    ``data-scale`` when given, e.g. millions of spheres)."""
     v = float(value)
-    shown = text if text is not None else format(v, fmt)
-    return f'<span data-key="{esc(key)}" data-value="{esc(repr(v))}">{esc(shown)}</span>'
+    shown = text if text is not None else format(v / scale, fmt)
+    extra = f' data-scale="{scale!r}"' if scale != 1.0 else ""
+    return f'<span data-key="{esc(key)}" data-value="{esc(repr(v))}"{extra}>{esc(shown)}</span>'
 
 
 def _p(p: float) -> str:
@@ -637,14 +640,13 @@ def _recommendation(ds, ctx, figures: dict[str, str]) -> str:
         f"{esc(label)}</span></div>"
     )
     out.append('<dl class="kv">')
-    millions = f"{r['spheres'] / 1e6:.2f}"
     kv = [
         ("vial calibration", f'<span data-key="calibration">{esc(_when(r["calibration"]))}</span>'),
         ("treatment", f'<span data-key="recommended-treatment-local">{esc(r["treatment_local"])}</span> · '
          f'{_num("recommended-hours", r["hours_after_calibration"], fmt=".1f")} h after calibration'),
         ("vial at treatment", f'{_num("recommended-vial-at-treatment-gbq", r["vial_at_treatment_gbq"], fmt=".3g")} GBq '
          f'({physics.gbq_to_mci(r["vial_at_treatment_gbq"]):.0f} mCi)'),
-        ("spheres in the vial", f'{_num("recommended-spheres", r["spheres"], millions)} million'),
+        ("spheres in the vial", f'{_num("recommended-spheres", r["spheres"], fmt=".2f", scale=1e6)} million'),
         ("activity per sphere", f'{_num("recommended-activity-per-sphere-bq", r["activity_per_sphere_bq"], fmt=".0f")} Bq at treatment'),
     ]
     nom = ctx["nominal"]
@@ -656,7 +658,7 @@ def _recommendation(ds, ctx, figures: dict[str, str]) -> str:
     out.append("</dl></div>")
     # probabilities card
     p = r["p_success"]
-    out.append(f'<div class="card {cls}"><h3>Chance of success</h3>')
+    out.append(f'<div class="card {cls}"><h3>{"Chance of success" if feasible else "Probabilities at this candidate"}</h3>')
     out.append(f'<div class="prob">{_num("recommended-p-success", p)}</div>'
                f'<div class="muted">P(all primary targets met) ± {_se(p, n):.3f} (Monte Carlo SE); '
                f'{esc(s["success_definition"])}</div>')
@@ -740,18 +742,23 @@ def _same_vial_schedule(ds, ctx) -> str:
 
 def _choice_section(ds, ctx, figures: dict[str, str]) -> str:
     risk = float(ds.attrs["risk"])
+    what = _rec_name(ctx)
     return (
         "<h2>Choosing the vial and the day</h2>"
         f'<figure><img src="{esc(figures["heatmap"])}" alt="P(targets met) over vial and treatment time" class="w900">'
         "<figcaption>Probability that every primary target is met, per candidate vial and treatment time. Hatched "
         f"cells keep some limit with probability below {1 - risk:.3g} (not allowed); the outlined cell is the "
-        "recommendation.</figcaption></figure>"
+        f"{what}.</figcaption></figure>"
         + _same_vial_schedule(ds, ctx)
         + f'<figure><img src="{esc(figures["curves"])}" alt="probabilities against activity at treatment" class="w900">'
         "<figcaption>Each probability as a function of the vial activity at treatment: every candidate is one point "
         "on these curves (the same samples serve all). Markers: candidates by vial, hollow when a limit fails; "
         "shaded: activities at which every limit is kept.</figcaption></figure>"
     )
+
+
+def _rec_name(ctx) -> str:
+    return "recommendation" if ctx["summary"]["feasible"] else "least risky candidate"
 
 
 def _short_time(ds, j: int) -> str:
@@ -819,8 +826,8 @@ def _alternatives(ds, ctx) -> str:
         "<h2>Alternatives and why they lost</h2>",
         f"<p>Candidates ranked by P(all primary targets met). A candidate is feasible when each limit is kept with "
         f"probability ≥ {1 - risk:.3g}; among feasible candidates the highest P(targets) wins, and those within "
-        f"{tol:g} of it are tied. Shown: the candidates ranked above the recommendation"
-        f"{f' (the best {ALTERNATIVES_ABOVE})' if pos > ALTERNATIVES_ABOVE else ''}, the recommendation and the next "
+        f"{tol:g} of it are tied. Shown: the candidates ranked above the {_rec_name(ctx)}"
+        f"{f' (the best {ALTERNATIVES_ABOVE})' if pos > ALTERNATIVES_ABOVE else ''}, the {_rec_name(ctx)} and the next "
         f"{ALTERNATIVES_BELOW}. Red: a limit kept with P &lt; {1 - risk:.3g}.</p>",
         _candidate_table(ds, ctx, shown, rank, "alt"),
     ]
@@ -943,16 +950,28 @@ def _sensitivity_html(sens: dict[str, Any]) -> str:
                "the others at their measured values.</p>")
     if a.get("method"):
         out.append(f"<p class='muted'>{esc(a['method'])}. {esc(a.get('input_dependence', ''))}</p>")
-    if sens["success_rows"]:
-        rows = [(f"<code>{esc(inp)}</code>", esc(dist), f"{s1:.3f}", f"{st:.3f}",
+    if sens.get("other_case"):
+        out.append("<p class='adv-box'>These indices were computed for a different case file (another SHA-256) "
+                   "than the plan above.</p>")
+    rows_in = sens["success_rows"]
+    if rows_in and all(math.isfinite(r[3]) for r in rows_in):
+        rows = [(f"<code>{esc(inp)}</code>", esc(dist), _fmt(s1), _fmt(st),
                  f"{lo:.3f} to {hi:.3f}" if math.isfinite(lo) and math.isfinite(hi) else "–")
-                for inp, dist, s1, st, lo, hi in sens["success_rows"]]
+                for inp, dist, s1, st, lo, hi in rows_in]
         out.append("<h3>Sobol' indices of plan success (targets met)</h3>"
                    + _table(("input", "distribution", "S1", "ST", "ST interval"), rows, (False, False, True, True, True)))
-    for q, fname in sens["figures"]:
-        out.append(f'<figure><img src="{esc(fname)}" alt="tornado of {esc(q)}"><figcaption>One input at a time: '
-                   f"{esc(quantity_name(q))}.</figcaption></figure>")
+    elif rows_in:
+        out.append("<p class='muted'>Plan success does not vary at that decision (the targets are met in every sample "
+                   "or in none): its Sobol' indices are undefined.</p>")
+    figs = "".join(f'<figure><img src="{esc(fname)}" alt="tornado of {esc(q)}"><figcaption>One input at a time: '
+                   f"{esc(quantity_name(q))}.</figcaption></figure>" for q, fname in sens["figures"])
+    if figs:
+        out.append(f'<div class="grid2">{figs}</div>')
     return "".join(out)
+
+
+def _fmt(x: float, spec: str = ".3f") -> str:
+    return format(x, spec) if math.isfinite(x) else "–"
 
 
 def _provenance(ds) -> str:
