@@ -6,6 +6,10 @@
 # Needs Chromium (Debian: apt-get install chromium). The page must already exist (y90opt plan ... --out DIR,
 # or y90opt report DIR/plan.nc). The default window is 1280 px wide and 3000 px tall; the page below that
 # height is cut off, so pass a taller window for a full-page capture.
+#
+# docs/report.png was made with:
+#   y90opt plan configs/examples/multifocal-unilobar.toml --samples 100000 --seed 1 --out /tmp/docs
+#   scripts/screenshot_report.sh /tmp/docs/report.html docs/report.png
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then

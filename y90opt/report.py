@@ -934,9 +934,30 @@ def _optuna(s) -> str:
     match = o.get("matches_exact")
     tag = ('<span class="tag ok">matches the exact optimum</span>' if match else
            '<span class="tag bad">does not match the exact optimum</span>' if match is not None else "")
+
+    def pick(d) -> str:
+        if not isinstance(d, dict) or "vial_gbq" not in d:
+            return "–"
+        return f"{float(d['vial_gbq']):g} GBq at {float(d.get('hours_after_calibration', float('nan'))):.1f} h"
+
+    lines = [f"<p data-key='optuna-matches' data-value='{esc(repr(match))}'>{tag}</p>", "<dl class='kv'>"]
+    kv = [
+        ("Optuna's best", pick(o.get("best"))
+         + (f", P(targets) = {float(o['best_p_success']):.3f}" if "best_p_success" in o else "")),
+        ("exact enumeration", pick(o.get("exact"))
+         + (f", P(targets) = {float(o['exact_p_success']):.3f}" if "exact_p_success" in o else "")),
+        ("trials", str(o.get("trials", "–"))),
+        ("sampler", str(o.get("sampler", "–"))),
+    ]
+    if "gap" in o:
+        kv.append(("gap in P(targets)", f"{float(o['gap']):.3g}"))
+    if o.get("storage"):
+        kv.append(("storage / study", f"{o['storage']} / {o.get('study_name', '')}"))
+    lines += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in kv]
+    lines.append("</dl>")
     rows = [(esc(k), esc(json.dumps(v, sort_keys=True) if not isinstance(v, str) else v)) for k, v in sorted(o.items())]
-    return (f"<h2>Optuna cross-check</h2><p data-key='optuna-matches' data-value='{esc(repr(match))}'>{tag}</p>"
-            + _table(("field", "value"), rows))
+    lines.append("<details><summary>The full Optuna record</summary>" + _table(("field", "value"), rows) + "</details>")
+    return "<h2>Optuna cross-check</h2>" + "".join(lines)
 
 
 def _sensitivity_html(sens: dict[str, Any]) -> str:
