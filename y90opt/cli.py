@@ -71,9 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--chunk", type=_positive_int, default=None, metavar="C", help="samples per JAX call (results do not depend on it)")
         sp.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="floating-point precision (default float32)")
 
-    sp = add("dose", "nominal doses for the case's [plan] vial and treatment time", f"y90opt dose {EXAMPLE} --json")
+    sp = add("dose", "nominal doses for the case's [plan] vial and treatment time", f"y90opt dose {EXAMPLE} --json\n  y90opt dose {EXAMPLE} --prescribe normal_perfused=120")
     sp.add_argument("case")
     sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.add_argument("--prescribe", metavar="QUANTITY=GY", action="append", default=[],
+                    help="also report the vial activity (at treatment and calibration) that gives GY to QUANTITY "
+                    "(e.g. normal_perfused=120, tumors.T1=205) at the [plan] treatment time; repeatable")
 
     sp = add("simulate", "Monte Carlo doses for the case's [plan] decision", f"y90opt simulate {EXAMPLE} --samples 1000000 --seed 1 -o sim.nc")
     sp.add_argument("case")
@@ -158,10 +161,27 @@ def cmd_dose(args) -> int:
     case = load_case(args.case)
     out = nominal_doses(case)
     out.update(_rule_outcome_nominal(case, out))
+    if args.prescribe:
+        from .nominal import required_activity
+
+        out["prescriptions"] = []
+        for item in args.prescribe:
+            q, sep, gy = item.partition("=")
+            try:
+                dose_gy = float(gy)
+            except ValueError:
+                dose_gy = float("nan")
+            if not sep or not dose_gy > 0:
+                raise BadInput(f"--prescribe: expected QUANTITY=GY with GY > 0, got {item!r}")
+            out["prescriptions"].append(required_activity(case, q, dose_gy))
     if args.json:
         print(dumps(out))
         return 0
     print(_dose_text(case, out))
+    for p in out.get("prescriptions", []):
+        print(f"prescription: {p['dose_gy']:g} Gy to {p['quantity']} at {p['hours_after_calibration']:.1f} h needs "
+              f"{p['vial_at_calibration_gbq']:.3g} GBq at calibration ({p['vial_at_treatment_gbq']:.3g} GBq at treatment, "
+              f"{p['injected_gbq']:.3g} GBq injected)")
     return 0
 
 

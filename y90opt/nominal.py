@@ -66,3 +66,38 @@ def flatten_doses(dose_gy: dict[str, Any]) -> dict[str, float]:
         else:
             out[k] = v
     return out
+
+
+def required_activity(case: Case, quantity: str, dose_gy: float, hours_after_calibration: float | None = None,
+                      model: Model | None = None) -> dict[str, Any]:
+    """The activities that give ``dose_gy`` to ``quantity`` at the nominal inputs: the inverse of the model.
+
+    ``quantity`` is a dose name (``normal_perfused``, ``perfused_mean``, ``lung``, ``lung_cumulative``,
+    ``whole_normal_liver``, ``whole_liver``, ``tumor_total``) or ``tumors.<name>``. The time defaults to the
+    case's ``[plan].treatment``. Returns the vial activity at treatment and at calibration and the injected
+    activity [GBq].
+    """
+    model = model or Model.from_case(case)
+    dose_names = model.dose_quantities()
+    if quantity not in dose_names:
+        raise CaseError(case.path, "--prescribe", f"unknown quantity {quantity!r} (one of: {', '.join(dose_names)})")
+    if hours_after_calibration is None:
+        hours_after_calibration = case.treatment_hours()
+        if hours_after_calibration is None:
+            raise CaseError(case.path, "plan.treatment", "missing (needed to convert to the vial's calibration)")
+    f = dict(zip(model.quantities, model.nominal_factors(), strict=True))
+    b = dict(zip(model.quantities, model.offsets, strict=True))
+    if f[quantity] <= 0:
+        raise CaseError(case.path, "--prescribe", f"{quantity} receives no activity in this case")
+    s = (dose_gy - b[quantity]) / f[quantity]
+    if s <= 0:
+        raise CaseError(case.path, "--prescribe", f"{quantity} already exceeds {dose_gy:g} Gy before this session")
+    decay = physics.decay_factor(hours_after_calibration, case.conventions.half_life_h)
+    return {
+        "quantity": quantity,
+        "dose_gy": dose_gy,
+        "hours_after_calibration": hours_after_calibration,
+        "vial_at_treatment_gbq": s,
+        "vial_at_calibration_gbq": s / decay,
+        "injected_gbq": s * f["injected"],
+    }

@@ -99,7 +99,7 @@ def nominal_outcome(case: Case, nominal: dict[str, Any]) -> dict[str, Any]:
         "rules_not_evaluated": missing,
         "targets_met": all(r["status"] == "met" for r in rows if r["kind"] == "target"),
         "limits_kept": all(r["status"] == "kept" for r in rows if r["kind"] == "limit"),
-        "advisories": nominal_advisories(case, nominal, ar),
+        "advisories": nominal_advisories(case, nominal, ar, missing),
     }
 
 
@@ -110,7 +110,10 @@ def hepatic_reserve(case: Case) -> float | None:
     return 1.0 - case.perfused_volume_ml.nominal / case.whole_liver_volume_ml.nominal
 
 
-def nominal_advisories(case: Case, nominal: dict[str, Any], ar: ActiveRules | None = None) -> list[dict[str, str]]:
+def nominal_advisories(
+    case: Case, nominal: dict[str, Any], ar: ActiveRules | None = None, missing: list[str] | tuple = ()
+) -> list[dict[str, str]]:
+    """Advisories at the nominal inputs (printed, never applied). ``missing`` lists rules not evaluated."""
     ar = ar or active_rules(case)
     model_used = "partition" if any(t.treated for t in case.tumors) else "single-compartment"
     adv = _rules.advisories(
@@ -122,6 +125,7 @@ def nominal_advisories(case: Case, nominal: dict[str, Any], ar: ActiveRules | No
         model=model_used,
         hepatic_reserve=hepatic_reserve(case),
         activity_per_sphere_bq=nominal["activity_per_sphere_bq"],
+        missing=list(missing),
     )
     out = [{"code": c, "message": m} for c, m in adv]
     if case.biased_inputs:
@@ -150,6 +154,7 @@ class RuleTable:
     thresholds: np.ndarray  # (R,) Gy
     signs: np.ndarray  # (R,) −1 target, +1 limit
     not_evaluated: tuple[str, ...]  # rules whose quantity the case cannot give (e.g. no whole-liver volume)
+    missing_quantities: tuple[str, ...] = ()  # those quantities
 
     @property
     def is_primary(self) -> np.ndarray:
@@ -165,7 +170,7 @@ class RuleTable:
 
 
 def compile_rules(ar: ActiveRules, quantities: tuple[str, ...]) -> RuleTable:
-    labels, kinds, qs, srcs, cols, thr, signs, missing = [], [], [], [], [], [], [], []
+    labels, kinds, qs, srcs, cols, thr, signs, missing, missing_q = [], [], [], [], [], [], [], [], []
     for kind, group in (("target", ar.targets), ("secondary", ar.secondary), ("limit", ar.limits)):
         for r in group:
             if r.quantity == "tumors":
@@ -175,6 +180,7 @@ def compile_rules(ar: ActiveRules, quantities: tuple[str, ...]) -> RuleTable:
             for label, q in targets:
                 if q not in quantities:
                     missing.append(label)
+                    missing_q.append(r.quantity)
                     continue
                 labels.append(label)
                 kinds.append(kind)
@@ -185,5 +191,5 @@ def compile_rules(ar: ActiveRules, quantities: tuple[str, ...]) -> RuleTable:
                 signs.append(-1.0 if r.kind == "target" else 1.0)
     return RuleTable(
         tuple(labels), tuple(kinds), tuple(qs), tuple(srcs), np.asarray(cols, dtype=int),
-        np.asarray(thr, dtype=float), np.asarray(signs), tuple(missing),
+        np.asarray(thr, dtype=float), np.asarray(signs), tuple(missing), tuple(dict.fromkeys(missing_q)),
     )

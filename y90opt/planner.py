@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import os
 from typing import Any
 
@@ -263,7 +264,36 @@ def plan_case(
             study_name=study_name, exact=result["choice"], progress=progress,
         )
     ds = plan_dataset(case, model, rt, space, ev, factors, result, risk, n, seed, dtype, n_invalid, optuna_info)
+    ds.attrs["advisories"] = json.dumps(_advisories_at(case, model, rt, space, result))
     return PlanResult(ds, summarize_plan(ds))
+
+
+def _advisories_at(case, model, rt, space, result) -> list[dict[str, str]]:
+    """Advisories at the recommended (or least risky) candidate, at the nominal inputs."""
+    from .outcomes import nominal_advisories
+
+    i, j = result["choice"]["index"]
+    h = space.times[j].hours
+    s = result["s"][i, j]
+    f = dict(zip(model.quantities, model.nominal_factors(), strict=True))
+    nominal = {
+        "activity_gbq": {"lung": s * f["lung_activity"]},
+        "hours_after_calibration": h,
+        "activity_per_sphere_bq": physics.activity_per_sphere_bq(h, case.conventions),
+    }
+    return nominal_advisories(case, nominal, missing=list(rt.missing_quantities))
+
+
+def pareto_front(p_success: np.ndarray, p_limits: np.ndarray) -> list[tuple[int, int]]:
+    """Candidates not dominated in (P(targets met), P(worst limit kept)): the trade-off a vial size buys."""
+    worst = p_limits.min(axis=-1) if p_limits.shape[-1] else np.ones_like(p_success)
+    pts = [(float(p_success[i, j]), float(worst[i, j]), i, j) for i in range(p_success.shape[0]) for j in range(p_success.shape[1])]
+    front = []
+    for a, b, i, j in pts:
+        dominated = any((c >= a and d >= b) and (c > a or d > b) for c, d, _, _ in pts)
+        if not dominated:
+            front.append((i, j))
+    return sorted(front, key=lambda ij: -p_success[ij])
 
 
 def evaluate_space(case, model, rt, space: DecisionSpace, ev: Evaluator, factors, risk: float) -> dict[str, Any]:
@@ -436,6 +466,13 @@ def summarize_plan(ds) -> dict[str, Any]:
         "conventions": conv,
         "case_sha256": a["case_sha256"],
     }
+    p_lim = ds["p_limit"].values
+    out["tradeoff"] = [
+        {k: c[k] for k in ("vial_gbq", "hours_after_calibration", "p_success", "p_limits", "feasible")}
+        for c in (cand(a_, b_) for a_, b_ in pareto_front(ps, p_lim))
+    ]
+    out["advisories"] = json.loads(a.get("advisories", "[]"))
+    out["rules_not_evaluated"] = [x for x in str(a.get("rules_not_evaluated", "")).split(", ") if x]
     if not feasible:
         worst_limit = min(rec["p_limits"], key=lambda k: rec["p_limits"][k])
         out["least_risky"] = rec_out
@@ -499,6 +536,18 @@ def plan_text(summary: dict[str, Any]) -> str:
         for c in summary["rejected_better"][:5]:
             lines.append(f"ruled out: {c['vial_gbq']:g} GBq at {c['hours_after_calibration']:.0f} h "
                          f"(P(targets) {c['p_success']:.3f}) by {', '.join(c['ruled_out_by'])}")
+    if summary.get("tradeoff"):
+        lines.append("")
+        lines.append("trade-off (no other candidate is better on both P(targets) and the worst P(limit kept)):")
+        lines.append(table(
+            [(c["vial_gbq"], round(c["hours_after_calibration"], 1), f"{c['p_success']:.3f}",
+              f"{min(c['p_limits'].values()) if c['p_limits'] else 1.0:.3f}", "yes" if c["feasible"] else "no")
+             for c in summary["tradeoff"]],
+            header=("vial GBq", "h", "P(targets)", "worst P(limit)", "feasible"), align="rrrrl"))
+    if summary.get("rules_not_evaluated"):
+        lines.append("not evaluated (quantity not available for this case): " + ", ".join(summary["rules_not_evaluated"]))
+    for adv in summary.get("advisories", []):
+        lines.append(f"advisory [{adv['code']}]: {adv['message']}")
     if "optuna" in summary:
         o = summary["optuna"]
         lines.append("")

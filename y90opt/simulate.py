@@ -240,6 +240,7 @@ def _dataset(case, model, rt, stats, hours, s, n, seed, dtype, samples):
         "quantile_method": stats["quantile_method"],
         "quantile_rel_error": stats["quantile_rel_error"],
         "rules_not_evaluated": ", ".join(rt.not_evaluated),
+        "quantities_not_available": ", ".join(rt.missing_quantities),
         "success_definition": f"all primary targets met ({case.plan.success})",
     })
     ds = build_dataset(dv, coords, attrs)
@@ -299,7 +300,7 @@ def summarize_simulation(ds, case: Case) -> dict[str, Any]:
         "quantile_rel_error": float(a["quantile_rel_error"]),
         "conventions": case.conventions.as_dict(),
         "case_sha256": a["case_sha256"],
-        "advisories": nominal_advisories(case, nominal),
+        "advisories": nominal_advisories(case, nominal, missing=[x for x in str(a.get("quantities_not_available", "")).split(", ") if x]),
     }
 
 
