@@ -1,8 +1,8 @@
 """Case-file validation: every bad input is one line naming the file and the field, exit status 2."""
 
+import contextlib
 import io
 import re
-import contextlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -1,9 +1,9 @@
 """The planner: chance-constraint semantics, tie-break, infeasible answers, prior lung dose, and agreement
 with a brute-force re-evaluation of every candidate on the same samples."""
 
+import contextlib
 import io
 import json
-import contextlib
 
 import numpy as np
 import pytest
@@ -83,14 +83,11 @@ def test_choose_rule_on_hand_arrays():
 
 
 def test_risk_semantics_change_the_answer(case_text):
-    text = case_text + ""
-    strict = _plan(text, n=20_000, risk=0.01)
-    loose = _plan(text, n=20_000, risk=0.20)
+    strict = _plan(case_text, n=20_000, risk=0.01)
+    loose = _plan(case_text, n=20_000, risk=0.20)
     assert loose["recommended"]["p_success"] >= strict["recommended"]["p_success"]
-    for lab, p in strict["recommended"]["p_limits"].items():
-        assert p >= 0.99
-    for lab, p in loose["recommended"]["p_limits"].items():
-        assert p >= 0.80
+    assert min(strict["recommended"]["p_limits"].values()) >= 0.99
+    assert min(loose["recommended"]["p_limits"].values()) >= 0.80
 
 
 def test_default_times_are_weekdays_in_the_window(case_text):

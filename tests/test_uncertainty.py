@@ -8,7 +8,14 @@ import pytest
 from scipy import stats
 
 from y90opt.uncertainty import (
-    Biased, LogNormal, Normal, SpecError, Triangular, Uniform, check_support, parse_spec,
+    Biased,
+    LogNormal,
+    Normal,
+    SpecError,
+    Triangular,
+    Uniform,
+    check_support,
+    parse_spec,
 )
 
 SPECS = [
