@@ -292,7 +292,7 @@ def heatmap_figure(ds, path: str) -> str:
                             fontweight="bold" if (a, b) == (i0, j0) else "normal")
         ax.add_patch(Rectangle((j0 - 0.5, i0 - 0.5), 1, 1, fill=False, edgecolor="#D55E00" if ok else "#CC79A7",
                                linewidth=3.0, zorder=5))
-        step_t = max(1, int(math.ceil(nt / 14)))
+        step_t = max(1, int(math.ceil(nt / 10)))
         step_v = max(1, int(math.ceil(nv / 20)))
         ticks = _time_ticks(ds)
         ax.set_xticks(range(0, nt, step_t), [ticks[b] for b in range(0, nt, step_t)])
@@ -399,16 +399,25 @@ def curve_figure(ds, path: str) -> str:
                     linestyle=("-", "--", "-.", ":")[k % 4], label=f"P(limit {lab} kept)")
         ax.axhline(1 - risk, color="#777777", linewidth=1.0, linestyle=":", label=f"1 − risk = {1 - risk:.3g}")
         markers = "os^vDPX*<>"
+        many = ps.size > 80  # a fine grid: small dots, no per-vial legend
+        size = 8 if many else 30
         for a, v in enumerate(vials):
-            m = markers[a % len(markers)]
-            ax.scatter(s[a][feas[a]], ps[a][feas[a]], marker=m, s=30, color="#555555", zorder=4,
-                       label=f"{v:g} GBq vial candidates" if len(vials) <= 10 else None)
-            ax.scatter(s[a][~feas[a]], ps[a][~feas[a]], marker=m, s=30, facecolor="white", edgecolor="#555555",
-                       zorder=4)
+            m = "o" if many else markers[a % len(markers)]
+            ax.scatter(s[a][feas[a]], ps[a][feas[a]], marker=m, s=size, color="#555555", zorder=4,
+                       label=None if len(vials) > 10 or many else f"{v:g} GBq vial candidates")
+            ax.scatter(s[a][~feas[a]], ps[a][~feas[a]], marker=m, s=size, facecolor="white", edgecolor="#555555",
+                       linewidth=0.6 if many else 1.0, zorder=4)
+        if many:
+            ax.scatter([], [], marker="o", s=size, color="#555555", label=f"{ps.size} candidates")
         ok_plan = bool(int(ds.attrs["feasible"]))
         ax.scatter([s[i0, j0]], [ps[i0, j0]], marker="o", s=170, facecolor="none", edgecolor="#D55E00",
                    linewidth=2.5, zorder=5, label="recommendation" if ok_plan else "least risky candidate")
         ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         # the stored curve spans far below the candidates; show the candidates' range with a margin
         ax.set_xlim(max(grid.min(), s.min() / 1.6), min(grid.max(), s.max() * 1.6))
         ax.set_ylim(-0.02, 1.02)
