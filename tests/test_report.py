@@ -169,6 +169,8 @@ def test_page_states_the_essentials(planned):
         assert needle in text, needle
     for source in {str(x) for x in ds["rule_source"].values}:
         assert _escaped(source) in text, source
+    for adv in summarize_plan(ds).get("advisories", []):  # the planner's advisories at the recommendation
+        assert _escaped(adv["message"]) in text, adv
     assert "<script" not in text.lower()
 
 

@@ -179,11 +179,14 @@ def _context(ds) -> dict[str, Any]:
         nominal = nominal_doses(at_rec)
         ctx["nominal"] = nominal
         ctx["nominal_flat"] = flatten_doses(nominal["dose_gy"])
-        ctx["advisories"] = nominal_advisories(at_rec, nominal, ar)
+        if "advisories" not in a:  # results written before the planner stored them
+            ctx["advisories"] = nominal_advisories(at_rec, nominal, ar)
     except Exception as e:  # noqa: BLE001 - the page still shows everything the Dataset holds
         ctx["notes"].append(f"the stored case could not be re-read ({type(e).__name__}: {e}); "
-                            "inputs, nominal doses and advisories are not shown")
-    if a.get("rules_not_evaluated"):
+                            "inputs and nominal doses are not shown")
+    if "advisories" in a:
+        ctx["advisories"] = list(summary.get("advisories", []))
+    if a.get("rules_not_evaluated") and not any(x.get("code") == "rule-not-evaluated" for x in ctx["advisories"]):
         ctx["advisories"] = list(ctx["advisories"]) + [{
             "code": "rule-not-evaluated",
             "message": f"rules not evaluated (the case gives no dose for them): {a['rules_not_evaluated']}",
@@ -494,7 +497,11 @@ p { margin: 6px 0; }
 .card.bad .prob { color: var(--bad); }
 table { border-collapse: collapse; width: 100%; margin: 6px 0 10px; font-size: 13.5px; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: var(--panel); font-weight: 600; }
+th { background: var(--panel); font-weight: 600; overflow-wrap: anywhere; }
+td.verdict { min-width: 15em; }
+td.verdict b { white-space: nowrap; }
+.scroll { overflow-x: auto; }
+.scroll table { font-size: 13px; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.rec td { background: #fff4e5; font-weight: 600; }
 td.fail { color: var(--bad); font-weight: 600; }
@@ -770,9 +777,9 @@ def _rec_name(ctx) -> str:
     return "recommendation" if ctx["summary"]["feasible"] else "least risky candidate"
 
 
-def _short_time(ds, j: int) -> str:
+def _short_time(ds, j: int, year: bool = True) -> str:
     when = _dt.datetime.fromisoformat(str(ds["time_local"].values[j]))
-    return when.strftime("%a %Y-%m-%d %H:%M")
+    return when.strftime("%a %Y-%m-%d %H:%M" if year else "%a %d %b %H:%M")
 
 
 def _candidate_table(ds, ctx, shown: list[tuple[int, int]], rank: dict[tuple[int, int], int], key: str) -> str:
@@ -801,19 +808,20 @@ def _candidate_table(ds, ctx, shown: list[tuple[int, int]], rank: dict[tuple[int
         vial = float(ds["vial"].values[a_])
         cells = [str(rank[(a_, b_)]),
                  _num(f"{key}-{a_}-{b_}-vial", vial, fmt="g"),
-                 (esc(_short_time(ds, b_)), "nw"),
-                 f"{float(ds['hours_after_calibration'].values[b_]):.1f}",
+                 (f"{esc(_short_time(ds, b_, year=False))} <span class='muted'>"
+                  f"{float(ds['hours_after_calibration'].values[b_]):.0f} h</span>", "nw"),
                  f"{float(ds['vial_at_treatment'].values[a_, b_]):.3g}",
                  _num(f"{key}-{a_}-{b_}-p-success", ps[a_, b_])]
         for k in range(len(limits)):
             p = pl[a_, b_, k]
             cells.append((f"{p:.3f}", "fail" if p < 1 - risk - 1e-12 else ""))
-        cells.append(why)
+        cells.append((why, "verdict"))
         rows.append(cells)
-    return _table(("#", "vial GBq", f"treatment ({esc(_zone(ds))})", "h", "at treatment GBq", "P(targets)",
-                   *[f"P({esc(lab)} kept)" for lab in limits], "verdict"), rows,
-                  (True, True, False, True, True, True, *[True] * len(limits), False),
-                  row_class=lambda r: "rec" if shown[r] == (i0, j0) else "")
+    return '<div class="scroll">' + _table(
+        ("#", "vial GBq", f"treatment ({esc(_zone(ds))})", "GBq at treatment", "P(targets)",
+         *[f"P({esc(lab)})" for lab in limits], "verdict"), rows,
+        (True, True, False, True, True, *[True] * len(limits), False),
+        row_class=lambda r: "rec" if shown[r] == (i0, j0) else "") + "</div>"
 
 
 def _alternatives(ds, ctx) -> str:
@@ -837,9 +845,19 @@ def _alternatives(ds, ctx) -> str:
         f"probability ≥ {1 - risk:.3g}; among feasible candidates the highest P(targets) wins, and those within "
         f"{tol:g} of it are tied. Shown: the candidates ranked above the {_rec_name(ctx)}"
         f"{f' (the best {ALTERNATIVES_ABOVE})' if pos > ALTERNATIVES_ABOVE else ''}, the {_rec_name(ctx)} and the next "
-        f"{ALTERNATIVES_BELOW}. Red: a limit kept with P &lt; {1 - risk:.3g}.</p>",
+        f"{ALTERNATIVES_BELOW}. P(limit) is the probability that the limit is kept; red: below {1 - risk:.3g}.</p>",
         _candidate_table(ds, ctx, shown, rank, "alt"),
     ]
+    front = s.get("tradeoff") or []
+    if front:
+        keys = {(float(c["vial_gbq"]), float(c["hours_after_calibration"])) for c in front}
+        vials = ds["vial"].values.astype(float)
+        hours = ds["hours_after_calibration"].values.astype(float)
+        pts = [ij for ij in order if (float(vials[ij[0]]), float(hours[ij[1]])) in keys]
+        out.append(f"<details><summary>Trade-off front ({len(pts)} candidates)</summary><p>Candidates that no other "
+                   "candidate beats on both P(targets) and the least likely kept limit: what a larger vial or an "
+                   "earlier day buys, and what it risks.</p>" + _candidate_table(ds, ctx, pts, rank, "front")
+                   + "</details>")
     every = order[:MAX_TABLE_ROWS]
     more = f" (the best {MAX_TABLE_ROWS})" if len(order) > MAX_TABLE_ROWS else ""
     out.append(f"<details><summary>All {len(order)} candidates{more}</summary>"
