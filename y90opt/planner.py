@@ -491,8 +491,9 @@ def _relax_text(ds, limit: str, rec: dict, risk: float) -> str:
     msg = (f"limit {limit!r} is kept with P = {p:.3f} < {1 - risk:.3f} even at the least risky candidate "
            f"({rec['vial_gbq']:g} GBq, {rec['hours_after_calibration']:.0f} h)")
     if ok.size:
-        msg += (f"; it would need at most {ok.max():.3g} GBq at treatment (a smaller vial, a later day), "
-                f"or a larger risk (--risk {1 - p + 1e-3:.3f})")
+        msg += f"; it would need at most {ok.max():.3g} GBq at treatment (a smaller vial, a later day)"
+        if 1 - p < 0.5:
+            msg += f", or a larger risk (--risk {min(1 - p + 1e-3, 0.5):.3f})"
     else:
         msg += "; no activity keeps it: revisit the inputs (e.g. the lung shunt or a prior lung dose)"
     return msg

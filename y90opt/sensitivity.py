@@ -921,7 +921,7 @@ def tornado_figure(result: SensitivityResult | Any, output: str, path: str) -> s
     ax.axvline(base, color="black", linewidth=1.0, label=f"nominal {base:.4g} {unit}")
     ax.set_xlabel(f"{output} ({unit})")
     ax.set_ylabel("input (its p05 to p95)")
-    ax.set_title(f"{ds.attrs.get('case_name', '')}: {_output_long_name(output)}, one input at a time")
+    ax.set_title(f"{_output_long_name(output)}\none input at a time, others nominal", loc="left", fontsize=10)
     ax.legend(loc="best", fontsize="small")
     fig.savefig(path)
     return path
