@@ -143,3 +143,22 @@ def test_plan_writes_netcdf(case_text, write_case, tmp_path):
     ds = read_netcdf(out_dir / "plan.nc")
     assert ds["p_success"].dims == ("vial", "time")
     assert ds.attrs["case_toml"] == case_text
+
+
+def test_plan_with_sensitivity_adds_tornado_and_dataset(case_text, write_case, tmp_path):
+    from y90opt.results import read_netcdf
+
+    path = write_case(case_text)
+    out_dir = tmp_path / "res"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["plan", path, "--samples", "3000", "--optuna-trials", "0", "--sensitivity-samples", "256",
+                     "--out", str(out_dir), "--json"]) == 0
+    s = json.loads(buf.getvalue())
+    sens = read_netcdf(out_dir / "sensitivity.nc")
+    # the sensitivity analysis ran at the recommended decision
+    assert float(sens.attrs["vial_gbq"]) == s["recommended"]["vial_gbq"]
+    assert float(sens.attrs["hours_after_calibration"]) == pytest.approx(s["recommended"]["hours_after_calibration"])
+    assert {r["output"] for r in s["sensitivity"]["indices"]} >= {"dose_gy.tumors.T1", "success"}
+    assert list(out_dir.glob("report_tornado_*.png"))
+    assert "report_tornado_" in (out_dir / "report.html").read_text()

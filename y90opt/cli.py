@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--study-name", default=None, help="Optuna study name (with --storage)")
     sp.add_argument("--vial-range", default=None, metavar="MIN:MAX:STEP", help="candidate vials as a range in GBq, e.g. 3:20:0.5")
     sp.add_argument("--hours-range", default=None, metavar="MIN:MAX:STEP", help="candidate times in hours after calibration, e.g. 72:216:1")
+    sp.add_argument("--sensitivity-samples", type=_positive_int, default=None, metavar="N",
+                    help="also run the Sobol sensitivity analysis (N base samples) at the recommendation and add "
+                    "its tornado figures to the report (with --out)")
 
     sp = add("sensitivity", "Sobol sensitivity indices of every dose and of plan success", f"y90opt sensitivity {EXAMPLE} --samples 20000 --json")
     sp.add_argument("case")
@@ -275,8 +278,15 @@ def cmd_plan(args) -> int:
         vial_range=_range_arg(args.vial_range, "--vial-range"), hours_range=_range_arg(args.hours_range, "--hours-range"),
         progress=not args.json,
     )
+    sens = None
+    if args.sensitivity_samples:
+        from .sensitivity import sensitivity_case
+
+        sens = sensitivity_case(res.recommended_case(case), n=args.sensitivity_samples, seed=args.seed,
+                                chunk=args.chunk, dtype=args.dtype, progress=not args.json)
+        res.summary["sensitivity"] = sens.summary
     if out_dir:
-        res.write(out_dir)
+        res.write(out_dir, sensitivity=sens)
     if args.json:
         print(dumps(res.summary))
     else:

@@ -216,15 +216,23 @@ class PlanResult:
     def text(self) -> str:
         return plan_text(self.summary)
 
-    def write(self, out_dir: str) -> None:
+    def write(self, out_dir: str, sensitivity=None) -> None:
+        """Write ``plan.nc``, the figures and ``report.html`` (with the tornado figures of ``sensitivity``)."""
+        from .report import write_report
         from .results import write_netcdf
 
         write_netcdf(self.dataset, os.path.join(out_dir, "plan.nc"))
-        try:
-            from .report import write_report
-        except ImportError:  # report module not installed in this build
-            return
-        write_report(self.dataset, out_dir)
+        if sensitivity is not None:
+            write_netcdf(sensitivity.dataset, os.path.join(out_dir, "sensitivity.nc"))
+        write_report(self.dataset, out_dir, sensitivity=sensitivity)
+
+    def recommended_case(self, case: Case) -> Case:
+        """The case with its ``[plan]`` decision set to the recommendation (or the least risky candidate)."""
+        a = self.dataset.attrs
+        h = float(a["recommended_hours_after_calibration"])
+        treatment = case.calibration + _dt.timedelta(hours=h)
+        plan = dataclasses.replace(case.plan, vial_gbq=float(a["recommended_vial_gbq"]), treatment=treatment)
+        return dataclasses.replace(case, plan=plan)
 
 
 def plan_case(
