@@ -27,8 +27,9 @@ from .uncertainty import Fixed
 #: Samples per random block (the unit of reproducibility).
 BLOCK = 4096
 
-#: Default number of samples evaluated per JAX call.
-DEFAULT_CHUNK = 1 << 18
+#: Default number of samples evaluated per JAX call. On CPU a chunk's variates (2¹⁶ × d floats) stay in the
+#: cache; 2¹⁸ ran 2-3× slower (benchmarks/RESULTS.md). Results do not depend on it.
+DEFAULT_CHUNK = 1 << 16
 
 #: Largest share of unphysical samples (normal liver mass ≤ 0) tolerated before a run stops.
 MAX_INVALID_FRACTION = 1e-3
@@ -207,21 +208,30 @@ class Model:
 # -- sampling -----------------------------------------------------------------------------------------------
 
 
-def variates(key, start, count: int, n_dims: int, dtype):
+def variates(key, start, count: int, n_dims: int, dtype, aligned: bool = False):
     """Standard normal variates (count, n_dims) for global sample indices [start, start + count).
 
     Block b = index // BLOCK is drawn from fold_in(key, b); the result does not depend on how a run is
-    chunked. ``start`` may be traced; ``count`` is static.
+    chunked. ``start`` may be traced; ``count`` is static. ``aligned`` (static) promises that ``start`` is a
+    multiple of :data:`BLOCK`: the same numbers are then drawn without the extra block and the dynamic slice
+    (faster; the unaligned path serves any chunk size).
     """
     import jax
     import jax.numpy as jnp
 
-    nb = -(-count // BLOCK) + 1
+    nb = -(-count // BLOCK) + (0 if aligned else 1)
     b0 = start // BLOCK
     blocks = b0 + jnp.arange(nb, dtype=jnp.uint32)
     keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(blocks)
     z = jax.vmap(lambda k: jax.random.normal(k, (BLOCK, n_dims), dtype))(keys).reshape(nb * BLOCK, n_dims)
+    if aligned:
+        return z[:count]
     return jax.lax.dynamic_slice_in_dim(z, start - b0 * BLOCK, count, axis=0)
+
+
+def _aligned(n: int, chunk: int) -> bool:
+    """Every chunk of a run starts on a block boundary (chunks are BLOCK multiples, or there is one chunk)."""
+    return chunk % BLOCK == 0 or n <= chunk
 
 
 def make_key(seed: int):
@@ -236,15 +246,48 @@ def chunks(n: int, chunk: int) -> Iterator[tuple[int, int]]:
         yield start, min(chunk, n - start)
 
 
+class _SameComputation:
+    """A model keyed by what its traced computation depends on, so that a new :class:`Model` of an equal case
+    (every ``plan``/``simulate`` call builds one) reuses the compiled chunk function instead of recompiling.
+
+    The key holds the model's type, its fields (arrays by value) and ``repr`` of the whole case: any
+    difference in the case gives a new key (conservative: at worst a recompile, never a wrong reuse).
+    """
+
+    __slots__ = ("model", "key")
+
+    def __init__(self, model: Model):
+        parts: list = [type(model)]
+        for fld in dataclasses.fields(model):
+            v = getattr(model, fld.name)
+            if isinstance(v, np.ndarray):
+                parts.append((fld.name, v.shape, v.dtype.str, v.tobytes()))
+            else:
+                parts.append((fld.name, repr(v)))
+        self.model = model
+        self.key = tuple(parts)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _SameComputation) and self.key == other.key
+
+
+def _jit_chunk_fn(model: Model, count: int, dtype: str, reducer: Callable | None, aligned: bool = False):
+    return _compiled_chunk_fn(_SameComputation(model), count, dtype, reducer, aligned)
+
+
 @functools.lru_cache(maxsize=64)
-def _jit_chunk_fn(model: Model, count: int, dtype: str, reducer: Callable | None):
+def _compiled_chunk_fn(same: _SameComputation, count: int, dtype: str, reducer: Callable | None, aligned: bool):
     import jax
     import jax.numpy as jnp
 
+    model = same.model
     dt = jnp.dtype(dtype)
 
     def fn(key, start, n_total, *args):
-        z = variates(key, start, count, model.n_dims, dt)
+        z = variates(key, start, count, model.n_dims, dt, aligned)
         f, valid = model.factors_from_z(z)
         in_range = (start + jnp.arange(count)) < n_total
         if reducer is None:
@@ -273,7 +316,7 @@ def run_chunks(
 
     chunk = max(1, min(chunk, n))
     key = make_key(seed)
-    fn = _jit_chunk_fn(model, chunk, dtype, reducer)
+    fn = _jit_chunk_fn(model, chunk, dtype, reducer, _aligned(n, chunk))
     dt = jnp.dtype(dtype)
     # floating arguments take the run's dtype, so a float32 run stays float32 even under JAX's x64 mode
     jargs = tuple(
@@ -291,7 +334,7 @@ def sample_factors(model: Model, n: int, seed: int, chunk: int = DEFAULT_CHUNK, 
 
     chunk = max(1, min(chunk, n))
     key = make_key(seed)
-    fn = _jit_chunk_fn(model, chunk, dtype, None)
+    fn = _jit_chunk_fn(model, chunk, dtype, None, _aligned(n, chunk))
     fs, vs = [], []
     for start, size in chunks(n, chunk):
         f, v, _ = fn(key, jnp.asarray(start, jnp.uint32), n)
@@ -304,7 +347,7 @@ def sample_inputs(model: Model, n: int, seed: int, dtype: str = "float32") -> di
     """The sampled input values by case path (numpy), for inspection and tests."""
     import jax.numpy as jnp
 
-    z = variates(make_key(seed), jnp.asarray(0, jnp.uint32), n, model.n_dims, jnp.dtype(dtype))
+    z = variates(make_key(seed), jnp.asarray(0, jnp.uint32), n, model.n_dims, jnp.dtype(dtype), aligned=True)
     return {k: np.asarray(v) for k, v in model.input_columns(z).items()}
 
 
