@@ -38,8 +38,8 @@ Searches (``search=``)
         Two ordered integer parameters ``vial`` and ``time`` (indices of the sorted vials and hours), plain
         multivariate TPE: the baseline the benchmark compares against.
 
-    Every trial also records ``vial_gbq``, ``hours_after_calibration`` and ``activity_at_treatment_gbq`` as
-    user attributes, so the study is readable in any Optuna tool.
+    Every trial also records its candidate in the user attribute ``decision`` (``vial_gbq``,
+    ``hours_after_calibration``, ``activity_at_treatment_gbq``), so the study is readable in any Optuna tool.
 
 Batches
     Trials are asked in batches (``batch``); all their activities go through the evaluator in one vectorised
@@ -47,8 +47,8 @@ Batches
     indices): the repeated trial still counts, at no cost.
 
 Storage and resuming
-    ``storage`` is a path (→ ``sqlite:///<absolute path>``) or any Optuna RDB URL (anything containing
-    ``://``), used with ``load_if_exists=True`` under ``study_name`` (default: a name derived from the plan's
+    ``storage`` is a path (→ ``sqlite:///<absolute path>``), any Optuna RDB URL (anything containing
+    ``://``) or an Optuna storage object, used with ``load_if_exists=True`` under ``study_name`` (default: a name derived from the plan's
     fingerprint, so the same plan resumes its own study). A study records the fingerprint of its plan (space,
     risk, half-life, samples); resuming it with a different plan is an error. The search runs until the study
     holds ``trials`` COMPLETE trials: a study interrupted (even by SIGKILL) resumes where its storage
@@ -137,8 +137,12 @@ def storage_url(storage: str | os.PathLike | None) -> str | None:
     return "sqlite:///" + os.path.abspath(text)
 
 
-def _open_storage(url: str | None) -> optuna.storages.BaseStorage:
-    return optuna.storages.InMemoryStorage() if url is None else optuna.storages.RDBStorage(url)
+def _open_storage(storage) -> tuple[optuna.storages.BaseStorage, str | None]:
+    """The storage object and the URL (or class name) reported for it."""
+    if isinstance(storage, optuna.storages.BaseStorage):
+        return storage, type(storage).__name__
+    url = storage_url(storage)
+    return (optuna.storages.InMemoryStorage() if url is None else optuna.storages.RDBStorage(url)), url
 
 
 def _fail_orphans(storage: optuna.storages.BaseStorage, study_name: str) -> int:
@@ -394,7 +398,7 @@ def optuna_search(
     *,
     trials: int,
     seed: int,
-    storage: str | os.PathLike | None = None,
+    storage: str | os.PathLike | optuna.storages.BaseStorage | None = None,
     study_name: str | None = None,
     exact: dict[str, Any] | None = None,
     progress: bool = False,
@@ -412,7 +416,8 @@ def optuna_search(
         tol: the tie tolerance on P(success).
         trials: run until the study holds this many COMPLETE trials.
         seed: the sampler's seed.
-        storage: ``None`` (in memory), a path (SQLite) or an Optuna RDB URL.
+        storage: ``None`` (in memory), a path (SQLite), an Optuna RDB URL, or an Optuna storage object (used as
+            is, e.g. a ``JournalStorage``, or an ``InMemoryStorage`` kept by the caller).
         study_name: the study to create or resume (default: derived from the plan's fingerprint).
         exact: the planner's exact choice ``{"feasible", "index": (i, j), "best_p", ...}``, or ``None``.
         progress: show a progress bar on stderr.
@@ -435,14 +440,13 @@ def optuna_search(
     sp = _Space(space.vials_gbq, space.hours, half_life_h)
     labels = tuple(ev.limit_labels)
     fp = _fingerprint(ev, sp, risk, tol, half_life_h)
-    url = storage_url(storage)
     name = study_name or _default_study_name(fp, search)
     batch = default_batch(trials) if batch is None else int(batch)
     if batch < 1:
         raise ValueError(f"batch must be ≥ 1, got {batch}")
 
     with _quiet_optuna():
-        st = _open_storage(url)
+        st, url = _open_storage(storage)
         probe = optuna.create_study(storage=st, study_name=name, direction="maximize", load_if_exists=True)
         if probe.direction != StudyDirection.MAXIMIZE:
             raise ValueError(f"study {name!r} in {url} does not maximise P(success)")
@@ -486,9 +490,11 @@ def optuna_search(
                 for t, ij in zip(asked, idx, strict=True):
                     p, m = cache[ij]
                     set_limit_constraints(t, labels, m)
-                    t.set_user_attr("vial_gbq", float(sp.vials[ij[0]]))
-                    t.set_user_attr("hours_after_calibration", float(sp.hours[ij[1]]))
-                    t.set_user_attr("activity_at_treatment_gbq", float(sp.s[ij]))
+                    t.set_user_attr("decision", {
+                        "vial_gbq": float(sp.vials[ij[0]]),
+                        "hours_after_calibration": float(sp.hours[ij[1]]),
+                        "activity_at_treatment_gbq": float(sp.s[ij]),
+                    })
                     study.tell(t, p)
                 new += k
                 done += k
