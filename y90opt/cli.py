@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from . import __version__
 
 EXAMPLE = "configs/examples/multifocal-unilobar.toml"
+#: Largest run whose raw samples `simulate --keep-samples` stores in the Dataset.
+MAX_KEPT_SAMPLES = 10_000_000
 
 
 class BadInput(Exception):
@@ -250,6 +252,8 @@ def cmd_simulate(args) -> int:
 
     case = load_case(args.case)
     out_path = _output_path(args.output, ".nc")
+    if args.keep_samples and args.samples > MAX_KEPT_SAMPLES:
+        raise BadInput(f"--keep-samples: at most {MAX_KEPT_SAMPLES} samples can be stored (asked {args.samples})")
     res = simulate_case(
         case, n=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype,
         keep_samples=args.keep_samples, progress=not args.json,
