@@ -47,16 +47,17 @@ Batches
     indices): the repeated trial still counts, at no cost.
 
 Storage and resuming
-    ``storage`` is a path (→ ``sqlite:///<absolute path>``), any Optuna RDB URL (anything containing
-    ``://``) or an Optuna storage object, used with ``load_if_exists=True`` under ``study_name`` (default: a name derived from the plan's
-    fingerprint, so the same plan resumes its own study). A study records the fingerprint of its plan (space,
-    risk, half-life, samples); resuming it with a different plan is an error. The search runs until the study
-    holds ``trials`` COMPLETE trials: a study interrupted (even by SIGKILL) resumes where its storage
-    stands, nothing committed is lost or repeated. Trials an interrupted run left RUNNING (asked, never told)
-    are marked FAIL when the search starts and are not counted; their numbers stay in the study, so trial
-    numbers remain contiguous. One process searches a study at a time (a RUNNING trial met at start is taken
-    to be an orphan). A resumed search reseeds its sampler with (seed, trials already in the study), so it does
-    not replay the first run's random start; a seed reproduces an uninterrupted search exactly.
+    ``storage`` is a path (→ ``sqlite:///<absolute path>``), any Optuna RDB URL (anything containing ``://``)
+    or an Optuna storage object, opened with ``load_if_exists=True`` under ``study_name`` (default: a name
+    derived from the plan's fingerprint, so the same plan resumes its own study). A study records the
+    fingerprint of its plan (candidates, risk, half-life, limits, the samples' hash) and the search; resuming it
+    with another plan is an error. The search runs until the study holds ``trials`` COMPLETE trials, so a study
+    interrupted (even by SIGKILL) resumes where its storage stands: every trial committed stays as it is and is
+    not run again. Trials an interrupted run left RUNNING (asked, never told) are marked FAIL when the search
+    starts and are not counted; their numbers stay in the study, so trial numbers remain contiguous. One
+    process searches a study at a time (a RUNNING trial met at start is taken to be an orphan). A resumed search
+    reseeds its sampler with (seed, trials already in the study), so it does not replay the first run's random
+    start; a seed reproduces an uninterrupted search exactly, in any process.
 
 Agreement with the exact answer (``matches_exact``)
     Optuna's answer (``best``) is the planning rule applied to the trials it completed (:func:`planning_rule`,
@@ -312,7 +313,8 @@ class _Space:
         return self.s.size
 
 
-def _fingerprint(ev, space: _Space, risk: float, tol: float, half_life_h: float) -> dict[str, Any]:
+def _fingerprint(ev, space: _Space, risk: float, half_life_h: float) -> dict[str, Any]:
+    """What the trials of a study depend on (the tie tolerance does not: it only reads them)."""
     h = hashlib.sha256()
     for a in (ev.s_lo, ev.s_hi):
         h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
@@ -320,7 +322,6 @@ def _fingerprint(ev, space: _Space, risk: float, tol: float, half_life_h: float)
         "vials_gbq": [float(x) for x in space.vials],
         "hours_after_calibration": [round(float(x), 9) for x in space.hours],
         "risk": float(risk),
-        "tie_tolerance": float(tol),
         "half_life_h": float(half_life_h),
         "limits": list(ev.limit_labels),
         "samples": int(ev.n),
@@ -439,7 +440,7 @@ def optuna_search(
         raise ValueError(f"trials must be ≥ 1, got {trials}")
     sp = _Space(space.vials_gbq, space.hours, half_life_h)
     labels = tuple(ev.limit_labels)
-    fp = _fingerprint(ev, sp, risk, tol, half_life_h)
+    fp = _fingerprint(ev, sp, risk, half_life_h)
     name = study_name or _default_study_name(fp, search)
     batch = default_batch(trials) if batch is None else int(batch)
     if batch < 1:
