@@ -381,3 +381,23 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path):
     for k, rec in committed.items():  # nothing committed was lost or rewritten
         assert (after[k].params, after[k].value, after[k].constraints) == rec
     assert len(after) - len(before) == target - len(committed)  # only the missing trials were run
+
+
+# --- through the planner ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ranges", [(None, None, None), ((3.0, 20.0, 1.0), (72.0, 216.0, 6.0), 60)])
+def test_plan_cross_check_matches_the_enumeration(write_case, case_text, ranges):
+    from y90opt.case import load_case
+    from y90opt.planner import plan_case
+
+    vial_range, hours_range, trials = ranges
+    case = load_case(write_case(case_text))
+    res = plan_case(case, n=5000, seed=0, dtype="float64", vial_range=vial_range, hours_range=hours_range,
+                    optuna_trials=trials)
+    o = res.summary["optuna"]
+    assert o["matches_exact"] is True
+    assert o["trials"] == (trials or min(200, res.summary["candidates"] // 2))
+    rec = res.summary["recommended"]
+    assert o["exact"]["vial_gbq"] == rec["vial_gbq"]
+    assert o["exact"]["hours_after_calibration"] == rec["hours_after_calibration"]
