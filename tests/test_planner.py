@@ -55,16 +55,18 @@ def test_prior_lung_dose_constrains_the_choice():
     assert s["rejected_better"] and "lung-cumulative" in s["rejected_better"][0]["ruled_out_by"]
 
 
-def test_infeasible_is_an_answer_with_the_binding_limit(write_case):
+def test_infeasible_is_an_answer_with_the_binding_limit(write_case, tmp_path):
     path = write_case(EXACT.format(prior=51))
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["plan", path, "--samples", "1000", "--optuna-trials", "0", "--json"])
+        code = main(["plan", path, "--samples", "1000", "--json", "--out", str(tmp_path / "res")])
     assert code == 0, err.getvalue()
     s = json.loads(out.getvalue())
     assert s["feasible"] is False and s["recommended"] is None
     assert s["binding_limit"] == "lung-cumulative"
     assert "no activity keeps it" in s["relax"]
+    assert s["optuna"]["matches_exact"] is True  # nothing feasible either way
+    assert (tmp_path / "res" / "report.html").is_file()
 
 
 def test_choose_rule_on_hand_arrays():

@@ -86,9 +86,9 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from . import physics
+from .planner import MARGIN_ATOL, limit_margins
 
 #: Constraint values within this of zero count as zero (float noise in (1 − risk) − k/n).
-MARGIN_ATOL = 1e-12
 #: Inner-sampler redraws before :class:`WithoutReplacement` falls back (see there).
 REDRAWS = 1
 #: TPE's random start (trials before the Parzen estimators are used).
@@ -102,15 +102,6 @@ _FINGERPRINT_ATTR = "y90opt_fingerprint"
 
 # ---------------------------------------------------------------------------------------------------------
 # constraints: one number for grid, Optuna and report
-
-
-def limit_margins(p_limits, risk: float) -> np.ndarray:
-    """Constraint values (1 − risk) − P(limit kept), shape (..., L); ≤ 0 means the limit is kept often enough.
-
-    Values within :data:`MARGIN_ATOL` of zero are set to zero, so the boundary case P = 1 − risk is feasible.
-    """
-    m = (1.0 - risk) - np.asarray(p_limits, dtype=np.float64)
-    return np.where(np.abs(m) <= MARGIN_ATOL, 0.0, m)
 
 
 def set_limit_constraints(trial: optuna.Trial, labels: Sequence[str], margins: Sequence[float]) -> None:

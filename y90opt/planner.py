@@ -33,6 +33,19 @@ from .outcomes import RuleTable, active_rules, compile_rules
 #: Points of the P-versus-activity curve stored with every plan.
 CURVE_POINTS = 241
 
+#: Constraint margins within this of zero count as zero (a limit kept with P = 1 − risk exactly is feasible).
+MARGIN_ATOL = 1e-12
+
+
+def limit_margins(p_limits, risk: float) -> np.ndarray:
+    """Constraint values (1 − risk) − P(limit kept), shape (..., L); ≤ 0 means the limit is kept often enough.
+
+    One number drives the enumeration, Optuna's constraints and the report (Optuna's convention: ≤ 0 feasible).
+    Values within :data:`MARGIN_ATOL` of zero are set to zero, so the boundary case P = 1 − risk is feasible.
+    """
+    m = (1.0 - risk) - np.asarray(p_limits, dtype=np.float64)
+    return np.where(np.abs(m) <= MARGIN_ATOL, 0.0, m)
+
 
 @dataclasses.dataclass(frozen=True)
 class CandidateTime:
@@ -192,7 +205,7 @@ def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: 
 
 def choose(p_success: np.ndarray, p_limits: np.ndarray, vials, hours, risk: float, tol: float) -> dict[str, Any]:
     """The planning rule on a (V, T) grid. Returns indices of the recommendation and the reasons."""
-    feasible = np.all(p_limits >= 1.0 - risk - 1e-12, axis=-1) if p_limits.shape[-1] else np.ones(p_success.shape, bool)
+    feasible = np.all(limit_margins(p_limits, risk) <= 0, axis=-1) if p_limits.shape[-1] else np.ones(p_success.shape, bool)
     if feasible.any():
         best = p_success[feasible].max()
         tied = feasible & (p_success >= best - tol)
@@ -270,6 +283,7 @@ def plan_case(
         optuna_info = optuna_search(
             ev, space, risk, case.plan.tie_tolerance, trials=trials, seed=seed, storage=storage,
             study_name=study_name, exact=result["choice"], progress=progress,
+            half_life_h=case.conventions.half_life_h,
         )
     ds = plan_dataset(case, model, rt, space, ev, factors, result, risk, n, seed, dtype, n_invalid, optuna_info)
     ds.attrs["advisories"] = json.dumps(_advisories_at(case, model, rt, space, result))

@@ -970,13 +970,13 @@ def _optuna(s) -> str:
     lines = [f"<p data-key='optuna-matches' data-value='{esc(repr(match))}'>{tag}</p>", "<dl class='kv'>"]
     kv = [
         ("Optuna's best", pick(o.get("best"))
-         + (f", P(targets) = {float(o['best_p_success']):.3f}" if "best_p_success" in o else "")),
+         + (f", P(targets) = {float(o['best_p_success']):.3f}" if o.get("best_p_success") is not None else "")),
         ("exact enumeration", pick(o.get("exact"))
-         + (f", P(targets) = {float(o['exact_p_success']):.3f}" if "exact_p_success" in o else "")),
+         + (f", P(targets) = {float(o['exact_p_success']):.3f}" if o.get("exact_p_success") is not None else "")),
         ("trials", str(o.get("trials", "–"))),
         ("sampler", str(o.get("sampler", "–"))),
     ]
-    if "gap" in o:
+    if o.get("gap") is not None:
         kv.append(("gap in P(targets)", f"{float(o['gap']):.3g}"))
     if o.get("storage"):
         kv.append(("storage / study", f"{o['storage']} / {o.get('study_name', '')}"))
