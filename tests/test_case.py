@@ -49,6 +49,16 @@ BAD = [
     ("tn_ratio = { value = 3.2, cv = 0.35 }", "tn_ratio = { dist = \"weibull\", k = 2 }", "tumors[0].tn_ratio.dist"),
     ("[vials]\n", "[vials]\nactivities_gbq = { min = 3, max = 20, step = 0 }\n", "vials.activities_gbq.step"),
     ("[plan]\n", "[[correlations]]\ninputs = [\"lung.shunt_fraction\", \"lung.mass_kg\"]\nrho = 0.5\n\n[plan]\n", "correlations[0].inputs[1]"),
+    # a primary rule the case cannot evaluate is bad input, never silently dropped
+    ("name = \"T1\"", "name = \"T1\"\ntreated = false", "tumors"),
+    ("whole_liver_volume_ml = 1800\n", "", None),  # fine for scenario 3: no rule needs it
+    ("scenario = \"multifocal-unilobar\"\n\n[liver]\nperfused_volume_ml = { value = 1100, cv = 0.12 }\n"
+     "whole_liver_volume_ml = 1800\n",
+     "scenario = \"multifocal-bilobar\"\n\n[liver]\nperfused_volume_ml = { value = 1100, cv = 0.12 }\n",
+     "liver.whole_liver_volume_ml"),
+    ("vial_gbq = 7", "vial_gbq = 7\nsuccess = \"index-tumor\"\nindex_tumor = \"T9\"", "plan.index_tumor"),
+    ("vial_gbq = 7", "vial_gbq = 7\nprocedure_time = \"10:00+05:00\"", "plan.procedure_time"),
+    ("vial_gbq = 7", "vial_gbq = 7\nhours_after_calibration = [72, 1e6]", "plan.hours_after_calibration"),
 ]
 
 
@@ -56,6 +66,9 @@ BAD = [
 def test_bad_input_names_file_and_field(case_text, write_case, old, new, field):
     assert old in case_text
     path = write_case(case_text.replace(old, new, 1))
+    if field is None:  # a control: the change is valid
+        assert run_cli(["dose", path])[0] == 0
+        return
     with pytest.raises(CaseError) as e:
         from y90opt.case import load_case
 
@@ -158,3 +171,34 @@ def _toml(v):
     if isinstance(v, str):
         return json.dumps(v)
     return str(v)
+
+
+def test_index_tumor_must_be_treated(case_text):
+    t = case_text.replace('tn_ratio = { value = 3.2, cv = 0.35 }\n',
+                          'tn_ratio = { value = 3.2, cv = 0.35 }\n\n[[tumors]]\nname = "T2"\nvolume_ml = 20\n'
+                          'tn_ratio = 2.0\ntreated = false\n', 1)
+    t = t.replace("vial_gbq = 7", 'vial_gbq = 7\nsuccess = "index-tumor"\nindex_tumor = "T2"')
+    with pytest.raises(CaseError) as e:
+        parse_case(t)
+    assert e.value.field == "plan.index_tumor" and "not treated" in e.value.message
+
+
+@pytest.mark.parametrize("argv", [
+    ["simulate", "{case}", "--samples", "1e400"],
+    ["simulate", "{case}", "--samples", "1.9"],
+    ["simulate", "{case}", "--chunk", "0"],
+    ["plan", "{case}", "--vial-range", "0:3:1"],
+    ["plan", "{case}", "--vial-range", "1:inf:1"],
+    ["plan", "{case}", "--vial-range", "1:1e9:0.0001"],
+    ["plan", "{case}", "--hours-range", "1e308:1e308:1"],
+    ["plan", "{case}", "--optuna-trials", "-5"],
+    ["plan", "{case}", "--risk", "1.5"],
+    ["sensitivity", "{case}", "--samples", "1"],
+    ["sensitivity", "{case}", "--bootstrap", "-3"],
+    ["simulate", "{case}", "--samples", "20000000", "--keep-samples"],
+])
+def test_bad_command_line_values_exit_2(case_text, write_case, argv):
+    path = write_case(case_text)
+    code, out, err = run_cli([a.format(case=path) for a in argv])
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err

@@ -164,3 +164,18 @@ def test_plan_with_sensitivity_adds_tornado_and_dataset(case_text, write_case, t
     assert {r["output"] for r in s["sensitivity"]["indices"]} >= {"dose_gy.tumors.T1", "success"}
     assert list(out_dir.glob("report_tornado_*.png"))
     assert "report_tornado_" in (out_dir / "report.html").read_text()
+
+
+@pytest.mark.parametrize("zone, clock, expected", [
+    # Wednesday 10:00 in Paris is 04:00 US Eastern: 64 h after a Sunday-noon Eastern calibration
+    ("Europe/Paris", "10:00", [64.0, 88.0, 112.0, 184.0, 208.0]),
+    # calibration = Monday 02:00 in Tokyo; the window spans Tokyo dates Thursday to next Wednesday (weekdays only)
+    ("Asia/Tokyo", "10:00", [80.0, 104.0, 176.0, 200.0, 224.0]),
+    # Kiritimati (UTC+14) 23:00: the last weekday would be 232 h, beyond the window's day tolerance: dropped
+    ("Pacific/Kiritimati", "23:00", [88.0, 112.0, 184.0, 208.0]),
+])
+def test_default_times_at_the_site(case_text, zone, clock, expected):
+    text = case_text.replace("vial_gbq = 7", f'vial_gbq = 7\nsite_timezone = "{zone}"\nprocedure_time = "{clock}"')
+    s = _plan(text, n=1000)
+    assert s["hours_after_calibration"] == pytest.approx(expected)
+    assert all(72 - 12 <= h <= 216 + 12 for h in s["hours_after_calibration"])

@@ -54,7 +54,7 @@ EXPECTED: dict[str, dict] = {
             "tumor": ("tumors", 205.0, "primary"),
             # item 1: "A minimum threshold absorbed dose of normal injected liver > 88 Gy with week 1
             # (Wednesday) dosing in Child-Pugh A patients ensures a minimum 10% hypertrophy."
-            "hypertrophy": ("normal_perfused", 88.0, "secondary"),
+            "hypertrophy": ("normal_perfused", 88.0, "primary"),
         },
         "limits": {
             # item 1: "normal tissue-absorbed dose (NTAD) is <= 120 Gy attained by treating on week 1 (Wednesday)"

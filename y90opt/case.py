@@ -159,6 +159,8 @@ _SUCCESS = ("all-tumors", "index-tumor", "mass-weighted")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 #: Largest candidate set a range may expand to (keeps a typo such as step = 0.0001 from exhausting memory).
 MAX_CANDIDATES = 100_000
+#: Latest candidate treatment time [h after calibration] (a Y-90 vial has decayed 10⁻⁴⁷ by then).
+MAX_HOURS = 10_000.0
 
 
 class _Reader:
@@ -319,7 +321,7 @@ def parse_case(text: str, file: str = "<case>") -> Case:
     else:
         vial_set = Candidates(physics.STANDARD_VIALS_GBQ, "default")
 
-    plan = _parse_plan(r, doc.get("plan", {}), calibration, [t.name for t in tumors])
+    plan = _parse_plan(r, doc.get("plan", {}), calibration, [t.name for t in tumors], {t.name for t in tumors if t.treated})
 
     # geometry: nominal tumours must fit inside the perfused territory, the whole liver must contain it
     v_p = perfused.nominal
@@ -355,7 +357,7 @@ def parse_case(text: str, file: str = "<case>") -> Case:
     if not isinstance(rules, dict):
         raise r.fail("rules", "expected a table")
 
-    return Case(
+    case = Case(
         path=file,
         name=name,
         scenario=scenario,
@@ -375,6 +377,11 @@ def parse_case(text: str, file: str = "<case>") -> Case:
         rules=rules,
         text=text,
     )
+    # the scenario's rules with the case's overrides: every primary rule must be evaluable for this case
+    from .outcomes import active_rules
+
+    active_rules(case)
+    return case
 
 
 def _check_scenario_id(r: _Reader, scenario: str) -> None:
@@ -385,7 +392,7 @@ def _check_scenario_id(r: _Reader, scenario: str) -> None:
         raise r.fail("scenario", f"unknown scenario {scenario!r} (known: {', '.join(ids)})")
 
 
-def _parse_plan(r: _Reader, raw: Any, calibration: _dt.datetime, tumor_names: list[str]) -> Plan:
+def _parse_plan(r: _Reader, raw: Any, calibration: _dt.datetime, tumor_names: list[str], treated: set[str] | None = None) -> Plan:
     p = r.table(raw, "plan", _PLAN)
     vial = None
     if "vial_gbq" in p:
@@ -400,6 +407,8 @@ def _parse_plan(r: _Reader, raw: Any, calibration: _dt.datetime, tumor_names: li
     hours = None
     if "hours_after_calibration" in p:
         hours = r.candidates(p["hours_after_calibration"], "plan.hours_after_calibration", positive=False)
+        if max(hours.values) > MAX_HOURS:
+            raise r.fail("plan.hours_after_calibration", f"times must be at most {MAX_HOURS:g} h after calibration")
     risk = r.number(p.get("risk", 0.05), "plan.risk")
     if not 0 < risk < 1:
         raise r.fail("plan.risk", "must be in (0, 1)")
@@ -417,6 +426,8 @@ def _parse_plan(r: _Reader, raw: Any, calibration: _dt.datetime, tumor_names: li
             proc = _dt.time.fromisoformat(s)
         except ValueError:
             raise r.fail("plan.procedure_time", f"expected a clock time like \"10:00\", got {s!r}") from None
+        if proc.tzinfo is not None:
+            raise r.fail("plan.procedure_time", "give a local clock time without an offset (the zone is plan.site_timezone)")
     success = r.string(p.get("success", "all-tumors"), "plan.success")
     if success not in _SUCCESS:
         raise r.fail("plan.success", f"expected one of {', '.join(_SUCCESS)}")
@@ -425,6 +436,8 @@ def _parse_plan(r: _Reader, raw: Any, calibration: _dt.datetime, tumor_names: li
         index = r.string(p["index_tumor"], "plan.index_tumor")
         if index not in tumor_names:
             raise r.fail("plan.index_tumor", f"no tumour named {index!r}")
+        if treated is not None and index not in treated:
+            raise r.fail("plan.index_tumor", f"tumour {index!r} is not treated (treated = false): it gets no activity")
     if success == "index-tumor" and index is None:
         raise r.fail("plan.index_tumor", "missing (required when success = \"index-tumor\")")
     tol = r.number(p.get("tie_tolerance", 0.005), "plan.tie_tolerance")

@@ -7,6 +7,7 @@ field, no traceback), 1 internal error (one line).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 
@@ -21,14 +22,34 @@ class BadInput(Exception):
     """A user error detected by the CLI itself (an argument, an output path)."""
 
 
-def _positive_int(s: str) -> int:
+#: Largest sample count accepted on the command line.
+MAX_SAMPLES = 10**12
+
+
+def _int_arg(s: str, minimum: int, what: str) -> int:
+    """An integer (``1e6`` notation allowed when it is a whole number) ≥ ``minimum``."""
     try:
-        v = int(float(s)) if "e" in s.lower() else int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+        x = float(s)
+        v = int(x)
+        if x != v:
+            raise ValueError
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+    if not minimum <= v <= MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(f"expected {what} between {minimum} and {MAX_SAMPLES:.0e}, got {s!r}")
     return v
+
+
+def _positive_int(s: str) -> int:
+    return _int_arg(s, 1, "a positive integer")
+
+
+def _nonnegative_int(s: str) -> int:
+    return _int_arg(s, 0, "an integer ≥ 0")
+
+
+def _sobol_samples(s: str) -> int:
+    return _int_arg(s, 64, "at least 64 base samples")
 
 
 def _seed(s: str) -> int:
@@ -67,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return sp
 
-    def mc_flags(sp, samples: int) -> None:
-        sp.add_argument("--samples", type=_positive_int, default=samples, metavar="N", help=f"Monte Carlo samples (default {samples})")
+    def mc_flags(sp, samples: int, sample_type=_positive_int) -> None:
+        sp.add_argument("--samples", type=sample_type, default=samples, metavar="N", help=f"Monte Carlo samples (default {samples})")
         sp.add_argument("--seed", type=_seed, default=0, metavar="S", help="random seed (default 0)")
         sp.add_argument("--chunk", type=_positive_int, default=None, metavar="C", help="samples per JAX call (results do not depend on it)")
         sp.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="floating-point precision (default float32)")
@@ -93,21 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.add_argument("--out", metavar="DIR", help="write plan.nc, figures and report.html to DIR")
     sp.add_argument("--risk", type=float, default=None, help="override [plan].risk: each limit kept with P >= 1 - risk")
-    sp.add_argument("--optuna-trials", type=int, default=None, metavar="T", help="Optuna trials for the cross-check (default: half the candidates, at most 200; 0 to skip)")
+    sp.add_argument("--optuna-trials", type=_nonnegative_int, default=None, metavar="T", help="Optuna trials for the cross-check (default: half the candidates, at most 200; 0 to skip)")
     sp.add_argument("--storage", default=None, help="Optuna storage: a path (SQLite) or an RDB URL; lets a study resume")
     sp.add_argument("--study-name", default=None, help="Optuna study name (with --storage)")
     sp.add_argument("--vial-range", default=None, metavar="MIN:MAX:STEP", help="candidate vials as a range in GBq, e.g. 3:20:0.5")
     sp.add_argument("--hours-range", default=None, metavar="MIN:MAX:STEP", help="candidate times in hours after calibration, e.g. 72:216:1")
-    sp.add_argument("--sensitivity-samples", type=_positive_int, default=None, metavar="N",
+    sp.add_argument("--sensitivity-samples", type=_sobol_samples, default=None, metavar="N",
                     help="also run the Sobol sensitivity analysis (N base samples) at the recommendation and add "
                     "its tornado figures to the report (with --out)")
 
     sp = add("sensitivity", "Sobol sensitivity indices of every dose and of plan success", f"y90opt sensitivity {EXAMPLE} --samples 20000 --json")
     sp.add_argument("case")
-    mc_flags(sp, 8192)
+    mc_flags(sp, 8192, _sobol_samples)
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.add_argument("-o", "--output", metavar="OUT.nc", help="write the indices Dataset (NetCDF)")
-    sp.add_argument("--bootstrap", type=int, default=200, metavar="B", help="bootstrap resamples for confidence intervals")
+    sp.add_argument("--bootstrap", type=_nonnegative_int, default=200, metavar="B", help="bootstrap resamples for confidence intervals")
 
     sp = add("scenarios", "the DSC 2022 scenario rules with their sources", "y90opt scenarios --json")
     sp.add_argument("--json", action="store_true", help="print JSON")
@@ -270,7 +291,7 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .case import load_case
+    from .case import MAX_HOURS, load_case
     from .planner import plan_case
     from .textout import dumps
 
@@ -279,7 +300,7 @@ def cmd_plan(args) -> int:
     res = plan_case(
         case, n=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype, risk=args.risk,
         optuna_trials=args.optuna_trials, storage=args.storage, study_name=args.study_name,
-        vial_range=_range_arg(args.vial_range, "--vial-range"), hours_range=_range_arg(args.hours_range, "--hours-range"),
+        vial_range=_range_arg(args.vial_range, "--vial-range", positive=True), hours_range=_range_arg(args.hours_range, "--hours-range", maximum=MAX_HOURS),
         progress=not args.json,
     )
     sens = None
@@ -383,15 +404,26 @@ def _output_dir(path: str | None) -> str | None:
     return path
 
 
-def _range_arg(text: str | None, flag: str) -> tuple[float, float, float] | None:
+def _range_arg(text: str | None, flag: str, positive: bool = False, maximum: float = math.inf) -> tuple[float, float, float] | None:
+    """MIN:MAX:STEP, finite, MIN ≥ 0 (> 0 for activities), expanding to at most MAX_CANDIDATES values."""
+    from .case import MAX_CANDIDATES
+
     if text is None:
         return None
     try:
         lo, hi, step = (float(x) for x in text.split(":"))
     except ValueError:
         raise BadInput(f"{flag}: expected MIN:MAX:STEP, got {text!r}") from None
-    if not (0 <= lo <= hi and step > 0):
-        raise BadInput(f"{flag}: expected 0 <= MIN <= MAX and STEP > 0, got {text!r}")
+    if not all(math.isfinite(x) for x in (lo, hi, step)):
+        raise BadInput(f"{flag}: values must be finite, got {text!r}")
+    if not ((lo > 0 if positive else lo >= 0) and lo <= hi and step > 0):
+        rel = ">" if positive else ">="
+        raise BadInput(f"{flag}: expected MIN {rel} 0, MIN <= MAX and STEP > 0, got {text!r}")
+    if hi > maximum:
+        raise BadInput(f"{flag}: MAX must be at most {maximum:g}, got {text!r}")
+    count = math.floor((hi - lo) / step + 1e-9) + 1
+    if count > MAX_CANDIDATES:
+        raise BadInput(f"{flag}: {count} values (at most {MAX_CANDIDATES})")
     return lo, hi, step
 
 

@@ -74,6 +74,18 @@ class DoseFactors(NamedTuple):
     normal_mass_kg: Array  # M_N; ≤ 0 marks an unphysical sample
 
 
+def _sum_tumors(a: Array) -> Array:
+    """Sum over the (small, static) tumour axis term by term, in a fixed order. A reduction's summation order
+    can depend on the batch shape under XLA, which would make results depend on the chunk size."""
+    n = a.shape[-1]
+    if n == 0:
+        return jnp.zeros(a.shape[:-1], a.dtype)
+    acc = a[..., 0]
+    for i in range(1, n):
+        acc = acc + a[..., i]
+    return acc
+
+
 def dose_factors(x: DoseInputs, conv: Conventions = Conventions()) -> DoseFactors:
     """Per-GBq dose factors of the single-compartment, partition, lung and whole-liver models."""
     k = conv.dose_constant_gy_kg_per_gbq
@@ -87,17 +99,17 @@ def dose_factors(x: DoseInputs, conv: Conventions = Conventions()) -> DoseFactor
     m_p = x.perfused_volume_ml * kg_per_ml
     m_t = x.tumor_volume_ml * kg_per_ml
     m_t_treated = m_t * treated
-    m_t_sum = jnp.sum(m_t_treated, axis=-1)
+    m_t_sum = _sum_tumors(m_t_treated)
     m_n = m_p - m_t_sum
-    weighted = jnp.sum(x.tn_ratio * m_t_treated, axis=-1) + m_n
+    weighted = _sum_tumors(x.tn_ratio * m_t_treated) + m_n
 
     d_p = k * liver / m_p
     d_n = k * liver / weighted
     d_t = x.tn_ratio * d_n[..., None] * treated
-    d_t_total = jnp.sum(d_t * m_t_treated, axis=-1) / m_t_sum  # mass-weighted mean over treated tumours
+    d_t_total = _sum_tumors(d_t * m_t_treated) / m_t_sum  # mass-weighted mean over treated tumours
 
     m_wl = x.whole_liver_volume_ml * kg_per_ml
-    m_wn = m_wl - jnp.sum(m_t, axis=-1)
+    m_wn = m_wl - _sum_tumors(m_t)
     d_wn = d_n * m_n / m_wn
     d_wl = k * liver / m_wl
     d_lung = k * lung_act / x.lung_mass_kg

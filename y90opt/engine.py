@@ -104,12 +104,27 @@ class Model:
 
     # -- the pure part ---------------------------------------------------------------------------------
 
+    def correlate(self, z):
+        """Gaussian copula: z ↦ z Lᵀ, summed term by term in a fixed order (a matrix product's summation
+        order may depend on the batch shape, which would make results depend on the chunk size)."""
+        import jax.numpy as jnp
+
+        chol = self.cholesky
+        cols = []
+        for i in range(chol.shape[0]):
+            acc = z[:, 0] * jnp.asarray(chol[i, 0], z.dtype)
+            for j in range(1, i + 1):
+                if chol[i, j] != 0.0:
+                    acc = acc + z[:, j] * jnp.asarray(chol[i, j], z.dtype)
+            cols.append(acc)
+        return jnp.stack(cols, axis=1)
+
     def input_columns(self, z) -> dict:
         """Case path → array of per-sample values (exact inputs broadcast) from variates z (n, d)."""
         import jax.numpy as jnp
 
         if self.cholesky is not None:
-            z = z @ jnp.asarray(self.cholesky.T, dtype=z.dtype)
+            z = self.correlate(z)
         n = z.shape[0]
         cols = {}
         for path, spec in self.case.inputs.items():
@@ -171,7 +186,7 @@ class Model:
         if self.case.has_whole_liver:
             # the whole liver must hold the perfused territory and the untreated tumours
             untreated = 1.0 - x.tumor_treated
-            outside = jnp.sum(x.tumor_volume_ml * untreated, axis=-1)
+            outside = dosimetry._sum_tumors(x.tumor_volume_ml * untreated)
             valid = valid & (x.whole_liver_volume_ml >= x.perfused_volume_ml + outside)
         return f, valid
 

@@ -46,7 +46,41 @@ def active_rules(case: Case) -> ActiveRules:
     targets = tuple(rewrite(r) for r in scen.targets if r.level == "primary")
     secondary = tuple(rewrite(r) for r in scen.targets if r.level != "primary")
     limits = tuple(rewrite(r) for r in scen.limits)
+    _require_evaluable(case, scen, targets, limits, counted)
     return ActiveRules(scen, targets, secondary, limits, counted, mode)
+
+
+#: The case input each dose quantity needs beyond the always-present ones.
+_NEEDS = {
+    "whole_normal_liver": "liver.whole_liver_volume_ml",
+    "whole_liver": "liver.whole_liver_volume_ml",
+    "tumors": "tumors",
+    "tumor_total": "tumors",
+}
+
+
+def _require_evaluable(case: Case, scen, targets, limits, counted) -> None:
+    """A primary target or limit that the case cannot evaluate is bad input, never silently dropped: a plan
+    judged without it would look safer or more successful than it is."""
+    from .case import CaseError
+
+    has_treated = any(t.treated for t in case.tumors)
+    for kind, group in (("target", targets), ("limit", limits)):
+        for r in group:
+            q = r.quantity
+            missing = (
+                (q in ("whole_normal_liver", "whole_liver") and not case.has_whole_liver)
+                or (q == "tumors" and not counted)
+                or (q == "tumor_total" and not has_treated)
+            )
+            if missing:
+                field = _NEEDS[q]
+                what = "no treated tumour" if field == "tumors" else "missing"
+                raise CaseError(
+                    case.path, field,
+                    f"{what}: needed by the {kind} {r.id!r} ({q}) of scenario {scen.id}; give it, or drop the rule "
+                    f"with [rules] remove = [\"{r.id}\"] if it does not apply to this patient",
+                )
 
 
 def dose_mapping(quantities, values) -> dict[str, Any]:

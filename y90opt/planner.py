@@ -81,7 +81,13 @@ def candidate_time(case: Case, hours: float) -> CandidateTime:
 
 def default_times(case: Case, window) -> tuple[CandidateTime, ...]:
     """Each weekday in the site's time zone whose date lies in the scenario window, at the site's procedure
-    time (or the calibration's clock time)."""
+    time (or the calibration's clock time), kept only where it lies within the window's day tolerance
+    (:data:`y90opt.rules.DAY_TOLERANCE_H`: the window's edges name days, not clock times).
+
+    Without ``site_timezone`` the calibration's UTC offset is the site's clock: give the IANA zone for
+    daylight-saving changes between calibration and treatment."""
+    from .rules import DAY_TOLERANCE_H
+
     zone = case.site_zone()
     cal_local = case.calibration.astimezone(zone)
     first = (case.calibration + _dt.timedelta(hours=window.start_h)).astimezone(zone).date()
@@ -93,7 +99,7 @@ def default_times(case: Case, window) -> tuple[CandidateTime, ...]:
         if day.weekday() < 5:
             when = _dt.datetime.combine(day, clock).replace(tzinfo=zone)
             h = physics.hours_between(case.calibration, when)
-            if h >= 0:
+            if h >= 0 and window.contains(h, DAY_TOLERANCE_H):
                 out.append(CandidateTime(h, when.isoformat(), _label(when)))
         day += _dt.timedelta(days=1)
     return tuple(out)
