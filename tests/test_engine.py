@@ -186,3 +186,14 @@ def test_chunk_invariance_with_the_example_copula():
     a, _ = engine.sample_factors(model, 20_000, seed=7, chunk=20_000, dtype="float32")
     b, _ = engine.sample_factors(model, 20_000, seed=7, chunk=1000, dtype="float32")
     np.testing.assert_array_equal(a, b)
+
+
+def test_wilson_interval_closed_forms():
+    from y90opt.simulate import wilson_interval
+
+    # Wilson 95 % interval, by hand: 0 of 100 gives [0, z²/(n + z²)] = [0, 3.8415/103.8415];
+    # 50 of 100 gives 0.5 ± z·sqrt(0.0025 + z²/4n²)/(1 + z²/n) = 0.5 ± 0.09617
+    lo, hi = wilson_interval(0.0, 100)
+    assert lo == 0.0 and hi == pytest.approx(3.841459 / 103.841459, rel=1e-6)
+    lo, hi = wilson_interval(0.5, 100)
+    assert (lo, hi) == pytest.approx((0.40383, 0.59617), abs=1e-5)

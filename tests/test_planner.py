@@ -179,3 +179,19 @@ def test_default_times_at_the_site(case_text, zone, clock, expected):
     s = _plan(text, n=1000)
     assert s["hours_after_calibration"] == pytest.approx(expected)
     assert all(72 - 12 <= h <= 216 + 12 for h in s["hours_after_calibration"])
+
+
+def test_large_runs_stream_dose_quantiles(case_text, monkeypatch):
+    # above the exact-quantile limit the plan keeps no factor matrix: quantiles come from streaming histograms
+    # and agree with the exact ones within the stated relative error; probabilities are unchanged (exact)
+    import y90opt.simulate as sim
+
+    case = parse_case(case_text)
+    exact = plan_case(case, n=40_000, seed=2, optuna_trials=0).dataset
+    monkeypatch.setattr(sim, "EXACT_QUANTILE_LIMIT", 1000)
+    stream = plan_case(case, n=40_000, seed=2, optuna_trials=0).dataset
+    assert stream.attrs["quantile_method"].startswith("log-spaced")
+    rel = stream.attrs["quantile_rel_error"]
+    np.testing.assert_allclose(stream["dose_p50"].values, exact["dose_p50"].values, rtol=2 * rel + 1e-6)
+    np.testing.assert_array_equal(stream["p_success"].values, exact["p_success"].values)
+    np.testing.assert_array_equal(stream["p_rule"].values, exact["p_rule"].values)

@@ -237,7 +237,7 @@ def _dose_text(case, out) -> str:
                 ("to the liver", act["liver"], "GBq"),
                 ("to the lungs", act["lung"], "GBq"),
                 ("spheres", out["spheres"], ""),
-                ("activity per sphere", out["activity_per_sphere_bq"], "Bq"),
+                (f"activity per sphere ({conv.bq_per_sphere_at_calibration:g} Bq at calibration)", out["activity_per_sphere_bq"], "Bq"),
             ],
             header=("activity", "value", "unit"),
         ),
@@ -245,8 +245,10 @@ def _dose_text(case, out) -> str:
     ]
     from .nominal import flatten_doses
 
-    rows = [(k, v, "Gy") for k, v in flatten_doses(out["dose_gy"]).items()]
-    lines.append(table(rows, header=("dose", "value", "unit")))
+    untreated = {f"tumors.{t.name}" for t in case.tumors if not t.treated}
+    rows = [(k, "not treated" if k in untreated else v, "" if k in untreated else "Gy")
+            for k, v in flatten_doses(out["dose_gy"]).items()]
+    lines.append(table(rows, header=("dose", "value", "unit"), align="lrl"))
     lines += _rules_text(out)
     return "\n".join(lines)
 

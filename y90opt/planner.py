@@ -145,6 +145,19 @@ class Evaluator:
     s_joint: np.ndarray
     n: int
     limit_labels: tuple[str, ...]
+    rule_crit: np.ndarray | None = None  # (R, n) sorted critical activity of every rule (targets and limits)
+    rule_is_target: np.ndarray | None = None  # (R,)
+
+    def p_rules(self, s) -> np.ndarray:
+        """(..., R) probability that each rule (primary, secondary target or limit) is satisfied at s."""
+        s = np.asarray(s, dtype=np.float64)
+        out = []
+        for row, is_target in zip(self.rule_crit, self.rule_is_target, strict=True):
+            if is_target:
+                out.append(np.searchsorted(row, s, side="right") / self.n)
+            else:
+                out.append(1.0 - np.searchsorted(row, s, side="left") / self.n)
+        return np.stack(out, axis=-1) if out else np.zeros(s.shape + (0,))
 
     def p_success(self, s) -> np.ndarray:
         s = np.asarray(s, dtype=np.float64)
@@ -164,46 +177,59 @@ class Evaluator:
         return (np.searchsorted(self.s_lo_joint, s, side="right") - np.searchsorted(self.s_joint, s, side="left")) / self.n
 
 
-def _critical_reducer(f, valid, in_range, b, cols, thr, signs, primary, limit):
-    """Per sample: s_lo (targets) and s_hi per limit, from dose = s·F + b."""
+def _critical_core(f, valid, in_range, b, cols, thr, signs, primary):
+    """Per sample: s_lo (all primary targets hold for s ≥ s_lo) and each rule's critical activity, from
+    dose = s·F + b: a target holds for s ≥ crit, a limit for s ≤ crit (F = 0 gives crit = ±inf)."""
     import jax.numpy as jnp
 
     ok = valid & in_range
-    fc = f[:, cols]
-    crit = (thr - b[cols]) / fc  # s at which the rule's dose equals its threshold
-    # a target with F > 0 holds for s ≥ crit; a limit holds for s ≤ crit (F = 0: crit = ±inf handles it)
+    crit = (thr - b[cols]) / f[:, cols]
     crit = jnp.where(jnp.isnan(crit), jnp.inf, crit)
     s_lo = jnp.max(jnp.where(primary, crit, -jnp.inf), axis=1, initial=0.0)
     s_lo = jnp.where(ok, s_lo, jnp.inf)
-    s_hi = jnp.where(limit[None, :] & ok[:, None], crit, -jnp.inf)
-    return s_lo, s_hi, ok, in_range & ~valid, f
+    return s_lo, crit, ok, in_range & ~valid
+
+
+def _critical_reducer(f, valid, in_range, b, cols, thr, signs, primary):
+    return _critical_core(f, valid, in_range, b, cols, thr, signs, primary)
+
+
+def _critical_reducer_with_factors(f, valid, in_range, b, cols, thr, signs, primary):
+    return (*_critical_core(f, valid, in_range, b, cols, thr, signs, primary), f)
 
 
 def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: str, keep_factors: bool = True, progress=None):
-    """Sample once and build the :class:`Evaluator` (and the factor matrix for dose quantiles)."""
+    """Sample once and build the :class:`Evaluator`; with ``keep_factors`` also return the factor matrix
+    (for exact dose quantiles). Memory: O(n · rules) floats for the sorted critical activities."""
     b = model.offsets
-    args = (b, rt.cols, rt.thresholds, rt.signs, rt.is_primary, rt.is_limit)
-    lo_parts, hi_parts, f_parts, n_invalid = [], [], [], 0
-    for s_lo, s_hi, ok, bad, f in engine.run_chunks(model, n, seed, _critical_reducer, args, chunk, dtype, progress):
+    args = (b, rt.cols, rt.thresholds, rt.signs, rt.is_primary)
+    reducer = _critical_reducer_with_factors if keep_factors else _critical_reducer
+    lo_parts, crit_parts, f_parts, n_invalid = [], [], [], 0
+    for out in engine.run_chunks(model, n, seed, reducer, args, chunk, dtype, progress):
+        s_lo, crit, ok, bad = out[:4]
         m = np.asarray(ok)
         lo_parts.append(np.asarray(s_lo)[m])
-        hi_parts.append(np.asarray(s_hi)[m])
+        crit_parts.append(np.asarray(crit)[m])
         if keep_factors:
-            f_parts.append(np.asarray(f)[m])
+            f_parts.append(np.asarray(out[4])[m])
         n_invalid += int(np.sum(bad))
     engine.check_invalid(n_invalid, n, model.case.path)
     s_lo = np.concatenate(lo_parts).astype(np.float64)
-    s_hi_all = np.concatenate(hi_parts).astype(np.float64)[:, rt.is_limit]
+    crit = np.concatenate(crit_parts).astype(np.float64).T  # (R, n)
+    s_hi_all = crit[rt.is_limit]
     n_valid = s_lo.size
-    s_min = s_hi_all.min(axis=1) if s_hi_all.shape[1] else np.full(n_valid, np.inf)
+    s_min = s_hi_all.min(axis=0) if s_hi_all.shape[0] else np.full(n_valid, np.inf)
     nonempty = s_lo <= s_min
+    crit.sort(axis=1)
     ev = Evaluator(
         s_lo=np.sort(s_lo),
         s_lo_joint=np.sort(np.where(nonempty, s_lo, np.inf)),
-        s_hi=np.sort(s_hi_all.T, axis=1),
+        s_hi=crit[rt.is_limit],
         s_joint=np.sort(np.where(nonempty, s_min, np.inf)),
         n=n_valid,
         limit_labels=tuple(lab for lab, k in zip(rt.labels, rt.kinds, strict=True) if k == "limit"),
+        rule_crit=crit,
+        rule_is_target=rt.signs < 0,
     )
     factors = np.concatenate(f_parts) if keep_factors else None
     return ev, factors, n_invalid
@@ -279,7 +305,12 @@ def plan_case(
     model = engine.Model.from_case(case)
     rt = compile_rules(ar, model.quantities)
     space = decision_space(case, ar.scenario.window, vial_range, hours_range)
-    ev, factors, n_invalid = build_evaluator(model, rt, n, seed, chunk or engine.DEFAULT_CHUNK, dtype)
+    from .simulate import EXACT_QUANTILE_LIMIT
+
+    chunk = chunk or engine.DEFAULT_CHUNK
+    keep = n <= EXACT_QUANTILE_LIMIT
+    ev, factors, n_invalid = build_evaluator(model, rt, n, seed, chunk, dtype, keep_factors=keep)
+    factor_q = _factor_quantiles(model, rt, factors, n, seed, chunk, dtype)
     result = evaluate_space(case, model, rt, space, ev, factors, risk)
     optuna_info = None
     trials = optuna_trials if optuna_trials is not None else min(200, max(1, space.size // 2))
@@ -291,9 +322,21 @@ def plan_case(
             study_name=study_name, exact=result["choice"], progress=progress,
             half_life_h=case.conventions.half_life_h,
         )
-    ds = plan_dataset(case, model, rt, space, ev, factors, result, risk, n, seed, dtype, n_invalid, optuna_info)
+    ds = plan_dataset(case, model, rt, space, ev, factor_q, result, risk, n, seed, dtype, n_invalid, optuna_info)
     ds.attrs["advisories"] = json.dumps(_advisories_at(case, model, rt, space, result))
     return PlanResult(ds, summarize_plan(ds))
+
+
+def _factor_quantiles(model, rt, factors, n, seed, chunk, dtype) -> dict[str, Any]:
+    """p05/p50/p95 of the dose factors: exact from the kept factors, else from streaming histograms (a second
+    pass over the same samples; memory independent of n). Doses at s are s·q + b (s > 0)."""
+    if factors is not None:
+        q = np.quantile(factors, (0.05, 0.5, 0.95), axis=0).astype(np.float64) if factors.shape[0] else None
+        return {"q": q, "method": "exact (all samples)", "rel_error": 0.0}
+    from .simulate import _streaming_stats
+
+    stats, _ = _streaming_stats(model, n, seed, 1.0, np.zeros(len(model.quantities)), rt, chunk, dtype, None)
+    return {"q": stats["quantiles"], "method": stats["quantile_method"], "rel_error": stats["quantile_rel_error"]}
 
 
 def _advisories_at(case, model, rt, space, result) -> list[dict[str, str]]:
@@ -335,18 +378,18 @@ def evaluate_space(case, model, rt, space: DecisionSpace, ev: Evaluator, factors
     return {"s": s, "p_success": ps, "p_limits": pl, "p_joint": pj, "choice": ch}
 
 
-def plan_dataset(case, model, rt, space, ev, factors, result, risk, n, seed, dtype, n_invalid, optuna_info):
+def plan_dataset(case, model, rt, space, ev, factor_q, result, risk, n, seed, dtype, n_invalid, optuna_info):
     from .results import build_dataset, provenance
 
     vials = np.asarray(space.vials_gbq)
     hours = space.hours
     s = result["s"]
-    qs = np.quantile(factors, (0.05, 0.5, 0.95), axis=0) if factors is not None and factors.shape[0] else None
+    qs = factor_q["q"]
     dose_q = {}
     if qs is not None:
         for k, name in enumerate(("p05", "p50", "p95")):
             dose_q[f"dose_{name}"] = (("vial", "time", "quantity"), s[..., None] * qs[k] + model.offsets)
-    p_rules = _rule_probabilities(rt, factors, model.offsets, s) if factors is not None else None
+    p_rules = ev.p_rules(s) if ev.rule_crit is not None else None
     lo = max(min(float(s.min()) * 0.5, 1e-3), 1e-6)
     hi = float(s.max()) * 1.5
     grid = np.geomspace(lo, hi, CURVE_POINTS)
@@ -398,24 +441,13 @@ def plan_dataset(case, model, rt, space, ev, factors, result, risk, n, seed, dty
         "valid_sample_count": ev.n,
         "unphysical_sample_count": n_invalid,
         "rules_not_evaluated": ", ".join(rt.not_evaluated),
+        "quantile_method": factor_q["method"],
+        "quantile_rel_error": factor_q["rel_error"],
     }
     if optuna_info is not None:
         extra["optuna"] = __import__("json").dumps(optuna_info)
     attrs = provenance(case, seed=seed, n=n, dtype=dtype, command="plan", extra=extra)
     return build_dataset(dv, coords, attrs)
-
-
-def _rule_probabilities(rt: RuleTable, factors: np.ndarray, offsets: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """P(rule satisfied) for every rule label at every candidate (targets, secondary targets and limits)."""
-    out = np.empty(s.shape + (len(rt.labels),))
-    for r, (c, t, sg) in enumerate(zip(rt.cols, rt.thresholds, rt.signs, strict=True)):
-        crit = np.sort((t - offsets[c]) / factors[:, c])
-        n = crit.size
-        if sg < 0:  # target: holds for s ≥ crit
-            out[..., r] = np.searchsorted(crit, s, side="right") / n
-        else:
-            out[..., r] = 1.0 - np.searchsorted(crit, s, side="left") / n
-    return out
 
 
 def summarize_plan(ds) -> dict[str, Any]:
@@ -535,6 +567,8 @@ def plan_text(summary: dict[str, Any]) -> str:
         f"{summary['samples']} samples, seed {summary['seed']}, {summary['dtype']} on {summary['backend']}; "
         f"{summary['candidates']} candidates; each limit kept with P ≥ {1 - summary['risk']:.3g}; "
         f"success = {summary['success_definition']}",
+        "conventions: K = {dose_constant_gy_kg_per_gbq:g} Gy·kg/GBq, T½ = {half_life_h:g} h, density "
+        "{tissue_density_g_per_ml:g} g/mL, {bq_per_sphere_at_calibration:g} Bq per sphere at calibration".format(**summary["conventions"]),
         "",
     ]
     if summary["feasible"]:

@@ -807,6 +807,8 @@ def summary_from_dataset(ds) -> dict[str, Any]:
         "vial_gbq": float(a["vial_gbq"]),
         "hours_after_calibration": float(a["hours_after_calibration"]),
         "success_definition": a["success_definition"],
+        "conventions": {k[len("conventions_"):]: float(v) for k, v in a.items() if k.startswith("conventions_")},
+        "biased_inputs": [x for x in str(a.get("biased_inputs", "none")).split(", ") if x and x != "none"],
         "outputs": [
             {"output": str(o), "units": str(u), "mean": _f(m), "variance": _f(v)}
             for o, u, m, v in zip(ds["output"].values, ds["output_units"].values, ds["output_mean"].values,
@@ -844,7 +846,11 @@ def _text(ds) -> str:
         f"inputs: {a['input_dependence']}",
         f"method: {a['method']}",
         f"success = {a['success_definition']}",
+        f"conventions: K = {a['conventions_dose_constant_gy_kg_per_gbq']:g} Gy·kg/GBq, "
+        f"T½ = {a['conventions_half_life_h']:g} h, density {a['conventions_tissue_density_g_per_ml']:g} g/mL",
     ]
+    if a.get("biased_inputs", "none") != "none":
+        lines.append(f"bias options used on {a['biased_inputs']} (research: inputs centred on a delivered-dose estimate)")
     if a.get("rows_dropped"):
         lines.append(f"{a['rows_dropped']} of {a['samples']} design rows dropped (an unphysical geometry: normal "
                      "liver mass ≤ 0 or perfused territory larger than the liver)")

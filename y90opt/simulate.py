@@ -261,6 +261,7 @@ def summarize_simulation(ds, case: Case) -> dict[str, Any]:
             dose_gy.setdefault("tumors", {})[q.split(".", 1)[1]] = st
         else:
             dose_gy[q] = st
+    a = ds.attrs
     rules = [
         {
             "label": str(r),
@@ -269,11 +270,11 @@ def summarize_simulation(ds, case: Case) -> dict[str, Any]:
             "threshold_gy": float(ds["threshold"].sel(rule=r)),
             "probability": float(ds["probability"].sel(rule=r)),
             "probability_se": float(ds["probability_se"].sel(rule=r)),
+            "ci95": wilson_interval(float(ds["probability"].sel(rule=r)), int(a["valid_sample_count"])),
             "source": str(ds["rule_source"].sel(rule=r).item()),
         }
         for r in ds["rule"].values.tolist()
     ]
-    a = ds.attrs
     nominal = {
         "activity_gbq": {"lung": float(ds["nominal"].sel(quantity="lung_activity"))},
         "hours_after_calibration": float(a["hours_after_calibration"]),
@@ -304,6 +305,19 @@ def summarize_simulation(ds, case: Case) -> dict[str, Any]:
     }
 
 
+def wilson_interval(p: float, n: int, z: float = 1.959963984540054) -> list[float]:
+    """Wilson score interval for a binomial proportion: unlike p ± z·SE it is not empty at p = 0 or 1
+    (Wilson, JASA 1927)."""
+    if n <= 0 or not np.isfinite(p):
+        return [float("nan"), float("nan")]
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo = 0.0 if p == 0 else max(0.0, centre - half)
+    hi = 1.0 if p == 1 else min(1.0, centre + half)
+    return [float(lo), float(hi)]
+
+
 def simulation_text(summary: dict[str, Any]) -> str:
     from .nominal import flatten_doses
     from .textout import table
@@ -322,16 +336,18 @@ def simulation_text(summary: dict[str, Any]) -> str:
     lines.append(table(rows, header=("dose (Gy)", "nominal", "mean", "p05", "p50", "p95")))
     lines.append("")
     rrows = [
-        (r["label"], r["kind"], ("≥ " if r["kind"] != "limit" else "≤ ") + f"{r['threshold_gy']:g}", f"{r['probability']:.4f} ± {r['probability_se']:.4f}")
+        (r["label"], r["kind"], ("≥ " if r["kind"] != "limit" else "≤ ") + f"{r['threshold_gy']:g}",
+         f"{r['probability']:.4f} ± {r['probability_se']:.4f}", f"[{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}]")
         for r in summary["rules"]
     ]
-    lines.append(table(rrows, header=("rule", "kind", "Gy", "P(satisfied) ± SE"), align="lllr"))
+    lines.append(table(rrows, header=("rule", "kind", "Gy", "P(satisfied) ± SE", "95 % CI (Wilson)"), align="lllrr"))
     lines.append(f"\nP(all primary targets met) = {summary['p_success']:.4f} ± {summary['p_success_se']:.4f}; "
                  f"P(all limits kept) = {summary['p_limits']:.4f}")
     if summary["rules_not_evaluated"]:
         lines.append("not evaluated (quantity not available for this case): " + ", ".join(summary["rules_not_evaluated"]))
     if summary["unphysical_samples"]:
-        lines.append(f"{summary['unphysical_samples']} unphysical samples (normal liver mass ≤ 0) excluded")
+        lines.append(f"{summary['unphysical_samples']} unphysical samples excluded (tumours larger than their territory, "
+                     "or a whole liver smaller than the perfused territory and the untreated tumours)")
     for a in summary["advisories"]:
         lines.append(f"advisory [{a['code']}]: {a['message']}")
     return "\n".join(lines)

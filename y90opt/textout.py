@@ -46,7 +46,7 @@ def _cell(v: Any) -> str:
             return "—"
         if v != 0 and (abs(v) >= 1e6 or abs(v) < 1e-3):
             return f"{v:.3g}"
-        if abs(v) >= 100:
+        if abs(v) >= 10:
             return f"{v:.1f}"
         return f"{v:.3g}" if abs(v) < 1 else f"{v:.2f}"
     return str(v)
