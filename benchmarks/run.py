@@ -1,0 +1,849 @@
+"""y90opt benchmarks: forward Monte Carlo, the model alone, planning, Optuna, Sobol, memory.
+
+    python benchmarks/run.py --quick            # under a minute on a 2-core CPU
+    python benchmarks/run.py                    # the full run (N up to 1e9; tens of minutes on 2 cores)
+    python benchmarks/run.py --json --out r.json
+    python benchmarks/run.py --gpu --json       # a GPU session (see benchmarks/gpu_smoke.sh)
+    python benchmarks/run.py --table r.json     # the short table of a saved run (imports nothing heavy)
+
+Every figure is measured in the same run as its baseline and printed with its ratio to it: the JAX forward
+pipeline against the plain-numpy pipeline (benchmarks/numpy_pipeline.py: ``np.random.default_rng``, float64,
+the reference model, the same reductions), the exact planner against a naive planner that re-simulates each
+candidate with fresh samples. Both pipelines run the SAME forward model on the same case (two tumours with
+the partition model, lung, whole liver; eight uncertain inputs): sampling + model + reductions (count, mean,
+sum of squares and an exceedance count per quantity).
+
+The JSON holds ``throughput_samples_per_s.{numpy, jax_cpu[, jax_gpu]}`` (samples per second at the headline
+N, float32 for JAX as y90opt runs by default; ``jax_cpu_float64`` beside it), every row with its
+device, dtype, first-call (compile) and warm times, and the environment (date, CPU, versions, load average:
+the benchmark machine may be shared, so CPU time is recorded beside wall time).
+
+Optuna and y90opt's optional modules (``optimise``, ``sensitivity``) are imported lazily: a section whose
+module is missing is recorded as skipped, never fatal. A failing section is recorded with its error and the
+run goes on, so a time-limited session always gets its JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+import numpy_pipeline as npp
+import timing
+from timing import fmt_n, fmt_rate, time_call
+
+#: Sizes of the forward throughput sweep.
+FULL_NS = [10**k for k in range(4, 10)]  # 1e4 … 1e9
+QUICK_NS = [10**5, 10**6]
+#: Largest N for float64 and numpy in the full CPU run (1e9 in float64 / numpy would take an hour here).
+FULL_MAX_N_F64 = 10**8
+FULL_MAX_N_NUMPY = 10**8
+#: Planning benchmark: samples, and larger decision spaces given as (vial range, hours range).
+PLAN_N = 10**6
+SPACES = {
+    "6x5": None,  # the case's catalogue × its five candidate days
+    "20x20": ((1.0, 20.0, 1.0), (24.0, 480.0, 24.0)),
+    "100x50": ((0.2, 20.0, 0.2), (12.0, 600.0, 12.0)),
+    "1000x100": ((0.02, 20.0, 0.02), (6.0, 600.0, 6.0)),
+}
+GPU_CHUNK = 1 << 22
+
+TARGETS = {
+    "jax_cpu_vs_numpy": "JAX pipeline ≥ 3× the numpy pipeline on CPU",
+    "plan_6x5_1e6_warm_s": "exact plan over 6 vials × 5 days with 1e6 samples ≤ 0.5 s warm on CPU",
+    "memory_flat": "peak memory of simulate flat in N (streaming above the exact-quantile limit)",
+}
+
+
+def log(*a: Any) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+# -- the JAX pipeline -----------------------------------------------------------------------------------------
+
+
+def bench_reducer(f, valid, in_range, s, b, thr):
+    """Per chunk: valid count, sum, sum of squares and exceedance count of every quantity at s."""
+    import jax.numpy as jnp
+
+    ok = valid & in_range
+    d = s * f + b
+    dz = jnp.where(ok[:, None], d, 0.0)
+    return jnp.sum(ok), jnp.sum(dz, axis=0), jnp.sum(dz * dz, axis=0), jnp.sum((d > thr) & ok[:, None], axis=0)
+
+
+def jax_pipeline(model, n: int, seed: int, s: float, b: np.ndarray, thr: np.ndarray, chunk: int, dtype: str) -> dict:
+    """Sampling + model + reductions through ``engine.run_chunks``; partial results summed in float64 on the
+    host every 64 chunks (JAX keeps dispatching while earlier chunks run)."""
+    import jax
+
+    from y90opt import engine
+
+    q = len(model.quantities)
+    acc = {"count": 0, "sum": np.zeros(q), "sumsq": np.zeros(q), "exceed": np.zeros(q, np.int64)}
+    pending: list = []
+
+    def flush() -> None:
+        for c, s1, s2, e in jax.device_get(pending):
+            acc["count"] += int(c)
+            acc["sum"] += np.asarray(s1, np.float64)
+            acc["sumsq"] += np.asarray(s2, np.float64)
+            acc["exceed"] += np.asarray(e, np.int64)
+        pending.clear()
+
+    for part in engine.run_chunks(model, n, seed, bench_reducer, (s, b, thr), chunk, dtype):
+        pending.append(part)
+        if len(pending) >= 64:
+            flush()
+    flush()
+    return acc
+
+
+def summary_stats(r: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    n = max(r["count"], 1)
+    mean = r["sum"] / n
+    var = np.maximum(r["sumsq"] / n - mean**2, 0.0)
+    p = r["exceed"] / n
+    return mean, np.sqrt(var / n), p, np.sqrt(p * (1 - p) / n)
+
+
+def agreement(a: dict, b: dict) -> float:
+    """Largest |difference| / combined standard error over the means and exceedance fractions."""
+    ma, sa, pa, spa = summary_stats(a)
+    mb, sb, pb, spb = summary_stats(b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zm = np.abs(ma - mb) / np.sqrt(sa**2 + sb**2)
+        zp = np.abs(pa - pb) / np.sqrt(spa**2 + spb**2)
+    z = np.concatenate([zm, zp])
+    z = z[np.isfinite(z)]
+    return float(z.max()) if z.size else float("nan")
+
+
+# -- the benchmark ------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.a = args
+        self.res: dict[str, Any] = {"schema": "y90opt-benchmarks/1", "quick": args.quick, "sections": {}}
+        self.env = timing.environment()
+        self.res["environment"] = self.env
+        self.res["targets"] = TARGETS
+        self.tp: dict[str, float] = {}
+        self.res["throughput_samples_per_s"] = self.tp
+        self.headline: dict[str, Any] = {}
+        self.res["headline"] = self.headline
+
+    def save(self) -> None:
+        if self.a.out:
+            self.headline_figures()
+            with open(self.a.out, "w") as fh:
+                fh.write(json.dumps(self.res, indent=1, default=_json_default))
+
+    # helpers
+    def repeats(self, n: int) -> int:
+        if self.a.repeats:
+            return 1 if n >= 10**8 and not self.a.gpu else self.a.repeats
+        if n >= 10**8:
+            return 1
+        return 3 if self.a.quick else 5
+
+    def section(self, name: str):
+        bench = self
+
+        @contextlib.contextmanager
+        def run():
+            log(f"\n== {name} ==")
+            t0 = time.perf_counter()
+            try:
+                yield
+            except Exception as exc:  # a failing section is recorded, the run goes on
+                bench.res["sections"].setdefault(name, {})["error"] = f"{type(exc).__name__}: {exc}"
+                log(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+                if bench.a.verbose:
+                    traceback.print_exc()
+            bench.res["sections"].setdefault(name, {})["section_wall_s"] = time.perf_counter() - t0
+            bench.res["sections"][name]["load_average_end"] = timing.load_average()
+            bench.save()  # after every section: a run cut short still leaves its figures
+
+        return run()
+
+    def setup(self) -> None:
+        from y90opt import engine
+        from y90opt.case import parse_case
+        from y90opt.simulate import decision_activity
+
+        self.case = parse_case(npp.BENCH_CASE, "bench.toml")
+        self.model = engine.Model.from_case(self.case)
+        self.hours, self.s = decision_activity(self.case)
+        self.b = self.model.offsets
+        # exceedance threshold: each quantity's nominal value (P(above) ≈ 0.5: a well-conditioned check)
+        self.thr = self.s * self.model.nominal_factors() + self.b
+        self.nm = npp.NumpyModel.from_case(self.case, self.model.quantities)
+        self.devices = timing.jax_devices()
+        self.res["devices"] = self.devices
+        self.has_gpu = self.devices["gpu"]
+        if self.a.gpu and not self.has_gpu:
+            raise SystemExit("--gpu: JAX sees no GPU (devices: " + ", ".join(self.devices["devices"]) + ")")
+        self.cpu_chunk = self.a.chunk or engine.DEFAULT_CHUNK
+        self.gpu_chunk = self.a.gpu_chunk or GPU_CHUNK
+        log(f"y90opt benchmarks {self.env['date']}  {self.env['cpu_cores']}-core {self.env['cpu_model']}  "
+            f"load {self.env['load_average_start']}")
+        log("versions: " + ", ".join(f"{k} {v}" for k, v in self.env["versions"].items()))
+        log(f"jax devices: {', '.join(self.devices['devices'])}; case {self.case.name!r}: "
+            f"{self.model.n_dims} uncertain inputs, {len(self.model.quantities)} quantities, s = {self.s:.4g} GBq")
+
+    def ns(self, cap: int | None = None) -> list[int]:
+        ns = [int(float(x)) for x in self.a.sizes] if self.a.sizes else (QUICK_NS if self.a.quick else FULL_NS)
+        if self.a.max_n:
+            ns = [n for n in ns if n <= self.a.max_n]
+        if cap:
+            ns = [n for n in ns if n <= cap]
+        return ns
+
+    # -- sections ----------------------------------------------------------------------------------------
+
+    def forward_numpy(self) -> None:
+        rows = []
+        cap = None if self.a.quick or self.a.sizes else FULL_MAX_N_NUMPY
+        if self.a.gpu:
+            cap = 10**7
+        for n in self.ns(cap):
+            t = time_call(lambda n=n: npp.run(self.nm, n, 1, self.s, self.thr, self.a.numpy_chunk), self.repeats(n),
+                          warmup=not self.a.quick and n < 10**8)
+            row = {"backend": "numpy", "dtype": "float64", "n": n, "chunk": self.a.numpy_chunk, **t.as_dict(n),
+                   "samples_per_s": t.rate(n)}
+            rows.append(row)
+            log(f"numpy     N={fmt_n(n):>6}  {fmt_rate(t.rate(n))}samples/s  (median {t.median_s:.3g} s, cpu "
+                f"{t.cpu_median_s:.3g} s)  {timing.tag('numpy', 'float64', self.env)}")
+        self.res["sections"]["forward_numpy"] = {"rows": rows}
+        self.numpy_rows = {r["n"]: r for r in rows}
+        # an independent numpy run for the statistical agreement check of every JAX pipeline
+        self.numpy_ref = npp.run(self.nm, 10**6, 11, self.s, self.thr, self.a.numpy_chunk)
+
+    def forward_jax(self, dtype: str, device: str) -> None:
+        import jax
+
+        from y90opt import engine
+
+        engine.enable_x64_if(dtype)
+        chunk = self.gpu_chunk if device == "gpu" else self.cpu_chunk
+        cap = None
+        if device == "cpu" and dtype == "float64" and not (self.a.quick or self.a.sizes):
+            cap = FULL_MAX_N_F64
+        if device == "cpu" and self.a.gpu:
+            cap = 10**7
+        dev = jax.devices(device)[0]
+        rows = []
+        name = f"forward_jax_{device}_{dtype}"
+        compiled: set[int] = set()
+        with jax.default_device(dev):
+            for n in self.ns(cap):
+                # the first call of each chunk shape is timed apart (compile); later sizes reuse the compile
+                c = min(chunk, n)
+                warm = c not in compiled or (n < 10**8 and not self.a.quick)
+                compiled.add(c)
+                t = time_call(lambda n=n: jax_pipeline(self.model, n, 1, self.s, self.b, self.thr, chunk, dtype),
+                              self.repeats(n), warmup=warm)
+                base = self.numpy_rows.get(n) if hasattr(self, "numpy_rows") else None
+                row = {"backend": f"jax_{device}", "device": str(dev), "dtype": dtype, "n": n, "chunk": min(chunk, n),
+                       **t.as_dict(n), "samples_per_s": t.rate(n)}
+                if base:
+                    row["ratio_to_numpy"] = t.rate(n) / base["samples_per_s"]
+                    row["ratio_to_numpy_cpu_time"] = base["cpu_median_s"] / t.cpu_median_s
+                rows.append(row)
+                comp = f", first call {t.first_s:.3g} s (compile ≈ {t.compile_s:.3g} s)" if t.first_s is not None else ""
+                ratio = (f"  ×{row['ratio_to_numpy']:.2f} numpy (CPU time ×{row['ratio_to_numpy_cpu_time']:.2f})"
+                         if base else "")
+                log(f"jax {device:<4} N={fmt_n(n):>6}  {fmt_rate(t.rate(n))}samples/s{ratio}  (median {t.median_s:.3g} s, "
+                    f"cpu {t.cpu_median_s:.3g} s{comp})  {timing.tag(str(dev), dtype, self.env)}")
+            # statistical agreement with the numpy pipeline (different random streams: within SE)
+            if getattr(self, "numpy_ref", None) is not None:
+                nn = 10**6
+                r = jax_pipeline(self.model, nn, 5, self.s, self.b, self.thr, chunk, dtype)
+                z = agreement(r, self.numpy_ref)
+                log(f"agreement with numpy ({fmt_n(nn)} vs {fmt_n(self.numpy_ref['count'])} valid samples): "
+                    f"max |Δ|/SE = {z:.2f} over means and exceedance fractions")
+                self.res["sections"].setdefault(name, {})["agreement_max_z"] = z
+        self.res["sections"].setdefault(name, {})["rows"] = rows
+
+    def headline_figures(self) -> None:
+        """throughput_samples_per_s.*: JAX on CPU and numpy at the largest N both ran in this run (same N, same
+        window of machine load); JAX on a GPU at its largest N (steady state), against numpy's largest N."""
+        secs = self.res["sections"]
+        np_rows = {r["n"]: r for r in secs.get("forward_numpy", {}).get("rows", [])}
+        for device in ("cpu", "gpu"):
+            for dtype in ("float32", "float64"):
+                rows = {r["n"]: r for r in secs.get(f"forward_jax_{device}_{dtype}", {}).get("rows", [])}
+                if not rows:
+                    continue
+                common = sorted(set(rows) & set(np_rows))
+                n = common[-1] if device == "cpu" and common else max(rows)
+                r = rows[n]
+                key = f"jax_{device}" + ("" if dtype == "float32" else "_float64")
+                self.tp[key] = r["samples_per_s"]
+                self.headline[key] = {"n": n, "dtype": dtype, "chunk": r["chunk"]}
+                base = np_rows.get(n) or (np_rows[max(np_rows)] if np_rows else None)
+                if base:
+                    if key == "jax_cpu" or "numpy" not in self.tp:
+                        self.tp["numpy"] = base["samples_per_s"]
+                        self.headline["numpy"] = {"n": base["n"], "dtype": "float64", "chunk": base["chunk"]}
+                    self.headline[key]["numpy_n"] = base["n"]
+                    self.headline[key]["ratio_to_numpy"] = r["samples_per_s"] / base["samples_per_s"]
+                    self.headline[key]["ratio_to_numpy_cpu_time"] = (
+                        base["cpu_median_s"] / base["n"]) / (r["cpu_median_s"] / r["n"])
+        if "numpy" not in self.tp and np_rows:
+            base = np_rows[max(np_rows)]
+            self.tp["numpy"] = base["samples_per_s"]
+            self.headline["numpy"] = {"n": base["n"], "dtype": "float64", "chunk": base["chunk"]}
+
+    def model_only(self, dtype: str, device: str) -> None:
+        """The model (+ the same reductions) on pre-drawn inputs: no sampling."""
+        import jax
+        import jax.numpy as jnp
+
+        from y90opt import engine
+
+        engine.enable_x64_if(dtype)
+        m = 1 << 16 if device == "cpu" else 1 << 22  # a CPU chunk; a GPU needs far more work per call
+        dev = jax.devices(device)[0]
+        out = {}
+        with jax.default_device(dev):
+            z = jax.random.normal(jax.random.key(0), (m, self.model.n_dims), jnp.dtype(dtype))
+            ones = jnp.ones(m, bool)
+            s = jnp.asarray(self.s, dtype)
+            b = jnp.asarray(self.b, dtype)
+            thr = jnp.asarray(self.thr, dtype)
+            f_model = jax.jit(lambda z: self.model.factors_from_z(z))
+            f_red = jax.jit(lambda z, s, b, thr: bench_reducer(*self.model.factors_from_z(z), ones, s, b, thr))
+            t1 = time_call(lambda: f_model(z), 7)
+            t2 = time_call(lambda: f_red(z, s, b, thr), 7)
+        out["model"] = {**t1.as_dict(m), "samples_per_s": t1.rate(m)}
+        out["model_reduce"] = {**t2.as_dict(m), "samples_per_s": t2.rate(m)}
+        base = self.res["sections"].get("model_numpy", {})
+        for k in ("model", "model_reduce"):
+            if k in base:
+                out[k]["ratio_to_numpy"] = out[k]["samples_per_s"] / base[k]["samples_per_s"]
+        out.update({"n_per_call": m, "dtype": dtype, "device": str(dev)})
+        self.res["sections"][f"model_jax_{device}_{dtype}"] = out
+        for k in ("model", "model_reduce"):
+            r = out[k].get("ratio_to_numpy")
+            log(f"jax {device} {k:<13} {fmt_rate(out[k]['samples_per_s'])}samples/s"
+                + (f"  ×{r:.2f} numpy" if r else "") + f"  (compile ≈ {out[k]['compile_s']:.3g} s)  "
+                + timing.tag(str(dev), dtype, self.env))
+
+    def model_numpy(self) -> None:
+        m = 1 << 16
+        rng = np.random.default_rng(0)
+        x = npp.sample_inputs(self.nm, rng, m)
+        t1 = time_call(lambda: npp.model_only(self.nm, x, self.s), 7)
+
+        def red():
+            d, valid = npp.doses(self.nm, x, self.s)
+            dv = d[valid]
+            return dv.shape[0], dv.sum(0), np.einsum("ij,ij->j", dv, dv), (dv > self.thr).sum(0)
+
+        t2 = time_call(red, 7)
+        ts = time_call(lambda: npp.sample_inputs(self.nm, rng, m), 7)
+        out = {"model": {**t1.as_dict(m), "samples_per_s": t1.rate(m)},
+               "model_reduce": {**t2.as_dict(m), "samples_per_s": t2.rate(m)},
+               "sampling": {**ts.as_dict(m), "samples_per_s": ts.rate(m)}, "n_per_call": m, "dtype": "float64"}
+        self.res["sections"]["model_numpy"] = out
+        for k in ("sampling", "model", "model_reduce"):
+            log(f"numpy {k:<13} {fmt_rate(out[k]['samples_per_s'])}samples/s  {timing.tag('numpy', 'float64', self.env)}")
+
+    def plan(self) -> None:
+        from y90opt import planner
+        from y90opt.outcomes import active_rules, compile_rules
+
+        case, model = self.case, self.model
+        n = self.a.plan_n
+        dtype = "float32"
+        out: dict[str, Any] = {"n": n, "dtype": dtype, "backend": self.devices["default_backend"]}
+        chunk = self.gpu_chunk if self.has_gpu else self.cpu_chunk
+        quick = self.a.quick
+        t = time_call(lambda: planner.plan_case(case, n=n, seed=0, chunk=chunk, optuna_trials=0).summary, 1 if quick else 3)
+        out["plan_case_6x5"] = t.as_dict()
+        log(f"plan_case 6x5, {fmt_n(n)} samples: warm {t.median_s:.3g} s (first call {t.first_s:.3g} s, "
+            f"compile ≈ {t.compile_s:.3g} s)  {timing.tag(self.devices['default_backend'], dtype, self.env)}")
+        # breakdown: sampling + critical activities + sorts | the enumeration itself | Dataset and summary
+        ar = active_rules(case)
+        rt = compile_rules(ar, model.quantities)
+        risk = case.plan.risk
+        tb = time_call(lambda: planner.build_evaluator(model, rt, n, 0, chunk, dtype), 1 if quick else 3, warmup=False)
+        ev, factors, _ = tb.result
+        out["build_evaluator"] = tb.as_dict()
+        msg = ""
+        if not quick:
+            tb_nf = time_call(lambda: planner.build_evaluator(model, rt, n, 0, chunk, dtype, keep_factors=False), 3,
+                              warmup=False)
+            out["build_evaluator_no_factors"] = tb_nf.as_dict()
+            msg = f"; without keeping the factor matrix {tb_nf.median_s:.3g} s"
+        out["dataset_and_summary_s"] = max(t.median_s - tb.median_s, 0.0)
+        log(f"  build_evaluator (sample, critical activities, sort): {tb.median_s:.3g} s{msg}; the rest of plan_case "
+            f"(Dataset, dose quantiles, rule probabilities, summary) ≈ {out['dataset_and_summary_s']:.3g} s")
+        spaces = {}
+        for label, rng_ in SPACES.items():
+            if self.a.quick and label == "1000x100":
+                continue
+            space = planner.decision_space(case, ar.scenario.window, *(rng_ or (None, None)))
+            te = time_call(lambda space=space: planner.evaluate_space(case, model, rt, space, ev, factors, risk), 7)
+            row = {"candidates": space.size, "evaluate_space": te.as_dict(space.size),
+                   "candidates_per_s": te.rate(space.size)}
+            if label == "6x5" or (not quick and label in ("20x20", "100x50")):
+                if label != "6x5":
+                    tp = time_call(lambda r=rng_: planner.plan_case(case, n=n, seed=0, chunk=chunk, optuna_trials=0,
+                                                                    vial_range=r[0], hours_range=r[1]).summary, 1)
+                    row["plan_case"] = tp.as_dict()
+                else:
+                    row["plan_case"] = out["plan_case_6x5"]
+            spaces[label] = row
+            pc = f"; plan_case {row['plan_case']['median_s']:.3g} s" if "plan_case" in row else ""
+            log(f"  space {label:>8} ({space.size:>6} candidates): enumeration {te.median_s * 1e3:.3g} ms "
+                f"({fmt_rate(te.rate(space.size))}candidates/s){pc}")
+        out["spaces"] = spaces
+        self.res["sections"]["plan"] = out
+        self.ev, self.factors, self.rt = ev, factors, rt
+
+    def naive(self) -> None:
+        """Re-simulate every candidate with fresh samples (no common random numbers)."""
+        import jax
+
+        from y90opt import engine, physics, planner
+        from y90opt.outcomes import active_rules, compile_rules
+
+        case, model = self.case, self.model
+        n = self.a.naive_n
+        ar = active_rules(case)
+        rt = compile_rules(ar, model.quantities)
+        space = planner.decision_space(case, ar.scenario.window)
+        vials = np.asarray(space.vials_gbq)
+        hours = space.hours
+        s = vials[:, None] * physics.decay_factor(hours[None, :], case.conventions.half_life_h)
+        chunk = self.gpu_chunk if self.has_gpu else self.cpu_chunk
+        args_rt = (model.offsets, rt.cols, rt.thresholds, rt.signs, rt.is_primary, rt.is_limit)
+
+        def run() -> dict:
+            V, T = s.shape
+            ps = np.zeros((V, T))
+            lim = np.flatnonzero(rt.is_limit)
+            pl = np.zeros((V, T, lim.size))
+            for k, (i, j) in enumerate(np.ndindex(V, T)):
+                cnt, succ, kept = 0, 0, np.zeros(len(rt.labels), np.int64)
+                for part in engine.run_chunks(model, n, 1000 + k, naive_reducer, (float(s[i, j]), *args_rt), chunk, "float32"):
+                    c, sc, kp = jax.device_get(part)
+                    cnt += int(c)
+                    succ += int(sc)
+                    kept += np.asarray(kp, np.int64)
+                ps[i, j] = succ / cnt
+                pl[i, j] = kept[lim] / cnt
+            ch = planner.choose(ps, pl, vials, hours, case.plan.risk, case.plan.tie_tolerance)
+            return {"p_success": ps, "p_limits": pl, "choice": ch}
+
+        t = time_call(run, 1 if n >= 10**6 or self.a.quick else 3)
+        res = t.result
+        # the exact planner at the same N, same machine, same run: sample once, sort, enumerate
+        te = time_call(lambda: planner.evaluate_space(case, model, rt, space,
+                                                      *planner.build_evaluator(model, rt, n, 0, chunk, "float32")[:2],
+                                                      case.plan.risk), 1 if self.a.quick else 3)
+        ex = te.result
+        pbar = (res["p_success"] + ex["p_success"]) / 2
+        se = np.sqrt(2 * np.maximum(pbar * (1 - pbar), 1.0 / n) / n)  # of a difference of two independent estimates
+        dz = np.abs(res["p_success"] - ex["p_success"]) / se
+        same = tuple(res["choice"]["index"]) == tuple(ex["choice"]["index"])
+        out = {
+            "n_per_candidate": n, "candidates": int(s.size), "samples_drawn": int(n * s.size),
+            "naive": t.as_dict(), "exact_build_plus_enumerate": te.as_dict(),
+            "speedup_exact_vs_naive": t.median_s / te.median_s,
+            "same_recommendation": bool(same),
+            "max_abs_dp_success_over_se": float(np.max(dz)),
+            "naive_choice": [float(vials[res["choice"]["index"][0]]), float(hours[res["choice"]["index"][1]])],
+            "exact_choice": [float(vials[ex["choice"]["index"][0]]), float(hours[ex["choice"]["index"][1]])],
+        }
+        # what common random numbers buy: the noise on the difference between the recommendation and its
+        # closest neighbour (next vial or next day) in P(success)
+        i, j = ex["choice"]["index"]
+        ps = ex["p_success"]
+        nbrs = [(a, c) for a, c in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1))
+                if 0 <= a < s.shape[0] and 0 <= c < s.shape[1] and ps[a, c] != ps[i, j]]
+        if nbrs:
+            other = min(nbrs, key=lambda ac: abs(ps[ac] - ps[i, j]))
+            out["difference_noise"] = self._crn_difference(ex, res, (i, j), other, n)
+        self.res["sections"]["naive_plan"] = out
+        log(f"naive planner: {s.size} candidates × {fmt_n(n)} fresh samples: {t.median_s:.3g} s; exact (sample once, "
+            f"sort, enumerate) {te.median_s:.3g} s → exact is ×{out['speedup_exact_vs_naive']:.1f} faster; "
+            f"same recommendation: {same}; max |ΔP(success)|/SE {out['max_abs_dp_success_over_se']:.2f}")
+
+    def _crn_difference(self, ex, res, a, b, n) -> dict:
+        """SE of P(a) − P(b): independent samples (naive) vs common samples (exact, from the sorted arrays)."""
+        pa, pb = ex["p_success"][a], ex["p_success"][b]
+        se_indep = math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / n)
+        # with common samples, success at the larger activity implies success at the smaller one's interval
+        # edge: the difference is the share of samples whose s_lo lies between the two activities
+        p_between = abs(pa - pb)
+        se_crn = math.sqrt(max(p_between * (1 - p_between), 0.0) / n)
+        return {"candidates": [list(map(int, a)), list(map(int, b))], "p": [float(pa), float(pb)],
+                "se_difference_independent": se_indep, "se_difference_common": se_crn,
+                "variance_ratio": (se_indep / se_crn) ** 2 if se_crn > 0 else float("inf")}
+
+    def optuna(self) -> None:
+        try:
+            import optuna  # noqa: F401  (lazily: the GPU machine has no optuna)
+        except ImportError:
+            self.res["sections"]["optuna"] = {"skipped": "optuna not installed"}
+            log("optuna: skipped (not installed)")
+            return
+        try:
+            from y90opt.optimise import optuna_search
+        except ImportError as exc:
+            self.res["sections"]["optuna"] = {"skipped": f"y90opt.optimise unavailable: {exc}"}
+            log("optuna: skipped (y90opt.optimise unavailable)")
+            return
+        from y90opt import planner
+        from y90opt.outcomes import active_rules
+
+        case = self.case
+        ar = active_rules(case)
+        out = {}
+        for label, trials in (("6x5", 15),) if self.a.quick else (("6x5", 15), ("100x50", 200)):
+            rng_ = SPACES[label]
+            space = planner.decision_space(case, ar.scenario.window, *(rng_ or (None, None)))
+            exact = planner.evaluate_space(case, self.model, self.rt, space, self.ev, self.factors, case.plan.risk)["choice"]
+            t = time_call(lambda space=space, exact=exact, trials=trials: optuna_search(
+                self.ev, space, case.plan.risk, case.plan.tie_tolerance, trials=trials, seed=0, exact=exact),
+                1 if self.a.quick else 2)
+            info = t.result
+            out[label] = {"trials": trials, **t.as_dict(trials), "trials_per_s": t.rate(trials),
+                          "matches_exact": info.get("matches_exact")}
+            log(f"optuna {label}: {trials} trials in {t.median_s:.3g} s → {t.rate(trials):.3g} trials/s "
+                f"(matches exact: {info.get('matches_exact')})")
+        self.res["sections"]["optuna"] = out
+
+    def sobol(self) -> None:
+        try:
+            from y90opt.sensitivity import sensitivity_case
+        except ImportError as exc:
+            self.res["sections"]["sobol"] = {"skipped": f"y90opt.sensitivity unavailable: {exc}"}
+            log("sobol: skipped (y90opt.sensitivity unavailable)")
+            return
+        n = self.a.sobol_n
+        evals = n * (self.model.n_dims + 2)
+        t = time_call(lambda: sensitivity_case(self.case, n=n, seed=0, bootstrap=0).dataset, 2)
+        self.res["sections"]["sobol"] = {"n": n, "model_evaluations": evals, **t.as_dict(evals),
+                                         "evaluations_per_s": t.rate(evals), "bootstrap": 0, "dtype": "float32"}
+        log(f"sobol: N = {n}, {evals} model evaluations: {t.median_s:.3g} s → {fmt_rate(t.rate(evals))}evaluations/s "
+            f"(first call {t.first_s:.3g} s)")
+
+    def memory(self) -> None:
+        import memory
+
+        ns = [int(float(x)) for x in self.a.memory_n]
+        rows = memory.measure(ns, "float32", log=lambda r: log("memory " + memory.describe(r)))
+        self.res["sections"]["memory"] = {"rows": rows, "method": "one subprocess per N, simulate_case, ru_maxrss"}
+
+    def chunk_sweep(self) -> None:
+        """GPU only: throughput at one large N for several chunk sizes."""
+        import jax
+
+        n = 10**8
+        rows = []
+        with jax.default_device(jax.devices("gpu")[0]):
+            for c in (1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24):
+                t = time_call(lambda c=c: jax_pipeline(self.model, n, 1, self.s, self.b, self.thr, c, "float32"), 2)
+                rows.append({"chunk": c, "n": n, **t.as_dict(n), "samples_per_s": t.rate(n)})
+                log(f"gpu chunk {c:>9}: {fmt_rate(t.rate(n))}samples/s (compile ≈ {t.compile_s:.3g} s)")
+        self.res["sections"]["gpu_chunk_sweep"] = {"rows": rows}
+
+    def run(self) -> dict:
+        want = set(self.a.sections.split(",")) if self.a.sections else None
+
+        def on(name: str, default: bool = True) -> bool:
+            return name in want if want is not None else default
+
+        with self.section("setup"):
+            self.setup()
+        if "case" not in self.__dict__:
+            return self.res
+        if on("forward"):
+            with self.section("forward_numpy"):
+                self.forward_numpy()
+            with self.section("forward_jax_cpu_float32"):
+                self.forward_jax("float32", "cpu")
+            if self.has_gpu:
+                with self.section("forward_jax_gpu_float32"):
+                    self.forward_jax("float32", "gpu")
+        if on("model"):
+            with self.section("model_numpy"):
+                self.model_numpy()
+            with self.section("model_jax_cpu_float32"):
+                self.model_only("float32", "cpu")
+            if self.has_gpu:
+                with self.section("model_jax_gpu_float32"):
+                    self.model_only("float32", "gpu")
+        if on("plan"):
+            with self.section("plan"):
+                self.plan()
+        if on("naive"):
+            with self.section("naive_plan"):
+                self.naive()
+        if on("optuna") and "ev" in self.__dict__:
+            with self.section("optuna"):
+                self.optuna()
+        if on("sobol", not self.a.quick):
+            with self.section("sobol"):
+                self.sobol()
+        if self.has_gpu and on("chunks", self.a.gpu):
+            with self.section("gpu_chunk_sweep"):
+                self.chunk_sweep()
+        # float64 last: it switches JAX's x64 mode on for the rest of the process
+        if on("forward"):
+            with self.section("forward_jax_cpu_float64"):
+                self.forward_jax("float64", "cpu")
+            if self.has_gpu:
+                with self.section("forward_jax_gpu_float64"):
+                    self.forward_jax("float64", "gpu")
+        if on("model") and not self.a.quick:
+            with self.section("model_jax_cpu_float64"):
+                self.model_only("float64", "cpu")
+        if on("memory", not self.a.quick):
+            with self.section("memory"):
+                self.memory()
+        self.headline_figures()
+        self.res["environment"]["load_average_end"] = timing.load_average()
+        return self.res
+
+
+def naive_reducer(f, valid, in_range, s, b, cols, thr, signs, primary, limit):
+    """Per chunk at one activity s: valid count, samples meeting every primary target, samples keeping each rule."""
+    import jax.numpy as jnp
+
+    ok = valid & in_range
+    d = s * f + b
+    sat = signs * (d[:, cols] - thr) <= 0
+    success = jnp.all(sat | ~primary, axis=1) & ok
+    kept = (sat | ~limit[None, :]) & ok[:, None]
+    return jnp.sum(ok), jnp.sum(success), jnp.sum(kept, axis=0)
+
+
+# -- output ---------------------------------------------------------------------------------------------------
+
+
+def table(res: dict) -> str:
+    """The short table (last thing a GPU session prints)."""
+    env = res.get("environment", {})
+    v = env.get("versions", {})
+    lines = [f"y90opt benchmarks {env.get('date')}  {env.get('cpu_cores')}-core {env.get('cpu_model')}  "
+             f"devices {', '.join(res.get('devices', {}).get('devices', []))}",
+             f"jax {v.get('jax')} jaxlib {v.get('jaxlib')} numpy {v.get('numpy')}  load {env.get('load_average_start')}"
+             f" → {env.get('load_average_end')}",
+             f"{'figure':<46}{'value':>18}  {'ratio':>12}  context"]
+
+    def row(label: str, value: str, ratio: str = "", context: str = "") -> None:
+        lines.append(f"{label:<46}{value:>18}  {ratio:>12}  {context}")
+
+    tp, hl = res.get("throughput_samples_per_s", {}), res.get("headline", {})
+    for k in ("numpy", "jax_cpu", "jax_cpu_float64", "jax_gpu", "jax_gpu_float64"):
+        if k in tp:
+            h = hl.get(k, {})
+            r = h.get("ratio_to_numpy")
+            row(f"throughput {k}", f"{fmt_rate(tp[k])}samples/s", f"×{r:.2f} numpy" if r else "",
+                f"N={fmt_n(h.get('n', 0))} {h.get('dtype', '')}")
+    sec = res.get("sections", {})
+    for key, s in sec.items():
+        if key.startswith("model_") and isinstance(s, dict):
+            for k in ("model", "model_reduce"):
+                if k in s:
+                    r = s[k].get("ratio_to_numpy")
+                    row(f"{key.replace('model_', '')} {k} (no sampling)", f"{fmt_rate(s[k]['samples_per_s'])}samples/s",
+                        f"×{r:.2f} numpy" if r else "")
+    p = sec.get("plan", {})
+    if "plan_case_6x5" in p:
+        pc = p["plan_case_6x5"]
+        row(f"plan 6x5, {fmt_n(p['n'])} samples, warm", f"{pc['median_s']:.3g} s", "",
+            f"compile ≈ {pc['compile_s']:.3g} s; build_evaluator {p.get('build_evaluator', {}).get('median_s', float('nan')):.3g} s")
+    for label, r in p.get("spaces", {}).items():
+        ctx = f"{r['candidates']} candidates"
+        if "plan_case" in r:
+            ctx += f"; plan_case {r['plan_case']['median_s']:.3g} s"
+        row(f"enumerate {label}", f"{r['evaluate_space']['median_s'] * 1e3:.3g} ms", "", ctx)
+    nv = sec.get("naive_plan", {})
+    if "naive" in nv:
+        row(f"naive planner ({nv['candidates']} × {fmt_n(nv['n_per_candidate'])} fresh)", f"{nv['naive']['median_s']:.3g} s",
+            f"×{nv['speedup_exact_vs_naive']:.1f} exact", f"same choice: {nv['same_recommendation']}")
+    opt = sec.get("optuna", {})
+    for label, r in opt.items():
+        if isinstance(r, dict) and "trials_per_s" in r:
+            row(f"optuna {label}", f"{r['trials_per_s']:.3g} trials/s", "", f"{r['trials']} trials")
+    if "skipped" in opt:
+        row("optuna", "skipped", "", opt["skipped"])
+    sb = sec.get("sobol", {})
+    if "evaluations_per_s" in sb:
+        row(f"sobol N={sb['n']}", f"{fmt_rate(sb['evaluations_per_s'])}evals/s", "", f"{sb['median_s']:.3g} s warm")
+    elif "skipped" in sb:
+        row("sobol", "skipped", "", sb["skipped"])
+    for r in sec.get("memory", {}).get("rows", []):
+        if "peak_rss_mib" in r:
+            row(f"memory simulate N={fmt_n(r['n'])}", f"{r['peak_rss_mib']:.0f} MiB", "", f"{r['quantiles']}, {r['wall_s']:.3g} s")
+    for r in sec.get("gpu_chunk_sweep", {}).get("rows", []):
+        row(f"gpu chunk {r['chunk']}, N=1e8", f"{fmt_rate(r['samples_per_s'])}samples/s")
+    for k, s in sec.items():
+        if isinstance(s, dict) and "error" in s:
+            lines.append(f"FAILED {k}: {s['error']}")
+    return "\n".join(lines)
+
+
+def markdown(res: dict) -> str:
+    """The measured tables of a run as Markdown (for benchmarks/RESULTS.md)."""
+    env = res.get("environment", {})
+    v = env.get("versions", {})
+    sec = res.get("sections", {})
+    out = [f"Run {env.get('date')} on {env.get('cpu_cores')}-core {env.get('cpu_model')}, {env.get('memory_gib')} GiB; "
+           f"devices {', '.join(res.get('devices', {}).get('devices', []))}; "
+           + ", ".join(f"{k} {x}" for k, x in v.items())
+           + f"; commit {env.get('git_commit')}; load average {env.get('load_average_start')} → "
+           f"{env.get('load_average_end')}.", ""]
+    np_rows = {r["n"]: r for r in sec.get("forward_numpy", {}).get("rows", [])}
+    out += ["| pipeline | dtype | N | chunk | warm median (s) | samples/s | × numpy (wall) | × numpy (CPU time) | first call (s) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key in ("forward_numpy", "forward_jax_cpu_float32", "forward_jax_cpu_float64", "forward_jax_gpu_float32",
+                "forward_jax_gpu_float64"):
+        for r in sec.get(key, {}).get("rows", []):
+            base = np_rows.get(r["n"])
+            rw = f"{r['ratio_to_numpy']:.2f}" if "ratio_to_numpy" in r else ("1" if r["backend"] == "numpy" else "")
+            rc = f"{r['ratio_to_numpy_cpu_time']:.2f}" if "ratio_to_numpy_cpu_time" in r else ("1" if base and r is base else "")
+            first = f"{r['first_call_s']:.3g}" if r.get("first_call_s") is not None else "-"
+            out.append(f"| {r['backend']} | {r['dtype']} | {fmt_n(r['n'])} | {r['chunk']} | {r['median_s']:.3g} | "
+                       f"{fmt_rate(r['samples_per_s'])} | {rw} | {rc} | {first} |")
+    for key in ("forward_jax_cpu_float32", "forward_jax_cpu_float64", "forward_jax_gpu_float32"):
+        z = sec.get(key, {}).get("agreement_max_z")
+        if z is not None:
+            out.append(f"\n{key}: agreement with an independent numpy run, max |Δ|/SE = {z:.2f} (means and exceedance "
+                       "fractions of the 12 quantities).")
+    out += ["", "| model alone (pre-drawn samples: 2¹⁶ per call on CPU, 2²² on GPU) | samples/s | × numpy | compile (s) |",
+            "|---|---:|---:|---:|"]
+    for key, s in sec.items():
+        if key.startswith("model_") and isinstance(s, dict):
+            for k in ("sampling", "model", "model_reduce"):
+                if k in s:
+                    r = s[k].get("ratio_to_numpy")
+                    c = s[k].get("compile_s")
+                    out.append(f"| {key} {k} ({s.get('dtype')}) | {fmt_rate(s[k]['samples_per_s'])} | "
+                               f"{f'{r:.2f}' if r else ''} | {f'{c:.3g}' if c is not None and key != 'model_numpy' else ''} |")
+    p = sec.get("plan", {})
+    if "plan_case_6x5" in p:
+        pc = p["plan_case_6x5"]
+        out += ["", f"Planning, {fmt_n(p['n'])} samples, {p['dtype']} on {p['backend']}: plan_case 6×5 warm median "
+                f"{pc['median_s']:.3g} s (first call {pc['first_call_s']:.3g} s, compile ≈ {pc['compile_s']:.3g} s); "
+                f"build_evaluator {p['build_evaluator']['median_s']:.3g} s"
+                + (f" ({p['build_evaluator_no_factors']['median_s']:.3g} s without the factor matrix)"
+                   if "build_evaluator_no_factors" in p else "")
+                + f"; Dataset + quantiles + summary ≈ {p.get('dataset_and_summary_s', float('nan')):.3g} s.", "",
+                "| space | candidates | enumeration (ms) | candidates/s | plan_case warm (s) |", "|---|---:|---:|---:|---:|"]
+        for label, r in p.get("spaces", {}).items():
+            pcs = f"{r['plan_case']['median_s']:.3g}" if "plan_case" in r else ""
+            out.append(f"| {label} | {r['candidates']} | {r['evaluate_space']['median_s'] * 1e3:.3g} | "
+                       f"{fmt_rate(r['candidates_per_s'])} | {pcs} |")
+    nv = sec.get("naive_plan", {})
+    if "naive" in nv:
+        d = nv.get("difference_noise") or {"p": [float("nan")] * 2, "se_difference_independent": float("nan"),
+                                            "se_difference_common": float("nan"), "variance_ratio": float("nan")}
+        out += ["", f"Naive planner (each of {nv['candidates']} candidates re-simulated with {fmt_n(nv['n_per_candidate'])} "
+                f"fresh samples, {fmt_n(nv['samples_drawn'])} in all): {nv['naive']['median_s']:.3g} s; exact planner at "
+                f"the same N (sample once, sort, enumerate): {nv['exact_build_plus_enumerate']['median_s']:.3g} s → "
+                f"×{nv['speedup_exact_vs_naive']:.1f}. Same recommendation: {nv['same_recommendation']} "
+                f"(naive {nv['naive_choice']}, exact {nv['exact_choice']}); max |ΔP(success)|/SE = "
+                f"{nv['max_abs_dp_success_over_se']:.2f}. Noise on the difference between two neighbouring candidates "
+                f"(P = {d['p'][0]:.3f} vs {d['p'][1]:.3f}): SE {d['se_difference_independent']:.2e} with independent "
+                f"samples, {d['se_difference_common']:.2e} with common random numbers (variance ×"
+                f"{d['variance_ratio']:.3g} smaller)."]
+    opt = sec.get("optuna", {})
+    rows = [(k, r) for k, r in opt.items() if isinstance(r, dict) and "trials_per_s" in r]
+    if rows:
+        out += ["", "| Optuna (y90opt.optimise.optuna_search on the exact evaluator) | trials | s | trials/s | matches exact |",
+                "|---|---:|---:|---:|---|"]
+        out += [f"| {k} | {r['trials']} | {r['median_s']:.3g} | {r['trials_per_s']:.3g} | {r['matches_exact']} |" for k, r in rows]
+    elif "skipped" in opt:
+        out += ["", f"Optuna: skipped ({opt['skipped']})."]
+    sb = sec.get("sobol", {})
+    if "evaluations_per_s" in sb:
+        out += ["", f"Sobol (sensitivity_case, N = {sb['n']}, {sb['model_evaluations']} model evaluations, no bootstrap): "
+                f"warm {sb['median_s']:.3g} s → {fmt_rate(sb['evaluations_per_s'])}evaluations/s (first call "
+                f"{sb['first_call_s']:.3g} s)."]
+    mem = [r for r in sec.get("memory", {}).get("rows", []) if "peak_rss_mib" in r]
+    if mem:
+        out += ["", "| simulate, N | peak RSS (MiB) | RSS after imports, before the run (MiB) | wall incl. compile (s) | "
+                "quantiles |", "|---:|---:|---:|---:|---|"]
+        out += [f"| {fmt_n(r['n'])} | {r['peak_rss_mib']:.0f} | {r.get('peak_rss_before_run_mib', float('nan')):.0f} | "
+                f"{r['wall_s']:.3g} | {r['quantiles']} |" for r in mem]
+    errs = [f"{k}: {s['error']}" for k, s in sec.items() if isinstance(s, dict) and "error" in s]
+    out += [f"\nFAILED {e}" for e in errs]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="y90opt benchmarks (scripts, not tests)")
+    ap.add_argument("--quick", action="store_true", help="small sizes; under a minute on a 2-core CPU")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON on stdout (the log goes to stderr)")
+    ap.add_argument("--out", help="also write the JSON results to this file")
+    ap.add_argument("--gpu", action="store_true", help="require a GPU: GPU sizes, chunk sweep; CPU figures up to 1e7")
+    ap.add_argument("--table", metavar="JSON", help="print the short table of a saved run and exit")
+    ap.add_argument("--markdown", metavar="JSON", help="print the tables of a saved run as Markdown and exit")
+    ap.add_argument("--sections", help="comma list: forward,model,plan,naive,optuna,sobol,memory,chunks")
+    ap.add_argument("--sizes", nargs="*", help="forward sample counts (e.g. 1e4 1e6)")
+    ap.add_argument("--max-n", type=float, help="drop forward sizes above this")
+    ap.add_argument("--chunk", type=int, help="JAX chunk on CPU (default engine.DEFAULT_CHUNK)")
+    ap.add_argument("--gpu-chunk", type=int, help=f"JAX chunk on GPU (default {GPU_CHUNK})")
+    ap.add_argument("--numpy-chunk", type=int, default=npp.DEFAULT_CHUNK)
+    ap.add_argument("--plan-n", type=int, default=PLAN_N)
+    ap.add_argument("--naive-n", type=int, help="samples per candidate of the naive planner (default 1e5 quick, 1e6 full)")
+    ap.add_argument("--sobol-n", type=int, default=1 << 14)
+    ap.add_argument("--memory-n", nargs="*", default=["1e3", "1e5", "1e6", "3e6", "1e7", "1e8", "1e9"],
+                    help="simulate sizes of the memory section (1e9 takes ≈ 9 min on the 2-core CPU)")
+    ap.add_argument("--repeats", type=int, help="warm repeats per figure (default 5, quick 3; 1 at N ≥ 1e8 on CPU)")
+    ap.add_argument("--verbose", action="store_true")
+    a = ap.parse_args(argv)
+    if a.table:
+        with open(a.table) as fh:
+            print(table(json.load(fh)))
+        return 0
+    if a.markdown:
+        with open(a.markdown) as fh:
+            print(markdown(json.load(fh)))
+        return 0
+    if a.max_n:
+        a.max_n = int(a.max_n)
+    if a.naive_n is None:
+        a.naive_n = 10**5 if a.quick else 10**6
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    t0 = time.perf_counter()
+    res = Bench(a).run()
+    res["total_wall_s"] = time.perf_counter() - t0
+    text = json.dumps(res, indent=1, default=_json_default)
+    if a.out:
+        with open(a.out, "w") as fh:
+            fh.write(text)
+    log("\n" + table(json.loads(text)))
+    log(f"total {res['total_wall_s']:.1f} s")
+    if a.json:
+        print(text)
+    return 0
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
