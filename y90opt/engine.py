@@ -27,9 +27,10 @@ from .uncertainty import Fixed
 #: Samples per random block (the unit of reproducibility).
 BLOCK = 4096
 
-#: Default number of samples evaluated per JAX call. On CPU a chunk's variates (2¹⁶ × d floats) stay in the
-#: cache; 2¹⁸ ran 2-3× slower (benchmarks/RESULTS.md). Results do not depend on it.
-DEFAULT_CHUNK = 1 << 16
+#: Default number of samples evaluated per JAX call. On CPU a chunk's working set must stay in the cache: 2¹⁵
+#: is as fast as 2¹⁶ in float32 and twice as fast in float64; 2¹⁸ ran 2-3× slower (benchmarks/RESULTS.md).
+#: Results do not depend on it.
+DEFAULT_CHUNK = 1 << 15
 
 #: Largest share of unphysical samples (normal liver mass ≤ 0) tolerated before a run stops.
 MAX_INVALID_FRACTION = 1e-3
