@@ -75,6 +75,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -464,7 +465,8 @@ def optuna_search(
 
         evaluations = 0
         new = 0
-        bar = _progress_bar(trials, resumed) if progress else None
+        # a bar only where someone watches a long study (a terminal), never in logs or pipes
+        bar = _progress_bar(trials, resumed) if progress and trials >= 100 and sys.stderr.isatty() else None
         done = resumed
         try:
             while done < trials:

@@ -354,9 +354,10 @@ def simulation_text(summary: dict[str, Any]) -> str:
 
 
 def _progress(n: int, enabled: bool):
-    if not enabled or n < 2_000_000:
-        return None
     import sys
+
+    if not enabled or n < 2_000_000 or not sys.stderr.isatty():
+        return None
 
     from tqdm import tqdm
 
