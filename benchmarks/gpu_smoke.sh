@@ -44,5 +44,9 @@ for line in open(sys.argv[1]):
     print(memory.describe(json.loads(line)))" "$OUT/memory_gpu.json" 2>/dev/null || cat "$OUT/memory_gpu.json"
 echo
 echo "== summary (results in $OUT) =="
-"$PY" benchmarks/run.py --table "$OUT/bench_gpu.json"
+if [ -s "$OUT/bench_gpu.json" ]; then
+  "$PY" benchmarks/run.py --table "$OUT/bench_gpu.json"
+else
+  echo "no results written: see $OUT/bench_gpu.log"
+fi
 exit $rc

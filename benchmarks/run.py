@@ -398,7 +398,7 @@ class Bench:
             te = time_call(lambda space=space: planner.evaluate_space(case, model, rt, space, ev, factors, risk), 7)
             row = {"candidates": space.size, "evaluate_space": te.as_dict(space.size),
                    "candidates_per_s": te.rate(space.size)}
-            if label == "6x5" or (not quick and label in ("20x20", "100x50")):
+            if label == "6x5" or (not quick and not self.a.gpu and label in ("20x20", "100x50")):
                 if label != "6x5":
                     tp = time_call(lambda r=rng_: planner.plan_case(case, n=n, seed=0, chunk=chunk, optuna_trials=0,
                                                                     vial_range=r[0], hours_range=r[1]).summary, 1)
