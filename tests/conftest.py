@@ -1,12 +1,14 @@
 """Shared fixtures. JAX's x64 mode is on so that float64 paths can be tested; float32 paths pass their dtype
 explicitly and are tested as well."""
 
+import os
 import textwrap
 
 import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+os.environ["Y90OPT_CACHE_DIR"] = ""  # tests compile afresh: no persistent cache shared with other runs
 
 BASE_CASE = textwrap.dedent(
     """\

@@ -195,3 +195,18 @@ def test_large_runs_stream_dose_quantiles(case_text, monkeypatch):
     np.testing.assert_allclose(stream["dose_p50"].values, exact["dose_p50"].values, rtol=2 * rel + 1e-6)
     np.testing.assert_array_equal(stream["p_success"].values, exact["p_success"].values)
     np.testing.assert_array_equal(stream["p_rule"].values, exact["p_rule"].values)
+
+
+def test_pareto_front_against_brute_force():
+    from y90opt.planner import pareto_front
+
+    rng = np.random.default_rng(0)
+    ps = np.round(rng.uniform(size=(7, 9)), 2)
+    pl = np.round(rng.uniform(size=(7, 9, 2)), 2)
+    worst = pl.min(-1)
+    pts = [(ps[i, j], worst[i, j]) for i in range(7) for j in range(9)]
+    brute = {(a, b) for a, b in pts if not any(c >= a and d >= b and (c > a or d > b) for c, d in pts)}
+    got = pareto_front(ps, pl)
+    assert {(ps[i, j], worst[i, j]) for i, j in got} == brute
+    assert len(got) == len(brute)  # equal points kept once
+

@@ -157,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .engine import UnphysicalSamplesError
 
     bad += (UnphysicalSamplesError,)
+    if args.command in ("simulate", "plan", "sensitivity"):
+        _compile_cache()
     try:
         return int(COMMANDS[args.command](args) or 0)
     except bad as e:
@@ -170,6 +172,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the one place internal errors become a message
         print(f"y90opt: internal error: {type(e).__name__}: {_one_line(str(e))}", file=sys.stderr)
         return 1
+
+
+def _compile_cache() -> None:
+    """JAX's persistent compilation cache, so repeated runs skip most compile time. Directory:
+    ``$Y90OPT_CACHE_DIR`` or ``~/.cache/y90opt/jax``; ``Y90OPT_CACHE_DIR=""`` turns it off. Best effort: a
+    directory that cannot be made leaves the cache off and changes no result."""
+    import os
+
+    path = os.environ.get("Y90OPT_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "y90opt", "jax"))
+    if not path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", path)
+    except (OSError, AttributeError, ValueError):
+        return
 
 
 def _one_line(s: str) -> str:

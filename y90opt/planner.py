@@ -307,7 +307,7 @@ def plan_case(
     space = decision_space(case, ar.scenario.window, vial_range, hours_range)
     from .simulate import EXACT_QUANTILE_LIMIT
 
-    chunk = chunk or engine.DEFAULT_CHUNK
+    chunk = chunk or engine.default_chunk()
     keep = n <= EXACT_QUANTILE_LIMIT
     ev, factors, n_invalid = build_evaluator(model, rt, n, seed, chunk, dtype, keep_factors=keep)
     factor_q = _factor_quantiles(model, rt, factors, n, seed, chunk, dtype)
@@ -356,15 +356,20 @@ def _advisories_at(case, model, rt, space, result) -> list[dict[str, str]]:
 
 
 def pareto_front(p_success: np.ndarray, p_limits: np.ndarray) -> list[tuple[int, int]]:
-    """Candidates not dominated in (P(targets met), P(worst limit kept)): the trade-off a vial size buys."""
+    """Candidates not dominated in (P(targets met), P(worst limit kept)): the trade-off a vial size buys.
+
+    One sweep in order of decreasing P(targets) (ties: larger worst-limit probability first) keeps each
+    candidate whose worst-limit probability beats every one before it; equal points are kept once (the first:
+    the smaller vial, the earlier time)."""
     worst = p_limits.min(axis=-1) if p_limits.shape[-1] else np.ones_like(p_success)
-    pts = [(float(p_success[i, j]), float(worst[i, j]), i, j) for i in range(p_success.shape[0]) for j in range(p_success.shape[1])]
-    front = []
-    for a, b, i, j in pts:
-        dominated = any((c >= a and d >= b) and (c > a or d > b) for c, d, _, _ in pts)
-        if not dominated:
-            front.append((i, j))
-    return sorted(front, key=lambda ij: -p_success[ij])
+    a, b = p_success.ravel(), worst.ravel()
+    order = np.lexsort((np.arange(a.size), -b, -a))
+    front, best_b = [], -np.inf
+    for k in order:
+        if b[k] > best_b:
+            front.append(np.unravel_index(k, p_success.shape))
+            best_b = b[k]
+    return [(int(i), int(j)) for i, j in front]
 
 
 def evaluate_space(case, model, rt, space: DecisionSpace, ev: Evaluator, factors, risk: float) -> dict[str, Any]:
@@ -460,24 +465,30 @@ def summarize_plan(ds) -> dict[str, Any]:
     vials = ds["vial"].values
     limits = [str(x) for x in ds["limit"].values]
     risk = float(a["risk"])
+    # pull every array once: building candidates must not index the Dataset per value
+    hours = ds["hours_after_calibration"].values
+    local = ds["time_local"].values
+    s_arr = ds["vial_at_treatment"].values
+    ps = ds["p_success"].values
+    pj = ds["p_joint"].values
+    pl = ds["p_limit"].values
+    feas = ds["feasible"].values.astype(bool)
+    dose_cols = [(k, str(q)) for k, q in enumerate(ds["quantity"].values) if str(ds["unit"].values[k]) == "Gy"]
+    dq = {p: ds[f"dose_{p}"].values for p in ("p05", "p50", "p95")} if "dose_p50" in ds else None
 
     def cand(ii, jj) -> dict[str, Any]:
         d = {
             "vial_gbq": float(vials[ii]),
-            "hours_after_calibration": float(ds["hours_after_calibration"].values[jj]),
-            "treatment_local": str(ds["time_local"].values[jj]),
-            "vial_at_treatment_gbq": float(ds["vial_at_treatment"].values[ii, jj]),
-            "p_success": float(ds["p_success"].values[ii, jj]),
-            "p_joint": float(ds["p_joint"].values[ii, jj]),
-            "p_limits": {lab: float(ds["p_limit"].values[ii, jj, k]) for k, lab in enumerate(limits)},
-            "feasible": bool(ds["feasible"].values[ii, jj]),
+            "hours_after_calibration": float(hours[jj]),
+            "treatment_local": str(local[jj]),
+            "vial_at_treatment_gbq": float(s_arr[ii, jj]),
+            "p_success": float(ps[ii, jj]),
+            "p_joint": float(pj[ii, jj]),
+            "p_limits": {lab: float(pl[ii, jj, k]) for k, lab in enumerate(limits)},
+            "feasible": bool(feas[ii, jj]),
         }
-        if "dose_p50" in ds:
-            d["dose_gy"] = {
-                str(q): {p: float(ds[f"dose_{p}"].values[ii, jj, k]) for p in ("p05", "p50", "p95")}
-                for k, q in enumerate(ds["quantity"].values)
-                if str(ds["unit"].values[k]) == "Gy"
-            }
+        if dq is not None:
+            d["dose_gy"] = {q: {p: float(dq[p][ii, jj, k]) for p in ("p05", "p50", "p95")} for k, q in dose_cols}
         return d
 
     rec = cand(i, j)
@@ -496,16 +507,16 @@ def summarize_plan(ds) -> dict[str, Any]:
         "p_success": rec["p_success"],
         "p_limits": rec["p_limits"],
     }
-    ps = ds["p_success"].values
     order = np.dstack(np.unravel_index(np.argsort(-ps, axis=None, kind="stable"), ps.shape))[0]
-    ranked = [cand(int(a_), int(b_)) for a_, b_ in order]
-    rejected = []
+    ranked = [cand(int(a_), int(b_)) for a_, b_ in order[:10]]
     best_feasible_p = rec["p_success"] if feasible else -1.0
-    for c in ranked:
-        if c["p_success"] > best_feasible_p and not c["feasible"]:
-            c = dict(c)
-            c["ruled_out_by"] = [lab for lab, p in c["p_limits"].items() if p < 1 - risk]
-            rejected.append(c)
+    better = [(int(a_), int(b_)) for a_, b_ in order if ps[a_, b_] > best_feasible_p and not feas[a_, b_]][:10]
+    rejected = []
+    for a_, b_ in better:
+        c = cand(a_, b_)
+        margins = limit_margins(pl[a_, b_], risk)
+        c["ruled_out_by"] = [lab for lab, m in zip(limits, margins, strict=True) if m > 0]
+        rejected.append(c)
     out: dict[str, Any] = {
         "case": a["case_name"],
         "scenario": a["scenario"],
@@ -521,15 +532,14 @@ def summarize_plan(ds) -> dict[str, Any]:
         "candidates": int(ps.size),
         "vials_gbq": [float(v) for v in vials],
         "hours_after_calibration": [float(x) for x in ds["hours_after_calibration"].values],
-        "ranked": ranked[:10],
-        "rejected_better": rejected[:10],
+        "ranked": ranked,
+        "rejected_better": rejected,
         "conventions": conv,
         "case_sha256": a["case_sha256"],
     }
-    p_lim = ds["p_limit"].values
     out["tradeoff"] = [
         {k: c[k] for k in ("vial_gbq", "hours_after_calibration", "p_success", "p_limits", "feasible")}
-        for c in (cand(a_, b_) for a_, b_ in pareto_front(ps, p_lim))
+        for c in (cand(a_, b_) for a_, b_ in pareto_front(ps, pl))
     ]
     out["advisories"] = json.loads(a.get("advisories", "[]"))
     out["rules_not_evaluated"] = [x for x in str(a.get("rules_not_evaluated", "")).split(", ") if x]

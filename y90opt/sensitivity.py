@@ -585,7 +585,7 @@ def sensitivity_case(
         n: base sample count N; the model is evaluated N·(d + 2) times for d independent inputs,
             4·N·d times when the case declares correlations.
         seed: seeds the design and the bootstrap; the same seed gives the same indices.
-        chunk: model evaluations per JAX call (default: all at once up to 2¹⁸); does not change the result.
+        chunk: model evaluations per JAX call (default: :func:`y90opt.engine.default_chunk`); does not change the result.
         dtype: "float32" or "float64" for the JAX model (the estimators run in float64).
         bootstrap: bootstrap resamples for the confidence intervals (0: none).
         progress: True to report progress on a terminal, or a callable(done, total).
@@ -606,7 +606,7 @@ def sensitivity_case(
     import jax
     import xarray as xr
 
-    from .engine import DEFAULT_CHUNK, check_invalid
+    from .engine import check_invalid, default_chunk
 
     if n < 2:
         raise ValueError("n must be at least 2")
@@ -615,7 +615,7 @@ def sensitivity_case(
     dependent = bool(case.correlations)
     total = 4 * n * d if dependent else n * (d + 2)
     per_design = 4 * n if dependent else total
-    chunk = max(1, min(chunk or DEFAULT_CHUNK, per_design))
+    chunk = max(1, min(chunk or default_chunk(), per_design))
 
     report = _reporter(progress)
     if dependent:

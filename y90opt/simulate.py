@@ -93,7 +93,7 @@ def simulate_case(
     hours, s = decision_activity(case)
     model = engine.Model.from_case(case)
     rt = compile_rules(active_rules(case), model.quantities)
-    chunk = chunk or engine.DEFAULT_CHUNK
+    chunk = chunk or engine.default_chunk()
     b = model.offsets
     bar = _progress(n, progress)
     exact = n <= exact_quantile_limit or keep_samples
