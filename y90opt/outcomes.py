@@ -128,9 +128,13 @@ def nominal_outcome(case: Case, nominal: dict[str, Any]) -> dict[str, Any]:
                     "source": r.source,
                 })
     missing = _rules.missing_quantities(ar.targets + ar.secondary + ar.limits, doses)
+    # rule labels, as `simulate` and `plan` report them (the quantities go to the advisory)
+    not_evaluated = [
+        r.id for r in ar.targets + ar.secondary + ar.limits if r.quantity in missing
+    ]
     return {
         "rules": rows,
-        "rules_not_evaluated": missing,
+        "rules_not_evaluated": not_evaluated,
         "targets_met": all(r["status"] == "met" for r in rows if r["kind"] == "target"),
         "limits_kept": all(r["status"] == "kept" for r in rows if r["kind"] == "limit"),
         "advisories": nominal_advisories(case, nominal, ar, missing),
