@@ -369,7 +369,7 @@ def cmd_scenarios(args) -> int:
     from . import rules
     from .textout import dumps, table
 
-    scenarios = [rules.load_scenario(i) for i in rules.scenario_ids()]
+    scenarios = rules.load_scenarios()  # in DSC order, scenario 1 to 5
     if args.json:
         print(dumps([s.to_dict() for s in scenarios]))
         return 0
