@@ -127,6 +127,16 @@ class Case:
             return None
         return physics.hours_between(self.calibration, self.plan.treatment)
 
+    def decision(self, command: str) -> tuple[float, float]:
+        """(hours after calibration, vial activity at treatment [GBq]) of the ``[plan]`` decision, which
+        ``command`` needs. Raises :class:`CaseError` naming the missing field."""
+        if self.plan.vial_gbq is None:
+            raise CaseError(self.path, "plan.vial_gbq", f"missing (required by {command})")
+        if self.plan.treatment is None:
+            raise CaseError(self.path, "plan.treatment", f"missing (required by {command})")
+        hours = physics.hours_between(self.calibration, self.plan.treatment)
+        return hours, self.plan.vial_gbq * physics.decay_factor(hours, self.conventions.half_life_h)
+
     def nominal(self) -> dict[str, float]:
         return {k: float(v.nominal) for k, v in self.inputs.items()}
 

@@ -14,14 +14,9 @@ def nominal_doses(case: Case, model: Model | None = None) -> dict[str, Any]:
 
     Raises :class:`CaseError` when ``[plan].vial_gbq`` or ``[plan].treatment`` is missing.
     """
-    if case.plan.vial_gbq is None:
-        raise CaseError(case.path, "plan.vial_gbq", "missing (required by `dose` and `simulate`)")
-    if case.plan.treatment is None:
-        raise CaseError(case.path, "plan.treatment", "missing (required by `dose` and `simulate`)")
+    delay_h, s = case.decision("`dose` and `simulate`")
     model = model or Model.from_case(case)
     conv = case.conventions
-    delay_h = case.treatment_hours()
-    s = case.plan.vial_gbq * physics.decay_factor(delay_h, conv.half_life_h)
     f = model.nominal_factors()
     values = dict(zip(model.quantities, s * f + model.offsets, strict=True))
     dose_gy: dict[str, Any] = {

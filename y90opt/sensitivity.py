@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from . import __version__, physics
+from . import __version__
 from .case import Case, CaseError
 
 #: Percentiles of the one-at-a-time view.
@@ -528,10 +528,7 @@ def output_function(case: Case, dtype: str = "float32") -> CaseFunction:
 
     from .engine import enable_x64_if
 
-    if case.plan.vial_gbq is None:
-        raise CaseError(case.path, "plan.vial_gbq", "missing (required by `sensitivity`)")
-    if case.plan.treatment is None:
-        raise CaseError(case.path, "plan.treatment", "missing (required by `sensitivity`)")
+    hours, s_gbq = case.decision("`sensitivity`")
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     enable_x64_if(dtype)
@@ -539,8 +536,6 @@ def output_function(case: Case, dtype: str = "float32") -> CaseFunction:
     if model.n_dims == 0:
         raise CaseError(case.path, "", "every input is exact: there is no uncertainty to attribute")
     corr = np.eye(model.n_dims) if model.cholesky is None else model.cholesky @ model.cholesky.T
-    hours = case.treatment_hours()
-    s_gbq = case.plan.vial_gbq * physics.decay_factor(hours, case.conventions.half_life_h)
     offsets = model.offsets
     dose_q = model.dose_quantities()
     cols = [model.quantities.index(q) for q in dose_q]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import engine, physics
-from .case import Case, CaseError
+from .case import Case
 from .outcomes import RuleTable, active_rules, compile_rules, nominal_advisories
 
 #: Up to this many samples, quantiles are computed exactly from all samples.
@@ -35,12 +35,7 @@ class SimulationResult:
 
 def decision_activity(case: Case) -> tuple[float, float]:
     """(hours after calibration, vial activity at treatment [GBq]) of the case's ``[plan]`` decision."""
-    if case.plan.vial_gbq is None:
-        raise CaseError(case.path, "plan.vial_gbq", "missing (required by `dose` and `simulate`)")
-    if case.plan.treatment is None:
-        raise CaseError(case.path, "plan.treatment", "missing (required by `dose` and `simulate`)")
-    h = case.treatment_hours()
-    return h, case.plan.vial_gbq * physics.decay_factor(h, case.conventions.half_life_h)
+    return case.decision("`dose` and `simulate`")
 
 
 def _moment_reducer(f, valid, in_range, s, b, cols, thr, signs, primary, limit, lo, hi):
