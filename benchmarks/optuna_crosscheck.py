@@ -26,7 +26,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from typing import Any
@@ -47,45 +46,8 @@ LARGE_TRIALS = 200
 GOAL_MATCHES = 9  # of 10 seeds, scaled to --seeds
 GOAL_GAP = 0.01
 
-FALLBACK_CASE = """\
-name = "optuna-crosscheck"
-scenario = "multifocal-unilobar"
-
-[liver]
-perfused_volume_ml = { value = 1100, cv = 0.12 }
-whole_liver_volume_ml = 1800
-
-[[tumors]]
-name = "T1"
-volume_ml = { value = 180, cv = 0.17 }
-tn_ratio = { value = 3.2, cv = 0.35 }
-
-[lung]
-shunt_fraction = { value = 0.06, cv = 0.3 }
-
-[delivery]
-residual_fraction = 0.01
-
-[vials]
-calibration = "2026-12-06T12:00:00-05:00"
-activities_gbq = [3, 5, 7, 10, 15, 20]
-
-[plan]
-vial_gbq = 7
-treatment = "2026-12-09T12:00:00-05:00"
-risk = 0.05
-"""
-
-
 def case_path(arg: str | None) -> str:
-    if arg:
-        return arg
-    if os.path.exists(EXAMPLE):
-        return EXAMPLE
-    path = os.path.join(tempfile.mkdtemp(prefix="y90opt-crosscheck-"), "case.toml")
-    with open(path, "w") as fh:
-        fh.write(FALLBACK_CASE)
-    return path
+    return arg or EXAMPLE  # the example ships with the repository
 
 
 class Plan:
@@ -108,7 +70,7 @@ class Plan:
     def space(self, vial_range=None, hours_range=None):
         space = planner.decision_space(self.case, self.ar.scenario.window, vial_range, hours_range)
         t0 = time.perf_counter()
-        res = planner.evaluate_space(self.case, self.model, self.rt, space, self.ev, None, self.risk)
+        res = planner.evaluate_space(self.case, space, self.ev, self.risk)
         return space, res["choice"], time.perf_counter() - t0
 
     def run(self, space, exact, trials: int, seeds: int, search: str) -> dict[str, Any]:

@@ -395,7 +395,7 @@ class Bench:
             if self.a.quick and label == "1000x100":
                 continue
             space = planner.decision_space(case, ar.scenario.window, *(rng_ or (None, None)))
-            te = time_call(lambda space=space: planner.evaluate_space(case, model, rt, space, ev, factors, risk), 7)
+            te = time_call(lambda space=space: planner.evaluate_space(case, space, ev, risk), 7)
             row = {"candidates": space.size, "evaluate_space": te.as_dict(space.size),
                    "candidates_per_s": te.rate(space.size)}
             if label == "6x5" or (not quick and not self.a.gpu and label in ("20x20", "100x50")):
@@ -451,8 +451,8 @@ class Bench:
         t = time_call(run, 1 if n >= 10**6 or self.a.quick else 3)
         res = t.result
         # the exact planner at the same N, same machine, same run: sample once, sort, enumerate
-        te = time_call(lambda: planner.evaluate_space(case, model, rt, space,
-                                                      *planner.build_evaluator(model, rt, n, 0, chunk, "float32")[:2],
+        te = time_call(lambda: planner.evaluate_space(case, space,
+                                                      planner.build_evaluator(model, rt, n, 0, chunk, "float32")[0],
                                                       case.plan.risk), 1 if self.a.quick else 3)
         ex = te.result
         pbar = (res["p_success"] + ex["p_success"]) / 2
@@ -516,7 +516,7 @@ class Bench:
         for label, trials in (("6x5", 15),) if self.a.quick else (("6x5", 15), ("100x50", 200)):
             rng_ = SPACES[label]
             space = planner.decision_space(case, ar.scenario.window, *(rng_ or (None, None)))
-            exact = planner.evaluate_space(case, self.model, self.rt, space, self.ev, self.factors, case.plan.risk)["choice"]
+            exact = planner.evaluate_space(case, space, self.ev, case.plan.risk)["choice"]
             t = time_call(lambda space=space, exact=exact, trials=trials: optuna_search(
                 self.ev, space, case.plan.risk, case.plan.tie_tolerance, trials=trials, seed=0, exact=exact),
                 1 if self.a.quick else 2)

@@ -311,7 +311,7 @@ def plan_case(
     keep = n <= EXACT_QUANTILE_LIMIT
     ev, factors, n_invalid = build_evaluator(model, rt, n, seed, chunk, dtype, keep_factors=keep)
     factor_q = _factor_quantiles(model, rt, factors, n, seed, chunk, dtype)
-    result = evaluate_space(case, model, rt, space, ev, factors, risk)
+    result = evaluate_space(case, space, ev, risk)
     optuna_info = None
     trials = optuna_trials if optuna_trials is not None else min(200, max(1, space.size // 2))
     if trials > 0:
@@ -372,7 +372,8 @@ def pareto_front(p_success: np.ndarray, p_limits: np.ndarray) -> list[tuple[int,
     return [(int(i), int(j)) for i, j in front]
 
 
-def evaluate_space(case, model, rt, space: DecisionSpace, ev: Evaluator, factors, risk: float) -> dict[str, Any]:
+def evaluate_space(case, space: DecisionSpace, ev: Evaluator, risk: float) -> dict[str, Any]:
+    """Exact P(targets), P(each limit), P(joint) and the planning rule's choice on every candidate."""
     vials = np.asarray(space.vials_gbq)
     hours = space.hours
     s = vials[:, None] * physics.decay_factor(hours[None, :], case.conventions.half_life_h)
