@@ -119,6 +119,27 @@ def test_exact_solver_equals_brute_force_on_same_samples(case_text):
             assert float(ds["p_limit"].sel(limit="ntad")[i, j]) == pytest.approx(p_ntad, abs=1e-12)
             p_lung = np.mean(d["lung"][ok] <= 30)
             assert float(ds["p_limit"].sel(limit="lung-session")[i, j]) == pytest.approx(p_lung, abs=1e-12)
+            both = (d["tumors"][ok, 0] >= 205) & (d["normal_perfused"][ok] <= 120) & (d["lung"][ok] <= 30)
+            assert float(ds["p_joint"][i, j]) == pytest.approx(np.mean(both), abs=1e-12)
+            # dose quantiles: s · (quantile of the factor) equals the quantile of the doses (s > 0)
+            for name, p in (("p05", 0.05), ("p50", 0.5), ("p95", 0.95)):
+                for q, key in (("tumors.T1", "tumors"), ("normal_perfused", "normal_perfused"), ("lung", "lung")):
+                    vals = d[key][ok, 0] if key == "tumors" else d[key][ok]
+                    got = float(ds[f"dose_{name}"].sel(quantity=q)[i, j])
+                    assert got == pytest.approx(np.quantile(vals, p), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 1000, 2**17 + 3])
+def test_sorted_quantiles_equal_numpy_quantile(dtype, n):
+    # the planner's quantiles from rows it has sorted anyway: numpy's 'linear' method, bit for bit
+    from y90opt.planner import sort_rows, sorted_quantiles
+
+    x = np.random.default_rng(n).lognormal(size=(3, n)).astype(dtype)
+    rows = sort_rows(x.copy())
+    np.testing.assert_array_equal(rows, np.sort(x, axis=1))
+    probs = (0.0, 0.05, 0.123456, 0.5, 0.77, 0.95, 1.0)
+    np.testing.assert_array_equal(sorted_quantiles(rows, probs), np.quantile(x, probs, axis=1))
 
 
 def test_plan_json_pinned_keys_and_reproducible(case_text, write_case):

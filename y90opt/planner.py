@@ -177,9 +177,13 @@ class Evaluator:
         return (np.searchsorted(self.s_lo_joint, s, side="right") - np.searchsorted(self.s_joint, s, side="left")) / self.n
 
 
-def _critical_core(f, valid, in_range, b, cols, thr, signs, primary):
-    """Per sample: s_lo (all primary targets hold for s ≥ s_lo) and each rule's critical activity, from
-    dose = s·F + b: a target holds for s ≥ crit, a limit for s ≤ crit (F = 0 gives crit = ±inf)."""
+def _critical_core(f, valid, in_range, b, cols, thr, signs, primary, is_limit):
+    """Per sample, from dose = s·F + b: every rule's critical activity (a target holds for s ≥ crit, a limit for
+    s ≤ crit; F = 0 gives ±inf), s_lo (all primary targets hold for s ≥ s_lo) and, where the interval
+    [s_lo, min over limits] is non-empty, its two ends (else inf), for P(success and safe).
+
+    Returns the rows (3 + R, chunk): s_lo, s_lo_joint, s_joint, then one row per rule; rows, not columns, so
+    the host concatenates chunks into contiguous rows and sorts them without a transpose."""
     import jax.numpy as jnp
 
     ok = valid & in_range
@@ -187,51 +191,86 @@ def _critical_core(f, valid, in_range, b, cols, thr, signs, primary):
     crit = jnp.where(jnp.isnan(crit), jnp.inf, crit)
     s_lo = jnp.max(jnp.where(primary, crit, -jnp.inf), axis=1, initial=0.0)
     s_lo = jnp.where(ok, s_lo, jnp.inf)
-    return s_lo, crit, ok, in_range & ~valid
+    s_min = jnp.min(jnp.where(is_limit, crit, jnp.inf), axis=1, initial=jnp.inf)
+    nonempty = s_lo <= s_min
+    joint = jnp.stack([s_lo, jnp.where(nonempty, s_lo, jnp.inf), jnp.where(nonempty, s_min, jnp.inf)])
+    return jnp.concatenate([joint, crit.T]), ok, in_range & ~valid
 
 
-def _critical_reducer(f, valid, in_range, b, cols, thr, signs, primary):
-    return _critical_core(f, valid, in_range, b, cols, thr, signs, primary)
+def _critical_reducer(f, valid, in_range, b, cols, thr, signs, primary, is_limit):
+    return _critical_core(f, valid, in_range, b, cols, thr, signs, primary, is_limit)
 
 
-def _critical_reducer_with_factors(f, valid, in_range, b, cols, thr, signs, primary):
-    return (*_critical_core(f, valid, in_range, b, cols, thr, signs, primary), f)
+def _critical_reducer_with_factors(f, valid, in_range, b, cols, thr, signs, primary, is_limit):
+    return (*_critical_core(f, valid, in_range, b, cols, thr, signs, primary, is_limit), f.T)
+
+
+def sort_rows(rows: np.ndarray) -> np.ndarray:
+    """Sort each row of a C-contiguous 2-D array in place, rows spread over the CPU cores (numpy's sort
+    releases the GIL); returns ``rows``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(len(rows), os.cpu_count() or 1)
+    if workers <= 1 or rows.shape[1] < 2**16:
+        rows.sort(axis=1)
+        return rows
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda r: r.sort(), rows))
+    return rows
+
+
+def sorted_quantiles(rows: np.ndarray, probs) -> np.ndarray:
+    """``np.quantile(rows, probs, axis=1)`` (its default 'linear' method) of rows already sorted: (P, rows).
+
+    The same order statistics and interpolation as numpy's, without its partition (which costs more than the
+    sort on sorted data)."""
+    n = rows.shape[1]
+    probs = np.asarray(probs, dtype=np.float64)
+    virtual = probs * (n - 1)
+    lo = np.floor(virtual).astype(np.intp)
+    hi = np.minimum(lo + 1, n - 1)
+    t = (virtual - lo)[:, None]
+    a, b = rows[:, lo].T, rows[:, hi].T
+    diff = (b - a).astype(np.float64)  # numpy's _lerp takes the difference in the data's dtype
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    # and interpolates from the nearer end, so t = 1 gives b exactly
+    return np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
 
 
 def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: str, keep_factors: bool = True, progress=None):
-    """Sample once and build the :class:`Evaluator`; with ``keep_factors`` also return the factor matrix
-    (for exact dose quantiles). Memory: O(n · rules) floats for the sorted critical activities."""
+    """Sample once and build the :class:`Evaluator`; with ``keep_factors`` also return every dose factor of the
+    valid samples, sorted per quantity, shape (Q, n_valid) (for exact dose quantiles, see
+    :func:`sorted_quantiles`). Memory: O(n · (rules + Q)) floats."""
     b = model.offsets
-    args = (b, rt.cols, rt.thresholds, rt.signs, rt.is_primary)
+    args = (b, rt.cols, rt.thresholds, rt.signs, rt.is_primary, rt.is_limit)
     reducer = _critical_reducer_with_factors if keep_factors else _critical_reducer
-    lo_parts, crit_parts, f_parts, n_invalid = [], [], [], 0
-    for out in engine.run_chunks(model, n, seed, reducer, args, chunk, dtype, progress):
-        s_lo, crit, ok, bad = out[:4]
-        m = np.asarray(ok)
-        lo_parts.append(np.asarray(s_lo)[m])
-        crit_parts.append(np.asarray(crit)[m])
+    # dispatch every chunk before reading any back: the device (or XLA's CPU threads) works ahead of the host
+    outs = list(engine.run_chunks(model, n, seed, reducer, args, chunk, dtype, progress))
+    row_parts, f_parts, n_invalid = [], [], 0
+    for out in outs:
+        m = np.asarray(out[1])
+        rows = np.asarray(out[0])
+        row_parts.append(rows if m.all() else rows[:, m])
         if keep_factors:
-            f_parts.append(np.asarray(out[4])[m])
-        n_invalid += int(np.sum(bad))
+            f = np.asarray(out[3])
+            f_parts.append(f if m.all() else f[:, m])
+        n_invalid += int(np.sum(np.asarray(out[2])))
     engine.check_invalid(n_invalid, n, model.case.path)
-    s_lo = np.concatenate(lo_parts).astype(np.float64)
-    crit = np.concatenate(crit_parts).astype(np.float64).T  # (R, n)
-    s_hi_all = crit[rt.is_limit]
-    n_valid = s_lo.size
-    s_min = s_hi_all.min(axis=0) if s_hi_all.shape[0] else np.full(n_valid, np.inf)
-    nonempty = s_lo <= s_min
-    crit.sort(axis=1)
+    # sort in the run's dtype (float32: faster), then widen: a monotone, exact conversion keeps the order
+    rows = sort_rows(np.concatenate(row_parts, axis=1))
+    factors = sort_rows(np.concatenate(f_parts, axis=1)) if keep_factors else None
+    rows = rows.astype(np.float64, copy=False)
+    crit = rows[3:]
     ev = Evaluator(
-        s_lo=np.sort(s_lo),
-        s_lo_joint=np.sort(np.where(nonempty, s_lo, np.inf)),
+        s_lo=rows[0],
+        s_lo_joint=rows[1],
         s_hi=crit[rt.is_limit],
-        s_joint=np.sort(np.where(nonempty, s_min, np.inf)),
-        n=n_valid,
+        s_joint=rows[2],
+        n=rows.shape[1],
         limit_labels=tuple(lab for lab, k in zip(rt.labels, rt.kinds, strict=True) if k == "limit"),
         rule_crit=crit,
         rule_is_target=rt.signs < 0,
     )
-    factors = np.concatenate(f_parts) if keep_factors else None
     return ev, factors, n_invalid
 
 
@@ -331,7 +370,7 @@ def _factor_quantiles(model, rt, factors, n, seed, chunk, dtype) -> dict[str, An
     """p05/p50/p95 of the dose factors: exact from the kept factors, else from streaming histograms (a second
     pass over the same samples; memory independent of n). Doses at s are s·q + b (s > 0)."""
     if factors is not None:
-        q = np.quantile(factors, (0.05, 0.5, 0.95), axis=0).astype(np.float64) if factors.shape[0] else None
+        q = sorted_quantiles(factors, (0.05, 0.5, 0.95)) if factors.shape[1] else None
         return {"q": q, "method": "exact (all samples)", "rel_error": 0.0}
     from .simulate import _streaming_stats
 
