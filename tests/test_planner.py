@@ -133,7 +133,7 @@ def test_exact_solver_equals_brute_force_on_same_samples(case_text):
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 1000, 2**17 + 3])
 def test_sorted_quantiles_equal_numpy_quantile(dtype, n):
     # the planner's quantiles from rows it has sorted anyway: numpy's 'linear' method, bit for bit
-    from y90opt.planner import sort_rows, sorted_quantiles
+    from y90opt.simulate import sort_rows, sorted_quantiles
 
     x = np.random.default_rng(n).lognormal(size=(3, n)).astype(dtype)
     rows = sort_rows(x.copy())

@@ -29,6 +29,7 @@ import numpy as np
 from . import engine, physics
 from .case import Case, CaseError
 from .outcomes import RuleTable, active_rules, compile_rules
+from .simulate import sort_rows, sorted_quantiles
 
 #: Points of the P-versus-activity curve stored with every plan.
 CURVE_POINTS = 241
@@ -203,38 +204,6 @@ def _critical_reducer(f, valid, in_range, b, cols, thr, signs, primary, is_limit
 
 def _critical_reducer_with_factors(f, valid, in_range, b, cols, thr, signs, primary, is_limit):
     return (*_critical_core(f, valid, in_range, b, cols, thr, signs, primary, is_limit), f.T)
-
-
-def sort_rows(rows: np.ndarray) -> np.ndarray:
-    """Sort each row of a C-contiguous 2-D array in place, rows spread over the CPU cores (numpy's sort
-    releases the GIL); returns ``rows``."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    workers = min(len(rows), os.cpu_count() or 1)
-    if workers <= 1 or rows.shape[1] < 2**16:
-        rows.sort(axis=1)
-        return rows
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda r: r.sort(), rows))
-    return rows
-
-
-def sorted_quantiles(rows: np.ndarray, probs) -> np.ndarray:
-    """``np.quantile(rows, probs, axis=1)`` (its default 'linear' method) of rows already sorted: (P, rows).
-
-    The same order statistics and interpolation as numpy's, without its partition (which costs more than the
-    sort on sorted data)."""
-    n = rows.shape[1]
-    probs = np.asarray(probs, dtype=np.float64)
-    virtual = probs * (n - 1)
-    lo = np.floor(virtual).astype(np.intp)
-    hi = np.minimum(lo + 1, n - 1)
-    t = (virtual - lo)[:, None]
-    a, b = rows[:, lo].T, rows[:, hi].T
-    diff = (b - a).astype(np.float64)  # numpy's _lerp takes the difference in the data's dtype
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    # and interpolates from the nearer end, so t = 1 gives b exactly
-    return np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
 
 
 def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: str, keep_factors: bool = True, progress=None):
