@@ -99,11 +99,15 @@ def test_default_times_are_weekdays_in_the_window(case_text):
     assert s["vials_gbq"] == [3.0, 5.0, 7.0, 10.0, 15.0, 20.0]
 
 
-def test_exact_solver_equals_brute_force_on_same_samples(case_text):
-    case = parse_case(case_text)
+@pytest.mark.parametrize("tumour", ["{ value = 180, cv = 0.17 }", "{ value = 300, cv = 0.4 }"])
+def test_exact_solver_equals_brute_force_on_same_samples(case_text, tumour):
+    # the second tumour volume makes a few samples unphysical (larger than the perfused volume): they must drop
+    # out of numerators and denominators alike
+    case = parse_case(case_text.replace("volume_ml = { value = 180, cv = 0.17 }", f"volume_ml = {tumour}"))
     n = 20_000
     res = plan_case(case, n=n, seed=3, dtype="float64", optuna_trials=0)
     ds = res.dataset
+    assert (ds.attrs["unphysical_sample_count"] > 0) == ("300" in tumour)
     x = engine.sample_inputs(engine.Model.from_case(case), n, seed=3, dtype="float64")
     for i, vial in enumerate(ds["vial"].values):
         for j, h in enumerate(ds["hours_after_calibration"].values):
@@ -127,6 +131,43 @@ def test_exact_solver_equals_brute_force_on_same_samples(case_text):
                     vals = d[key][ok, 0] if key == "tumors" else d[key][ok]
                     got = float(ds[f"dose_{name}"].sel(quantity=q)[i, j])
                     assert got == pytest.approx(np.quantile(vals, p), rel=1e-12)
+
+
+def test_float32_rows_answer_float64_activities_exactly():
+    # the evaluator keeps float32 rows and rounds each float64 query outward or inward: the counts must equal
+    # those of the rows widened to float64, also for queries on a row value and one float64 ulp either side
+    from y90opt.planner import _count
+
+    rng = np.random.default_rng(0)
+    row = np.sort(np.concatenate([rng.lognormal(size=5000), rng.lognormal(size=50).repeat(3), [np.inf] * 4]))
+    row = row.astype(np.float32)
+    wide = row.astype(np.float64)
+    on = wide[rng.integers(0, row.size - 4, 300)]
+    q = np.concatenate([on, np.nextafter(on, 0), np.nextafter(on, np.inf), rng.lognormal(size=300) * 1.0001,
+                        [0.0, 1e-300, 3.5e38, 1e300, np.inf]])
+    for side in ("left", "right"):
+        np.testing.assert_array_equal(_count(row, q, side), np.searchsorted(wide, q, side=side))
+
+
+def test_device_sorted_evaluator_equals_host(case_text):
+    # the GPU path (sort and count with JAX, rows left on the device) run here on the CPU device
+    from y90opt.outcomes import active_rules, compile_rules
+    from y90opt.planner import build_evaluator
+    from y90opt.simulate import sorted_quantiles
+
+    case = parse_case(case_text.replace("volume_ml = { value = 180, cv = 0.17 }", "volume_ml = { value = 300, cv = 0.4 }"))
+    model = engine.Model.from_case(case)
+    rt = compile_rules(active_rules(case), model.quantities)
+    host, fh, bad_h = build_evaluator(model, rt, 30_000, 1, 4096, "float32", on_device=False)
+    dev, fd, bad_d = build_evaluator(model, rt, 30_000, 1, 4096, "float32", on_device=True)
+    assert isinstance(host.s_lo, np.ndarray) and not isinstance(dev.s_lo, np.ndarray)
+    assert host.n == dev.n < 30_000 and bad_h == bad_d > 0
+    s = np.geomspace(0.5, 30.0, 97)
+    for name in ("p_success", "p_limits", "p_joint", "p_rules"):
+        np.testing.assert_array_equal(getattr(dev, name)(s), getattr(host, name)(s))
+    probs = (0.05, 0.5, 0.95)
+    np.testing.assert_array_equal(sorted_quantiles(fd, probs, n=dev.n), sorted_quantiles(fh, probs, n=host.n))
+    np.testing.assert_array_equal(np.asarray(fd), fh)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

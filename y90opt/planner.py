@@ -129,24 +129,55 @@ def decision_space(case: Case, window, vial_range=None, hours_range=None) -> Dec
     return DecisionSpace(tuple(vials), times, vsrc, tsrc)
 
 
+def _query(s, dtype, side: str) -> np.ndarray:
+    """The activities ``s`` in the sorted rows' dtype, rounded so that counts stay exact: for side="right"
+    (#row ≤ s) the largest value ≤ s, for side="left" (#row < s) the smallest value ≥ s. A float32 row value r
+    satisfies r ≤ s exactly when r ≤ that value, so float32 rows answer float64 questions without widening."""
+    s = np.asarray(s, dtype=np.float64)
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return s
+    with np.errstate(over="ignore"):
+        c = s.astype(dtype)
+    back = c.astype(np.float64)
+    if side == "right":
+        return np.where(back > s, np.nextafter(c, dtype.type(-np.inf)), c)
+    return np.where(back < s, np.nextafter(c, dtype.type(np.inf)), c)
+
+
+def _count(row, s, side: str) -> np.ndarray:
+    """#{row ≤ s} (side="right") or #{row < s} (side="left") for a sorted numpy or JAX (device) row."""
+    q = _query(s, row.dtype, side)
+    if isinstance(row, np.ndarray):
+        return np.searchsorted(row, q, side=side)
+    import jax.numpy as jnp
+
+    return np.asarray(jnp.searchsorted(row, jnp.asarray(q), side=side))
+
+
 @dataclasses.dataclass
 class Evaluator:
     """Exact probabilities at any decayed vial activity s, from one set of samples.
 
+    The rows are sorted numpy arrays, or JAX arrays left on the device that sorted them (a GPU): the
+    probabilities are then counted there and only they come back. Samples that do not count (unphysical, or
+    the padding of the last chunk) sit at the end of every row as +inf, which no count reaches.
+
     Attributes:
         s_lo: sorted per-sample activity from which every primary target holds (inf: never).
-        s_hi: (L, n) sorted per-sample activity up to which each limit holds.
-        s_joint: sorted min over limits of s_hi where the target interval is non-empty, for P(success and safe).
-        n: valid samples.
+        s_lo_joint, s_joint: sorted ends of the per-sample interval [s_lo, min over limits of s_hi] where it is
+            non-empty (inf where empty), for P(success and safe).
+        s_hi: (L, ·) sorted per-sample activity up to which each limit holds.
+        n: valid samples (the denominator).
     """
 
-    s_lo: np.ndarray
-    s_lo_joint: np.ndarray
-    s_hi: np.ndarray
-    s_joint: np.ndarray
+    s_lo: Any
+    s_lo_joint: Any
+    s_hi: Any
+    s_joint: Any
     n: int
     limit_labels: tuple[str, ...]
-    rule_crit: np.ndarray | None = None  # (R, n) sorted critical activity of every rule (targets and limits)
+    rule_crit: Any = None  # (R, ·) sorted critical activity of every rule (targets and limits)
     rule_is_target: np.ndarray | None = None  # (R,)
 
     def p_rules(self, s) -> np.ndarray:
@@ -155,27 +186,24 @@ class Evaluator:
         out = []
         for row, is_target in zip(self.rule_crit, self.rule_is_target, strict=True):
             if is_target:
-                out.append(np.searchsorted(row, s, side="right") / self.n)
+                out.append(_count(row, s, "right") / self.n)
             else:
-                out.append(1.0 - np.searchsorted(row, s, side="left") / self.n)
+                out.append(1.0 - _count(row, s, "left") / self.n)
         return np.stack(out, axis=-1) if out else np.zeros(s.shape + (0,))
 
     def p_success(self, s) -> np.ndarray:
-        s = np.asarray(s, dtype=np.float64)
-        return np.searchsorted(self.s_lo, s, side="right") / self.n
+        return _count(self.s_lo, s, "right") / self.n
 
     def p_limits(self, s) -> np.ndarray:
         """(..., L) probability that each limit is kept at s."""
         s = np.asarray(s, dtype=np.float64)
         if not len(self.limit_labels):
             return np.ones(s.shape + (0,))
-        out = [1.0 - np.searchsorted(row, s, side="left") / self.n for row in self.s_hi]
-        return np.stack(out, axis=-1)
+        return np.stack([1.0 - _count(row, s, "left") / self.n for row in self.s_hi], axis=-1)
 
     def p_joint(self, s) -> np.ndarray:
         """P(all primary targets met and all limits kept) at s: s_lo ≤ s ≤ min s_hi."""
-        s = np.asarray(s, dtype=np.float64)
-        return (np.searchsorted(self.s_lo_joint, s, side="right") - np.searchsorted(self.s_joint, s, side="left")) / self.n
+        return (_count(self.s_lo_joint, s, "right") - _count(self.s_joint, s, "left")) / self.n
 
 
 def _critical_core(f, valid, in_range, b, cols, thr, signs, primary, is_limit):
@@ -183,19 +211,20 @@ def _critical_core(f, valid, in_range, b, cols, thr, signs, primary, is_limit):
     s ≤ crit; F = 0 gives ±inf), s_lo (all primary targets hold for s ≥ s_lo) and, where the interval
     [s_lo, min over limits] is non-empty, its two ends (else inf), for P(success and safe).
 
-    Returns the rows (3 + R, chunk): s_lo, s_lo_joint, s_joint, then one row per rule; rows, not columns, so
-    the host concatenates chunks into contiguous rows and sorts them without a transpose."""
+    Returns the rows (3 + R, chunk): s_lo, s_lo_joint, s_joint, then one row per rule, +inf for samples that do
+    not count; rows, not columns, so chunks concatenate into contiguous rows that sort without a transpose.
+    Then the number of samples that count, and of unphysical ones."""
     import jax.numpy as jnp
 
     ok = valid & in_range
     crit = (thr - b[cols]) / f[:, cols]
     crit = jnp.where(jnp.isnan(crit), jnp.inf, crit)
     s_lo = jnp.max(jnp.where(primary, crit, -jnp.inf), axis=1, initial=0.0)
-    s_lo = jnp.where(ok, s_lo, jnp.inf)
     s_min = jnp.min(jnp.where(is_limit, crit, jnp.inf), axis=1, initial=jnp.inf)
     nonempty = s_lo <= s_min
     joint = jnp.stack([s_lo, jnp.where(nonempty, s_lo, jnp.inf), jnp.where(nonempty, s_min, jnp.inf)])
-    return jnp.concatenate([joint, crit.T]), ok, in_range & ~valid
+    rows = jnp.where(ok, jnp.concatenate([joint, crit.T]), jnp.inf)
+    return rows, jnp.sum(ok), jnp.sum(in_range & ~valid)
 
 
 def _critical_reducer(f, valid, in_range, b, cols, thr, signs, primary, is_limit):
@@ -203,39 +232,51 @@ def _critical_reducer(f, valid, in_range, b, cols, thr, signs, primary, is_limit
 
 
 def _critical_reducer_with_factors(f, valid, in_range, b, cols, thr, signs, primary, is_limit):
-    return (*_critical_core(f, valid, in_range, b, cols, thr, signs, primary, is_limit), f.T)
+    import jax.numpy as jnp
+
+    rows = _critical_core(f, valid, in_range, b, cols, thr, signs, primary, is_limit)
+    return (*rows, jnp.where(valid & in_range, f.T, jnp.inf))
 
 
-def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: str, keep_factors: bool = True, progress=None):
-    """Sample once and build the :class:`Evaluator`; with ``keep_factors`` also return every dose factor of the
-    valid samples, sorted per quantity, shape (Q, n_valid) (for exact dose quantiles, see
-    :func:`sorted_quantiles`). Memory: O(n · (rules + Q)) floats."""
+def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: str, keep_factors: bool = True,
+                    progress=None, on_device: bool | None = None):
+    """Sample once and build the :class:`Evaluator`; with ``keep_factors`` also return every dose factor,
+    sorted per quantity, shape (Q, n) with the valid samples first (for exact dose quantiles: see
+    :func:`~y90opt.simulate.sorted_quantiles` with ``n=ev.n``). Memory: O(n · (rules + Q)) values of the
+    run's dtype.
+
+    ``on_device`` (default: when JAX's backend is not the CPU) sorts on the device and leaves the rows there;
+    otherwise they come back to the host and numpy sorts them, one row per core. The counts are the same."""
+    import jax
+
+    if on_device is None:
+        on_device = jax.default_backend() != "cpu"
     b = model.offsets
     args = (b, rt.cols, rt.thresholds, rt.signs, rt.is_primary, rt.is_limit)
     reducer = _critical_reducer_with_factors if keep_factors else _critical_reducer
     # dispatch every chunk before reading any back: the device (or XLA's CPU threads) works ahead of the host
     outs = list(engine.run_chunks(model, n, seed, reducer, args, chunk, dtype, progress))
-    row_parts, f_parts, n_invalid = [], [], 0
-    for out in outs:
-        m = np.asarray(out[1])
-        rows = np.asarray(out[0])
-        row_parts.append(rows if m.all() else rows[:, m])
-        if keep_factors:
-            f = np.asarray(out[3])
-            f_parts.append(f if m.all() else f[:, m])
-        n_invalid += int(np.sum(np.asarray(out[2])))
+    n_valid = sum(int(o[1]) for o in outs)
+    n_invalid = sum(int(o[2]) for o in outs)
     engine.check_invalid(n_invalid, n, model.case.path)
-    # sort in the run's dtype (float32: faster), then widen: a monotone, exact conversion keeps the order
-    rows = sort_rows(np.concatenate(row_parts, axis=1))
-    factors = sort_rows(np.concatenate(f_parts, axis=1)) if keep_factors else None
-    rows = rows.astype(np.float64, copy=False)
+    if on_device:
+        import jax.numpy as jnp
+
+        def gather(k):  # the chunks' padding lies past column n
+            return jnp.sort(jnp.concatenate([o[k] for o in outs], axis=1)[:, :n], axis=1)
+    else:
+        def gather(k):
+            # sorted in the run's dtype (float32: faster, half the memory); queries are rounded to match
+            return sort_rows(np.concatenate([np.asarray(o[k]) for o in outs], axis=1)[:, :n])
+    rows = gather(0)
+    factors = gather(3) if keep_factors else None
     crit = rows[3:]
     ev = Evaluator(
         s_lo=rows[0],
         s_lo_joint=rows[1],
-        s_hi=crit[rt.is_limit],
+        s_hi=crit[np.flatnonzero(rt.is_limit)],
         s_joint=rows[2],
-        n=rows.shape[1],
+        n=n_valid,
         limit_labels=tuple(lab for lab, k in zip(rt.labels, rt.kinds, strict=True) if k == "limit"),
         rule_crit=crit,
         rule_is_target=rt.signs < 0,
@@ -318,7 +359,7 @@ def plan_case(
     chunk = chunk or engine.default_chunk()
     keep = n <= EXACT_QUANTILE_LIMIT
     ev, factors, n_invalid = build_evaluator(model, rt, n, seed, chunk, dtype, keep_factors=keep)
-    factor_q = _factor_quantiles(model, rt, factors, n, seed, chunk, dtype)
+    factor_q = _factor_quantiles(model, rt, factors, ev.n, n, seed, chunk, dtype)
     result = evaluate_space(case, space, ev, risk)
     optuna_info = None
     trials = optuna_trials if optuna_trials is not None else min(200, max(1, space.size // 2))
@@ -335,11 +376,11 @@ def plan_case(
     return PlanResult(ds, summarize_plan(ds))
 
 
-def _factor_quantiles(model, rt, factors, n, seed, chunk, dtype) -> dict[str, Any]:
+def _factor_quantiles(model, rt, factors, n_valid, n, seed, chunk, dtype) -> dict[str, Any]:
     """p05/p50/p95 of the dose factors: exact from the kept factors, else from streaming histograms (a second
     pass over the same samples; memory independent of n). Doses at s are s·q + b (s > 0)."""
     if factors is not None:
-        q = sorted_quantiles(factors, (0.05, 0.5, 0.95)) if factors.shape[1] else None
+        q = sorted_quantiles(factors, (0.05, 0.5, 0.95), n=n_valid) if n_valid else None
         return {"q": q, "method": "exact (all samples)", "rel_error": 0.0}
     from .simulate import _streaming_stats
 

@@ -26,7 +26,7 @@ QUANTILES = (0.05, 0.5, 0.95)
 
 
 def sort_rows(rows: np.ndarray) -> np.ndarray:
-    """Sort each row of a C-contiguous 2-D array in place, rows spread over the CPU cores (numpy's sort
+    """Sort each row of a 2-D array (each row contiguous) in place, rows spread over the CPU cores (numpy's sort
     releases the GIL); returns ``rows``."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -39,18 +39,19 @@ def sort_rows(rows: np.ndarray) -> np.ndarray:
     return rows
 
 
-def sorted_quantiles(rows: np.ndarray, probs) -> np.ndarray:
-    """``np.quantile(rows, probs, axis=1)`` (its default 'linear' method) of rows already sorted: (P, rows).
+def sorted_quantiles(rows, probs, n: int | None = None) -> np.ndarray:
+    """``np.quantile(rows[:, :n], probs, axis=1)`` (its default 'linear' method) of rows already sorted (numpy
+    or JAX arrays; only the order statistics used are read back): shape (P, rows), float64.
 
     The same order statistics and interpolation as numpy's, without its partition (which costs more than the
     sort on sorted data)."""
-    n = rows.shape[1]
+    n = rows.shape[1] if n is None else n
     probs = np.asarray(probs, dtype=np.float64)
     virtual = probs * (n - 1)
     lo = np.floor(virtual).astype(np.intp)
     hi = np.minimum(lo + 1, n - 1)
     t = (virtual - lo)[:, None]
-    a, b = rows[:, lo].T, rows[:, hi].T
+    a, b = np.asarray(rows[:, lo]).T, np.asarray(rows[:, hi]).T
     diff = (b - a).astype(np.float64)  # numpy's _lerp takes the difference in the data's dtype
     a, b = a.astype(np.float64), b.astype(np.float64)
     # and interpolates from the nearer end, so t = 1 gives b exactly
