@@ -388,6 +388,24 @@ class Bench:
             out["build_evaluator_no_factors"] = tb_nf.as_dict()
             msg = f"; without keeping the factor matrix {tb_nf.median_s:.3g} s"
         out["dataset_and_summary_s"] = max(t.median_s - tb.median_s, 0.0)
+        # the exact solver alone: sample, critical activities, sort, enumerate the 6×5 candidates (no Dataset, no
+        # dose quantiles); on a GPU sorted and counted on the device, and once more through the host for the ratio
+        space6 = planner.decision_space(case, ar.scenario.window)
+        reps = 3 if quick else 7
+
+        def solve(on_device=None):
+            ev_ = planner.build_evaluator(model, rt, n, 0, chunk, dtype, keep_factors=False, on_device=on_device)[0]
+            return planner.evaluate_space(case, space6, ev_, risk)["p_success"]
+
+        ts = time_call(solve, reps)
+        out["solve_6x5"] = ts.as_dict()
+        out["solve_on_device"] = self.has_gpu
+        log(f"  exact solver alone (sample, sort, enumerate 6x5): {ts.median_s * 1e3:.3g} ms warm  "
+            f"{timing.tag(self.devices['default_backend'], dtype, self.env)}")
+        if self.has_gpu:
+            th = time_call(lambda: solve(on_device=False), reps)
+            out["solve_6x5_host_sort"] = th.as_dict()
+            log(f"  the same with the rows sorted on the host: {th.median_s * 1e3:.3g} ms")
         log(f"  build_evaluator (sample, critical activities, sort): {tb.median_s:.3g} s{msg}; the rest of plan_case "
             f"(Dataset, dose quantiles, rule probabilities, summary) ≈ {out['dataset_and_summary_s']:.3g} s")
         spaces = {}
@@ -669,6 +687,11 @@ def table(res: dict) -> str:
         pc = p["plan_case_6x5"]
         row(f"plan 6x5, {fmt_n(p['n'])} samples, warm", f"{pc['median_s']:.3g} s", "",
             f"compile ≈ {pc['compile_s']:.3g} s; build_evaluator {p.get('build_evaluator', {}).get('median_s', float('nan')):.3g} s")
+    if "solve_6x5" in p:
+        host = p.get("solve_6x5_host_sort")
+        row(f"exact solver 6x5, {fmt_n(p['n'])} samples, warm", f"{p['solve_6x5']['median_s'] * 1e3:.3g} ms", "",
+            ("sorted on the device" + (f"; host sort {host['median_s'] * 1e3:.3g} ms" if host else ""))
+            if p.get("solve_on_device") else "sorted on the host")
     for label, r in p.get("spaces", {}).items():
         ctx = f"{r['candidates']} candidates"
         if "plan_case" in r:
@@ -745,7 +768,13 @@ def markdown(res: dict) -> str:
                 f"build_evaluator {p['build_evaluator']['median_s']:.3g} s"
                 + (f" ({p['build_evaluator_no_factors']['median_s']:.3g} s without the factor matrix)"
                    if "build_evaluator_no_factors" in p else "")
-                + f"; Dataset + quantiles + summary ≈ {p.get('dataset_and_summary_s', float('nan')):.3g} s.", "",
+                + f"; Dataset + quantiles + summary ≈ {p.get('dataset_and_summary_s', float('nan')):.3g} s."
+                + (f" The exact solver alone (sample, sort, enumerate; no Dataset, no dose quantiles): "
+                   f"{p['solve_6x5']['median_s'] * 1e3:.3g} ms warm"
+                   + (" (rows sorted and counted on the device" + (
+                       f"; {p['solve_6x5_host_sort']['median_s'] * 1e3:.3g} ms sorted on the host)"
+                       if "solve_6x5_host_sort" in p else ")") if p.get("solve_on_device") else "") + "."
+                   if "solve_6x5" in p else ""), "",
                 "| space | candidates | enumeration (ms) | candidates/s | plan_case warm (s) |", "|---|---:|---:|---:|---:|"]
         for label, r in p.get("spaces", {}).items():
             pcs = f"{r['plan_case']['median_s']:.3g}" if "plan_case" in r else ""
