@@ -470,7 +470,8 @@ class Bench:
         res = t.result
         # the exact planner at the same N, same machine, same run: sample once, sort, enumerate
         te = time_call(lambda: planner.evaluate_space(case, space,
-                                                      planner.build_evaluator(model, rt, n, 0, chunk, "float32")[0],
+                                                      planner.build_evaluator(model, rt, n, 0, chunk, "float32",
+                                                                               keep_factors=False)[0],
                                                       case.plan.risk), 1 if self.a.quick else 3)
         ex = te.result
         pbar = (res["p_success"] + ex["p_success"]) / 2
