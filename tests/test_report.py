@@ -290,3 +290,15 @@ def test_heatmap_marks_infeasible_cells(infeasible):
     text = (infeasible / "report.html").read_text(encoding="utf-8")
     assert text.count("ruled out by") >= ds["p_success"].size - 1
     assert math.isfinite(float(ds["p_success"].max()))
+
+
+def test_every_model_quantity_has_a_readers_name():
+    # figures, tables and the sensitivity Dataset name quantities from one table; a new model output must join it
+    from y90opt import dosimetry, engine
+    from y90opt.results import QUANTITY_NAMES, quantity_description, quantity_label
+
+    for q in (*dosimetry.DOSE_QUANTITIES, *engine.ACTIVITY_QUANTITIES):
+        assert q in QUANTITY_NAMES
+        assert quantity_label(q) != q and quantity_description(q) != q
+    assert quantity_label("tumors.T1") == "tumour T1"
+    assert quantity_description("tumors.T1") == "dose to tumour T1"

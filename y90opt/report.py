@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import physics
+from .results import quantity_label
 
 #: Resolution of every figure [dots per inch].
 DPI = 150
@@ -65,29 +66,9 @@ _TARGET_COLOUR = "#009E73"
 _LIMIT_COLOURS = ("#D55E00", "#0072B2", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 _SUCCESS_COLOUR = "#000000"
 
-_QUANTITY_NAMES = {
-    "perfused_mean": "perfused territory (mean)",
-    "normal_perfused": "NTAD (normal perfused liver)",
-    "whole_normal_liver": "whole normal liver",
-    "whole_liver": "whole liver",
-    "lung": "lung, this session",
-    "lung_cumulative": "lung, cumulative",
-    "tumor_total": "tumours, mass-weighted",
-    "injected": "injected activity",
-    "liver": "activity to the liver",
-    "lung_activity": "activity to the lungs",
-}
-
 _QUANTITY_ORDER = (
     "tumor_total", "perfused_mean", "normal_perfused", "whole_normal_liver", "whole_liver", "lung", "lung_cumulative",
 )
-
-
-def quantity_name(q: str) -> str:
-    """A reader's name for a dose quantity (``tumors.T1`` → ``tumour T1``)."""
-    if q.startswith("tumors."):
-        return f"tumour {q.split('.', 1)[1]}"
-    return _QUANTITY_NAMES.get(q, q)
 
 
 # --- public API --------------------------------------------------------------------------------------------
@@ -359,7 +340,7 @@ def dose_figure(ds, path: str, nominal: dict[str, float] | None = None) -> str:
                             ha="left", bbox=box)
             ax.set_xlim(0, hi)
             ax.set_ylim(-0.6, 0.6)
-            ax.set_yticks([0], [quantity_name(q)])
+            ax.set_yticks([0], [quantity_label(q)])
             ax.set_xlabel("absorbed dose (Gy)", fontsize=8, labelpad=1)
             ax.grid(axis="x", color="#e3e3e3", linewidth=0.6)
             ax.set_axisbelow(True)
@@ -716,7 +697,7 @@ def _dose_table(ds, ctx) -> str:
     rows = []
     for q in _constrained_quantities(ds):
         k = qs_all.index(q)
-        cells = [f"{esc(quantity_name(q))} <span class='muted'>({esc(q)})</span>"]
+        cells = [f"{esc(quantity_label(q))} <span class='muted'>({esc(q)})</span>"]
         for pct in ("p05", "p50", "p95"):
             v = float(ds[f"dose_{pct}"].values[i, j, k])
             cells.append(_num(f"dose-{q}-{pct}", v, f"{v:.1f}"))
@@ -875,7 +856,7 @@ def _rules_section(ds, ctx) -> str:
         op = "≤" if kind == "limit" else "≥"
         role = {"target": "primary target: defines success", "secondary": "secondary target: reported only",
                 "limit": f"limit: kept with P ≥ {1 - risk:.3g}"}.get(kind, kind)
-        rows.append((f"<code>{esc(lab)}</code>", esc(quantity_name(str(ds["rule_quantity"].values[r]))),
+        rows.append((f"<code>{esc(lab)}</code>", esc(quantity_label(str(ds["rule_quantity"].values[r]))),
                      f"{op} {float(ds['rule_threshold'].values[r]):g} Gy", esc(role), esc(ds["rule_source"].values[r])))
     out = ["<h2>Scenario rules</h2>",
            _table(("rule", "dose", "threshold", "role", "source"), rows)]
@@ -1012,7 +993,7 @@ def _sensitivity_html(sens: dict[str, Any]) -> str:
         out.append("<p class='muted'>Plan success does not vary at that decision (the targets are met in every sample "
                    "or in none): its Sobol' indices are undefined.</p>")
     figs = "".join(f'<figure><img src="{esc(fname)}" alt="tornado of {esc(q)}"><figcaption>One input at a time: '
-                   f"{esc(quantity_name(q))}.</figcaption></figure>" for q, fname in sens["figures"])
+                   f"{esc(quantity_label(q))}.</figcaption></figure>" for q, fname in sens["figures"])
     if figs:
         out.append(f'<div class="grid2">{figs}</div>')
     return "".join(out)

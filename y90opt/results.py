@@ -40,6 +40,36 @@ VARIABLES: dict[str, tuple[str, str]] = {
 }
 
 
+#: Reader's names of the model's quantities: (short label for tables and figures, description). Tumours
+#: (``tumors.<name>``) are named by :func:`quantity_label` and :func:`quantity_description`.
+QUANTITY_NAMES: dict[str, tuple[str, str]] = {
+    "perfused_mean": ("perfused territory (mean)", "mean dose to the perfused territory"),
+    "normal_perfused": ("NTAD (normal perfused liver)", "normal perfused liver dose (NTAD)"),
+    "whole_normal_liver": ("whole normal liver", "normal liver dose averaged over the whole liver"),
+    "whole_liver": ("whole liver", "mean whole-liver dose"),
+    "lung": ("lung, this session", "lung dose (this session)"),
+    "lung_cumulative": ("lung, cumulative", "cumulative lung dose"),
+    "tumor_total": ("tumours, mass-weighted", "mass-weighted mean tumour dose"),
+    "injected": ("injected activity", "activity injected"),
+    "liver": ("activity to the liver", "activity reaching the liver"),
+    "lung_activity": ("activity to the lungs", "activity shunted to the lungs"),
+}
+
+
+def quantity_label(q: str) -> str:
+    """A reader's short name for a quantity (``tumors.T1`` → ``tumour T1``)."""
+    if q.startswith("tumors."):
+        return f"tumour {q.split('.', 1)[1]}"
+    return QUANTITY_NAMES[q][0] if q in QUANTITY_NAMES else q
+
+
+def quantity_description(q: str) -> str:
+    """A reader's description of a quantity (``tumors.T1`` → ``dose to tumour T1``)."""
+    if q.startswith("tumors."):
+        return f"dose to tumour {q.split('.', 1)[1]}"
+    return QUANTITY_NAMES[q][1] if q in QUANTITY_NAMES else q
+
+
 def provenance(case, *, seed: int | None, n: int | None, dtype: str | None, command: str, extra: Mapping | None = None) -> dict[str, Any]:
     """Attributes every Dataset carries: what produced it, from which case, with which conventions."""
     attrs: dict[str, Any] = {

@@ -402,21 +402,11 @@ def _input_long_name(path: str) -> str:
 
 
 def _output_long_name(name: str) -> str:
-    names = {
-        "dose_gy.perfused_mean": "mean dose to the perfused territory",
-        "dose_gy.normal_perfused": "normal perfused liver dose (NTAD)",
-        "dose_gy.whole_normal_liver": "normal liver dose averaged over the whole liver",
-        "dose_gy.whole_liver": "mean whole-liver dose",
-        "dose_gy.lung": "lung dose (this session)",
-        "dose_gy.lung_cumulative": "cumulative lung dose",
-        "dose_gy.tumor_total": "mass-weighted mean tumour dose",
-        "success": "all primary targets met at the [plan] decision",
-    }
-    if name in names:
-        return names[name]
-    if name.startswith("dose_gy.tumors."):
-        return f"dose to tumour {name.removeprefix('dose_gy.tumors.')}"
-    return name
+    from .results import quantity_description
+
+    if name == "success":
+        return "all primary targets met at the [plan] decision"
+    return quantity_description(name.removeprefix("dose_gy."))
 
 
 def _success_function(case: Case, quantities: tuple[str, ...]) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
