@@ -302,3 +302,35 @@ def test_every_model_quantity_has_a_readers_name():
         assert quantity_label(q) != q and quantity_description(q) != q
     assert quantity_label("tumors.T1") == "tumour T1"
     assert quantity_description("tumors.T1") == "dose to tumour T1"
+
+
+def test_report_command_rebuilds_a_page_with_sensitivity(tmp_path, capsys):
+    # plan --sensitivity-samples writes sensitivity.nc beside plan.nc; `report` picks it up and rebuilds the same
+    # page, tornados included; --sensitivity names another file; a file that is not one is exit 2, one line
+    case = tmp_path / "case.toml"
+    case.write_text(INFEASIBLE)
+    out = tmp_path / "out"
+    _plan(str(case), out, "--sensitivity-samples", "256")
+    assert list(out.glob("report_tornado_*.png"))
+    again = tmp_path / "again"
+    capsys.readouterr()
+    assert cli.main(["report", str(out / "plan.nc"), "--out", str(again)]) == 0
+    assert "sensitivity from" in capsys.readouterr().out
+    assert (again / "report.html").read_bytes() == (out / "report.html").read_bytes()
+    for png in sorted(out.glob("report_*.png")):
+        assert (again / png.name).read_bytes() == png.read_bytes(), png.name
+    # the same Dataset named explicitly, from elsewhere
+    moved = tmp_path / "sens-copy.nc"
+    moved.write_bytes((out / "sensitivity.nc").read_bytes())
+    (out / "sensitivity.nc").unlink()
+    plain = tmp_path / "plain"
+    assert cli.main(["report", str(out / "plan.nc"), "--out", str(plain)]) == 0
+    assert "report_tornado_" not in (plain / "report.html").read_text(encoding="utf-8")
+    named = tmp_path / "named"
+    assert cli.main(["report", str(out / "plan.nc"), "--out", str(named), "--sensitivity", str(moved)]) == 0
+    assert (named / "report.html").read_bytes() == (out / "report.html").read_bytes()
+    capsys.readouterr()
+    for bad in (tmp_path / "missing.nc", out / "plan.nc"):  # absent; a plan, not a sensitivity Dataset
+        assert cli.main(["report", str(out / "plan.nc"), "--out", str(named), "--sensitivity", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert str(bad) in err and "Traceback" not in err and err.count("\n") == 1

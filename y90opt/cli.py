@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -136,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("report", "rebuild the HTML report from saved plan results", "y90opt report results/plan.nc")
     sp.add_argument("results")
     sp.add_argument("--out", metavar="DIR", default=None, help="directory for report.html and figures (default: beside RESULTS)")
+    sp.add_argument("--sensitivity", metavar="SENS.nc", default=None,
+                    help="add the tornado figures and Sobol' table of this Dataset (from `sensitivity -o` or "
+                    "`plan --sensitivity-samples`); default: sensitivity.nc beside RESULTS when it is there")
     return p
 
 
@@ -178,8 +182,6 @@ def _compile_cache() -> None:
     """JAX's persistent compilation cache, so repeated runs skip most compile time. Directory:
     ``$Y90OPT_CACHE_DIR`` or ``~/.cache/y90opt/jax``; ``Y90OPT_CACHE_DIR=""`` turns it off. Best effort: a
     directory that cannot be made leaves the cache off and changes no result."""
-    import os
-
     path = os.environ.get("Y90OPT_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "y90opt", "jax"))
     if not path:
         return
@@ -387,8 +389,12 @@ def cmd_scenarios(args) -> int:
 def cmd_report(args) -> int:
     from .report import report_from_netcdf
 
-    path = report_from_netcdf(args.results, args.out)
-    print(f"report written to {path}")
+    sens = args.sensitivity
+    if sens is None:
+        beside = os.path.join(os.path.dirname(os.path.abspath(args.results)), "sensitivity.nc")
+        sens = beside if os.path.isfile(beside) else None
+    path = report_from_netcdf(args.results, args.out, sensitivity=sens)
+    print(f"report written to {path}" + (f" (sensitivity from {sens})" if sens else ""))
     return 0
 
 
@@ -403,8 +409,6 @@ COMMANDS = {
 
 
 def _output_path(path: str | None, suffix: str) -> str | None:
-    import os
-
     if path is None:
         return None
     parent = os.path.dirname(os.path.abspath(path))
@@ -416,8 +420,6 @@ def _output_path(path: str | None, suffix: str) -> str | None:
 
 
 def _output_dir(path: str | None) -> str | None:
-    import os
-
     if path is None:
         return None
     if os.path.exists(path) and not os.path.isdir(path):

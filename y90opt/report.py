@@ -119,7 +119,15 @@ def report_from_netcdf(path: str | os.PathLike, out_dir: str | os.PathLike | Non
     if ds.attrs.get("command") != "plan" or "p_success" not in ds:
         raise BadInput(f"{path}: not the results of `y90opt plan` (command = {ds.attrs.get('command')!r})")
     if isinstance(sensitivity, str | os.PathLike):
-        sensitivity = read_netcdf(sensitivity)
+        spath = os.fspath(sensitivity)
+        if not os.path.isfile(spath):
+            raise BadInput(f"{spath}: no such sensitivity results file")
+        try:
+            sensitivity = read_netcdf(spath)
+        except (OSError, ValueError) as e:
+            raise BadInput(f"{spath}: not a readable NetCDF results file ({e})") from None
+        if "ST" not in sensitivity or "output" not in sensitivity.coords:
+            raise BadInput(f"{spath}: not the results of `y90opt sensitivity` (no Sobol' indices)")
     out = os.fspath(out_dir) if out_dir is not None else os.path.dirname(os.path.abspath(path))
     return write_report(ds, out, sensitivity=sensitivity)
 
