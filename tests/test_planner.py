@@ -105,7 +105,8 @@ def test_exact_solver_equals_brute_force_on_same_samples(case_text, tumour):
     # out of numerators and denominators alike
     case = parse_case(case_text.replace("volume_ml = { value = 180, cv = 0.17 }", f"volume_ml = {tumour}"))
     n = 20_000
-    res = plan_case(case, n=n, seed=3, dtype="float64", optuna_trials=0)
+    # chunks of 4096: the last one is padded (480 samples), and the padding must count nowhere
+    res = plan_case(case, n=n, seed=3, dtype="float64", optuna_trials=0, chunk=4096)
     ds = res.dataset
     assert (ds.attrs["unphysical_sample_count"] > 0) == ("300" in tumour)
     x = engine.sample_inputs(engine.Model.from_case(case), n, seed=3, dtype="float64")
@@ -144,9 +145,31 @@ def test_float32_rows_answer_float64_activities_exactly():
     wide = row.astype(np.float64)
     on = wide[rng.integers(0, row.size - 4, 300)]
     q = np.concatenate([on, np.nextafter(on, 0), np.nextafter(on, np.inf), rng.lognormal(size=300) * 1.0001,
-                        [0.0, 1e-300, 3.5e38, 1e300, np.inf]])
+                        [-1.0, 0.0, 1e-300, 3.5e38, 1e300, np.inf]])
     for side in ("left", "right"):
-        np.testing.assert_array_equal(_count(row, q, side), np.searchsorted(wide, q, side=side))
+        np.testing.assert_array_equal(_count(row, q, side),
+                                      np.searchsorted(wide, q, side=side) - ((side == "right") & (q == np.inf)) * 4)
+    # +inf in a row means "never" (and pads samples that do not count): even s = inf does not reach it
+    for r in (row, wide):
+        assert _count(r, np.inf, "right") == row.size - 4
+        assert _count(r, np.inf, "left") == row.size - 4
+
+
+def test_rule_on_its_threshold_at_zero_factor_holds_everywhere():
+    # F = 0 and the fixed dose b exactly on the threshold: 0/0; the rule holds at every s (target and limit alike)
+    from y90opt.planner import _critical_core
+
+    import jax.numpy as jnp
+
+    f = jnp.array([[0.0, 0.0, 2.0]])
+    valid = in_range = jnp.array([True])
+    b, cols = jnp.array([5.0, 5.0, 0.0]), jnp.array([0, 1, 2])
+    thr, signs = jnp.array([5.0, 5.0, 4.0]), jnp.array([-1.0, 1.0, -1.0])
+    rows, n_ok, n_bad = _critical_core(f, valid, in_range, b, cols, thr, signs, jnp.array([True, False, True]),
+                                       jnp.array([False, True, False]))
+    crit = np.asarray(rows)[3:, 0]
+    assert crit[0] == -np.inf and crit[1] == np.inf and crit[2] == 2.0
+    assert int(n_ok) == 1 and int(n_bad) == 0
 
 
 def test_device_sorted_evaluator_equals_host(case_text):

@@ -308,8 +308,8 @@ class _Space:
 def _fingerprint(ev, space: _Space, risk: float, half_life_h: float) -> dict[str, Any]:
     """What the trials of a study depend on (the tie tolerance does not: it only reads them)."""
     h = hashlib.sha256()
-    for a in (ev.s_lo, ev.s_hi):
-        h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    for a in (ev.s_lo, ev.s_hi):  # the valid samples (sorted first; the rest is +inf padding)
+        h.update(np.ascontiguousarray(np.asarray(a[..., : ev.n]), dtype=np.float64).tobytes())
     return {
         "vials_gbq": [float(x) for x in space.vials],
         "hours_after_calibration": [round(float(x), 9) for x in space.hours],

@@ -135,6 +135,8 @@ def _query(s, dtype, side: str) -> np.ndarray:
     satisfies r ≤ s exactly when r ≤ that value, so float32 rows answer float64 questions without widening."""
     s = np.asarray(s, dtype=np.float64)
     dtype = np.dtype(dtype)
+    if side == "right":  # +inf in a row means "never" (and pads samples that do not count): no count reaches it
+        s = np.minimum(s, np.finfo(dtype).max)
     if dtype == np.float64:
         return s
     with np.errstate(over="ignore"):
@@ -218,7 +220,8 @@ def _critical_core(f, valid, in_range, b, cols, thr, signs, primary, is_limit):
 
     ok = valid & in_range
     crit = (thr - b[cols]) / f[:, cols]
-    crit = jnp.where(jnp.isnan(crit), jnp.inf, crit)
+    # 0/0: F = 0 and the dose b sits on the threshold, so the rule holds at every s
+    crit = jnp.where(jnp.isnan(crit), jnp.where(signs < 0, -jnp.inf, jnp.inf), crit)
     s_lo = jnp.max(jnp.where(primary, crit, -jnp.inf), axis=1, initial=0.0)
     s_min = jnp.min(jnp.where(is_limit, crit, jnp.inf), axis=1, initial=jnp.inf)
     nonempty = s_lo <= s_min

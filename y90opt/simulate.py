@@ -157,7 +157,7 @@ def _exact_stats(d: np.ndarray, rt: RuleTable) -> dict[str, Any]:
     sat = margins <= 0
     success = np.all(sat[:, rt.is_primary], axis=1) if rt.is_primary.any() else np.ones(n, bool)
     limits = np.all(sat[:, rt.is_limit], axis=1) if rt.is_limit.any() else np.ones(n, bool)
-    rows = sort_rows(np.ascontiguousarray(d.T))  # one contiguous, sorted row per quantity
+    rows = sort_rows(np.array(d.T, order="C"))  # one contiguous, sorted row per quantity (a copy: d is kept)
     return {
         "n": n,
         "mean": rows.mean(1, dtype=np.float64),
