@@ -334,3 +334,30 @@ def test_report_command_rebuilds_a_page_with_sensitivity(tmp_path, capsys):
         assert cli.main(["report", str(out / "plan.nc"), "--out", str(named), "--sensitivity", str(bad)]) == 2
         err = capsys.readouterr().err
         assert str(bad) in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_report_leaves_out_a_sensitivity_of_another_decision(tmp_path, capsys):
+    # a sensitivity.nc left beside plan.nc by an earlier plan (another decision) is not drawn into the report;
+    # a named file lacking what the report reads is exit 2, one line
+    from y90opt.results import write_netcdf
+
+    case = tmp_path / "case.toml"
+    case.write_text(INFEASIBLE)
+    out = tmp_path / "out"
+    _plan(str(case), out, "--sensitivity-samples", "256")
+    sens = read_netcdf(out / "sensitivity.nc")
+    stale = sens.copy()
+    stale.attrs["vial_gbq"] = float(sens.attrs["vial_gbq"]) + 5.0
+    (out / "sensitivity.nc").unlink()
+    write_netcdf(stale, out / "sensitivity.nc")
+    capsys.readouterr()
+    assert cli.main(["report", str(out / "plan.nc"), "--out", str(tmp_path / "r")]) == 0
+    captured = capsys.readouterr()
+    assert "left out of the report" in captured.err and "another case or decision" in captured.err
+    assert "sensitivity from" not in captured.out
+    assert "report_tornado_" not in (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    broken = tmp_path / "broken.nc"
+    write_netcdf(sens.drop_vars(["oat_nominal"]), broken)
+    assert cli.main(["report", str(out / "plan.nc"), "--out", str(tmp_path / "r"), "--sensitivity", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err and "oat_nominal" in err and err.count("\n") == 1 and "Traceback" not in err

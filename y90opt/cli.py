@@ -391,8 +391,7 @@ def cmd_report(args) -> int:
 
     sens = args.sensitivity
     if sens is None:
-        beside = os.path.join(os.path.dirname(os.path.abspath(args.results)), "sensitivity.nc")
-        sens = beside if os.path.isfile(beside) else None
+        sens = _sensitivity_beside(args.results)
     path = report_from_netcdf(args.results, args.out, sensitivity=sens)
     print(f"report written to {path}" + (f" (sensitivity from {sens})" if sens else ""))
     return 0
@@ -406,6 +405,34 @@ COMMANDS = {
     "scenarios": cmd_scenarios,
     "report": cmd_report,
 }
+
+
+def _sensitivity_beside(results: str) -> str | None:
+    """``sensitivity.nc`` beside a plan's results, when it is readable and belongs to that plan (the same case,
+    at the recommended decision); otherwise None, with a note on stderr saying why it was left out."""
+    from .report import SENSITIVITY_VARIABLES, sensitivity_matches
+    from .results import read_netcdf
+
+    beside = os.path.join(os.path.dirname(os.path.abspath(results)), "sensitivity.nc")
+    if not os.path.isfile(beside) or not os.path.isfile(results):
+        return None
+    try:
+        plan_ds = read_netcdf(results)
+    except (OSError, ValueError):
+        return None  # the report says what is wrong with the results file itself
+    try:
+        sens_ds = read_netcdf(beside)
+    except (OSError, ValueError):
+        why = "not readable"
+    else:
+        if set(SENSITIVITY_VARIABLES) - set(sens_ds.variables):
+            why = "not the results of `y90opt sensitivity`"
+        elif not sensitivity_matches(plan_ds, sens_ds):
+            why = "computed for another case or decision than this plan's"
+        else:
+            return beside
+    print(f"note: {beside} left out of the report: {why} (name one with --sensitivity)", file=sys.stderr)
+    return None
 
 
 def _output_path(path: str | None, suffix: str) -> str | None:

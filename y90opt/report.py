@@ -103,6 +103,26 @@ def write_report(ds, out_dir: str | os.PathLike, sensitivity=None) -> str:
     return path
 
 
+#: What the report reads from a sensitivity Dataset (the Sobol' table and the tornado figures).
+SENSITIVITY_VARIABLES = (
+    "output", "input", "S1", "ST", "oat_nominal", "oat_low", "oat_high", "output_units", "input_units",
+    "input_low", "input_high",
+)
+
+
+def sensitivity_matches(plan_ds, sens_ds) -> bool:
+    """Whether a sensitivity Dataset was computed for this plan: the same case file (SHA-256) at the plan's
+    recommended (or least risky) vial and time."""
+    a, b = plan_ds.attrs, sens_ds.attrs
+    try:
+        return (str(a.get("case_sha256")) == str(b.get("case_sha256"))
+                and math.isclose(float(a["recommended_vial_gbq"]), float(b["vial_gbq"]), rel_tol=1e-9)
+                and math.isclose(float(a["recommended_hours_after_calibration"]), float(b["hours_after_calibration"]),
+                                 rel_tol=1e-9, abs_tol=1e-9))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def report_from_netcdf(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, sensitivity=None) -> str:
     """Rebuild the report from a saved ``plan.nc``; ``out_dir`` defaults to the file's folder. Returns the
     path of ``report.html``. ``sensitivity`` may be a SensitivityResult, its Dataset or a NetCDF path."""
@@ -126,8 +146,9 @@ def report_from_netcdf(path: str | os.PathLike, out_dir: str | os.PathLike | Non
             sensitivity = read_netcdf(spath)
         except (OSError, ValueError) as e:
             raise BadInput(f"{spath}: not a readable NetCDF results file ({e})") from None
-        if "ST" not in sensitivity or "output" not in sensitivity.coords:
-            raise BadInput(f"{spath}: not the results of `y90opt sensitivity` (no Sobol' indices)")
+        missing = sorted(set(SENSITIVITY_VARIABLES) - set(sensitivity.variables))
+        if missing:
+            raise BadInput(f"{spath}: not the results of `y90opt sensitivity` (no {', '.join(missing)})")
     out = os.fspath(out_dir) if out_dir is not None else os.path.dirname(os.path.abspath(path))
     return write_report(ds, out, sensitivity=sensitivity)
 
