@@ -123,29 +123,31 @@ def sensitivity_matches(plan_ds, sens_ds) -> bool:
         return False
 
 
+def _read_results(path: str, what: str):
+    """A saved Dataset, or exit status 2 with one line naming the file."""
+    from .cli import BadInput
+    from .results import read_netcdf
+
+    if not os.path.isfile(path):
+        raise BadInput(f"{path}: no such {what} file")
+    try:
+        return read_netcdf(path)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{path}: not a readable NetCDF results file ({e})") from None
+
+
 def report_from_netcdf(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, sensitivity=None) -> str:
     """Rebuild the report from a saved ``plan.nc``; ``out_dir`` defaults to the file's folder. Returns the
     path of ``report.html``. ``sensitivity`` may be a SensitivityResult, its Dataset or a NetCDF path."""
     from .cli import BadInput
-    from .results import read_netcdf
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise BadInput(f"{path}: no such results file")
-    try:
-        ds = read_netcdf(path)
-    except (OSError, ValueError) as e:
-        raise BadInput(f"{path}: not a readable NetCDF results file ({e})") from None
+    ds = _read_results(path, "results")
     if ds.attrs.get("command") != "plan" or "p_success" not in ds:
         raise BadInput(f"{path}: not the results of `y90opt plan` (command = {ds.attrs.get('command')!r})")
     if isinstance(sensitivity, str | os.PathLike):
         spath = os.fspath(sensitivity)
-        if not os.path.isfile(spath):
-            raise BadInput(f"{spath}: no such sensitivity results file")
-        try:
-            sensitivity = read_netcdf(spath)
-        except (OSError, ValueError) as e:
-            raise BadInput(f"{spath}: not a readable NetCDF results file ({e})") from None
+        sensitivity = _read_results(spath, "sensitivity results")
         missing = sorted(set(SENSITIVITY_VARIABLES) - set(sensitivity.variables))
         if missing:
             raise BadInput(f"{spath}: not the results of `y90opt sensitivity` (no {', '.join(missing)})")
