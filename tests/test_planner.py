@@ -157,9 +157,9 @@ def test_float32_rows_answer_float64_activities_exactly():
 
 def test_rule_on_its_threshold_at_zero_factor_holds_everywhere():
     # F = 0 and the fixed dose b exactly on the threshold: 0/0; the rule holds at every s (target and limit alike)
-    from y90opt.planner import _critical_core
-
     import jax.numpy as jnp
+
+    from y90opt.planner import _critical_core
 
     f = jnp.array([[0.0, 0.0, 2.0]])
     valid = in_range = jnp.array([True])
