@@ -405,7 +405,10 @@ class Bench:
         if self.has_gpu:
             th = time_call(lambda: solve(on_device=False), reps)
             out["solve_6x5_host_sort"] = th.as_dict()
-            log(f"  the same with the rows sorted on the host: {th.median_s * 1e3:.3g} ms")
+            # a smoke test of the device path: the same samples must give the same counts
+            out["solve_device_equals_host"] = bool(np.array_equal(np.asarray(ts.result), np.asarray(th.result)))
+            log(f"  the same with the rows sorted on the host: {th.median_s * 1e3:.3g} ms; identical P(targets): "
+                f"{out['solve_device_equals_host']}")
         log(f"  build_evaluator (sample, critical activities, sort): {tb.median_s:.3g} s{msg}; the rest of plan_case "
             f"(Dataset, dose quantiles, rule probabilities, summary) ≈ {out['dataset_and_summary_s']:.3g} s")
         spaces = {}
@@ -691,7 +694,8 @@ def table(res: dict) -> str:
     if "solve_6x5" in p:
         host = p.get("solve_6x5_host_sort")
         row(f"exact solver 6x5, {fmt_n(p['n'])} samples, warm", f"{p['solve_6x5']['median_s'] * 1e3:.3g} ms", "",
-            ("sorted on the device" + (f"; host sort {host['median_s'] * 1e3:.3g} ms" if host else ""))
+            ("sorted on the device" + (f"; host sort {host['median_s'] * 1e3:.3g} ms, identical: "
+                                       f"{p.get('solve_device_equals_host')}" if host else ""))
             if p.get("solve_on_device") else "sorted on the host")
     for label, r in p.get("spaces", {}).items():
         ctx = f"{r['candidates']} candidates"
