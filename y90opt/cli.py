@@ -387,13 +387,24 @@ def cmd_scenarios(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import report_from_netcdf
+    from .report import (
+        default_report_dir,
+        read_plan_results,
+        read_sensitivity_results,
+        sensitivity_beside,
+        write_report,
+    )
 
-    sens = args.sensitivity
-    if sens is None:
-        sens = _sensitivity_beside(args.results)
-    path = report_from_netcdf(args.results, args.out, sensitivity=sens)
-    print(f"report written to {path}" + (f" (sensitivity from {sens})" if sens else ""))
+    ds = read_plan_results(args.results)
+    if args.sensitivity is not None:
+        sens, used = read_sensitivity_results(args.sensitivity), args.sensitivity
+    else:
+        sens, used, why = sensitivity_beside(ds, args.results)
+        if why:
+            print(f"note: {used} left out of the report: {why} (name one with --sensitivity)", file=sys.stderr)
+            used = None
+    path = write_report(ds, default_report_dir(args.results, args.out), sensitivity=sens)
+    print(f"report written to {path}" + (f" (sensitivity from {used})" if used else ""))
     return 0
 
 
@@ -405,34 +416,6 @@ COMMANDS = {
     "scenarios": cmd_scenarios,
     "report": cmd_report,
 }
-
-
-def _sensitivity_beside(results: str) -> str | None:
-    """``sensitivity.nc`` beside a plan's results, when it is readable and belongs to that plan (the same case,
-    at the recommended decision); otherwise None, with a note on stderr saying why it was left out."""
-    from .report import SENSITIVITY_VARIABLES, sensitivity_matches
-    from .results import read_netcdf
-
-    beside = os.path.join(os.path.dirname(os.path.abspath(results)), "sensitivity.nc")
-    if not os.path.isfile(beside) or not os.path.isfile(results):
-        return None
-    try:
-        plan_ds = read_netcdf(results)
-    except (OSError, ValueError):
-        return None  # the report says what is wrong with the results file itself
-    try:
-        sens_ds = read_netcdf(beside)
-    except (OSError, ValueError):
-        why = "not readable"
-    else:
-        if set(SENSITIVITY_VARIABLES) - set(sens_ds.variables):
-            why = "not the results of `y90opt sensitivity`"
-        elif not sensitivity_matches(plan_ds, sens_ds):
-            why = "computed for another case or decision than this plan's"
-        else:
-            return beside
-    print(f"note: {beside} left out of the report: {why} (name one with --sensitivity)", file=sys.stderr)
-    return None
 
 
 def _output_path(path: str | None, suffix: str) -> str | None:

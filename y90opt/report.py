@@ -136,23 +136,64 @@ def _read_results(path: str, what: str):
         raise BadInput(f"{path}: not a readable NetCDF results file ({e})") from None
 
 
-def report_from_netcdf(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, sensitivity=None) -> str:
-    """Rebuild the report from a saved ``plan.nc``; ``out_dir`` defaults to the file's folder. Returns the
-    path of ``report.html``. ``sensitivity`` may be a SensitivityResult, its Dataset or a NetCDF path."""
+def read_plan_results(path: str | os.PathLike):
+    """The Dataset of a saved ``plan.nc``; exit status 2 (one line naming the file) for anything else."""
     from .cli import BadInput
 
     path = os.fspath(path)
     ds = _read_results(path, "results")
     if ds.attrs.get("command") != "plan" or "p_success" not in ds:
         raise BadInput(f"{path}: not the results of `y90opt plan` (command = {ds.attrs.get('command')!r})")
+    return ds
+
+
+def _missing_sensitivity_variables(sds) -> list[str]:
+    return sorted(set(SENSITIVITY_VARIABLES) - set(sds.variables))
+
+
+def read_sensitivity_results(path: str | os.PathLike):
+    """The Dataset of a saved sensitivity analysis; exit status 2 naming the file (and what it lacks) otherwise."""
+    from .cli import BadInput
+
+    path = os.fspath(path)
+    sds = _read_results(path, "sensitivity results")
+    missing = _missing_sensitivity_variables(sds)
+    if missing:
+        raise BadInput(f"{path}: not the results of `y90opt sensitivity` (no {', '.join(missing)})")
+    return sds
+
+
+def sensitivity_beside(plan_ds, results_path: str | os.PathLike):
+    """``sensitivity.nc`` beside a plan's results, when it is readable and belongs to that plan (the same case,
+    at the recommended decision). Returns (its Dataset or None, its path or None, why it was left out or None)."""
+    from .results import read_netcdf
+
+    beside = os.path.join(os.path.dirname(os.path.abspath(results_path)), "sensitivity.nc")
+    if not os.path.isfile(beside):
+        return None, None, None
+    try:
+        sds = read_netcdf(beside)
+    except (OSError, ValueError):
+        return None, beside, "not readable"
+    if _missing_sensitivity_variables(sds):
+        return None, beside, "not the results of `y90opt sensitivity`"
+    if not sensitivity_matches(plan_ds, sds):
+        return None, beside, "computed for another case or decision than this plan's"
+    return sds, beside, None
+
+
+def default_report_dir(results_path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> str:
+    """``out_dir``, or the folder of the results file."""
+    return os.fspath(out_dir) if out_dir is not None else os.path.dirname(os.path.abspath(results_path))
+
+
+def report_from_netcdf(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, sensitivity=None) -> str:
+    """Rebuild the report from a saved ``plan.nc``; ``out_dir`` defaults to the file's folder. Returns the
+    path of ``report.html``. ``sensitivity`` may be a SensitivityResult, its Dataset or a NetCDF path."""
+    ds = read_plan_results(path)
     if isinstance(sensitivity, str | os.PathLike):
-        spath = os.fspath(sensitivity)
-        sensitivity = _read_results(spath, "sensitivity results")
-        missing = sorted(set(SENSITIVITY_VARIABLES) - set(sensitivity.variables))
-        if missing:
-            raise BadInput(f"{spath}: not the results of `y90opt sensitivity` (no {', '.join(missing)})")
-    out = os.fspath(out_dir) if out_dir is not None else os.path.dirname(os.path.abspath(path))
-    return write_report(ds, out, sensitivity=sensitivity)
+        sensitivity = read_sensitivity_results(sensitivity)
+    return write_report(ds, default_report_dir(path, out_dir), sensitivity=sensitivity)
 
 
 # --- what the page shows, gathered once -------------------------------------------------------------------
