@@ -230,10 +230,6 @@ def _critical_core(f, valid, in_range, b, cols, thr, signs, primary, is_limit):
     return rows, jnp.sum(ok), jnp.sum(in_range & ~valid)
 
 
-def _critical_reducer(f, valid, in_range, b, cols, thr, signs, primary, is_limit):
-    return _critical_core(f, valid, in_range, b, cols, thr, signs, primary, is_limit)
-
-
 def _critical_reducer_with_factors(f, valid, in_range, b, cols, thr, signs, primary, is_limit):
     import jax.numpy as jnp
 
@@ -256,7 +252,7 @@ def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: 
         on_device = jax.default_backend() != "cpu"
     b = model.offsets
     args = (b, rt.cols, rt.thresholds, rt.signs, rt.is_primary, rt.is_limit)
-    reducer = _critical_reducer_with_factors if keep_factors else _critical_reducer
+    reducer = _critical_reducer_with_factors if keep_factors else _critical_core
     # dispatch every chunk before reading any back: the device (or XLA's CPU threads) works ahead of the host
     outs = list(engine.run_chunks(model, n, seed, reducer, args, chunk, dtype, progress))
     n_valid = sum(int(o[1]) for o in outs)
