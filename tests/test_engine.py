@@ -197,3 +197,89 @@ def test_wilson_interval_closed_forms():
     assert lo == 0.0 and hi == pytest.approx(3.841459 / 103.841459, rel=1e-6)
     lo, hi = wilson_interval(0.5, 100)
     assert (lo, hi) == pytest.approx((0.40383, 0.59617), abs=1e-5)
+
+
+# --- the float32 random stream: threefry-2×32 words, both used, checked against plain numpy ----------------
+
+_THREEFRY_ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
+
+
+def _threefry2x32_numpy(key: tuple[int, int], x0: np.ndarray, x1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Threefry-2×32 with 20 rounds (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011),
+    in plain numpy uint32 arithmetic."""
+    with np.errstate(over="ignore"):
+        k0, k1 = np.uint32(key[0]), np.uint32(key[1])
+        ks = (k0, k1, np.uint32(k0 ^ k1 ^ np.uint32(0x1BD11BDA)))
+        x0 = x0.astype(np.uint32) + ks[0]
+        x1 = x1.astype(np.uint32) + ks[1]
+        for group in range(5):
+            for r in _THREEFRY_ROTATIONS[4 * (group % 2) : 4 * (group % 2) + 4]:
+                x0 = x0 + x1
+                x1 = (x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r))
+                x1 = x1 ^ x0
+            x0 = x0 + ks[(group + 1) % 3]
+            x1 = x1 + ks[(group + 2) % 3] + np.uint32(group + 1)
+    return x0, x1
+
+
+@pytest.mark.parametrize(
+    "key, counter, expected",
+    [  # known-answer vectors of Random123 (kat_vectors, threefry2x32_20)
+        ((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+        ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+        ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+    ],
+)
+def test_numpy_threefry_reference_known_answers(key, counter, expected):
+    y0, y1 = _threefry2x32_numpy(key, np.array([counter[0]], np.uint32), np.array([counter[1]], np.uint32))
+    assert (int(y0[0]), int(y1[0])) == expected
+
+
+def test_float32_block_words_are_both_halves_of_each_threefry_hash():
+    """A float32 block is BLOCK·D words: hash i of counters (i, i + m) gives words i and i + m. The normals are
+    exactly those words through jax.random.normal's conversion."""
+    import jax
+
+    n_dims = 3
+    block_key = jax.random.fold_in(engine.make_key(20261126), 7)
+    kd = np.asarray(jax.random.key_data(block_key), np.uint32)
+    m = engine.BLOCK * n_dims // 2
+    idx = np.arange(m, dtype=np.uint32)
+    y0, y1 = _threefry2x32_numpy((int(kd[0]), int(kd[1])), idx, idx + np.uint32(m))
+    words = np.concatenate([y0, y1])
+    expected = np.asarray(engine._normal_from_bits32(jax.numpy.asarray(words))).reshape(engine.BLOCK, n_dims)
+    got = np.asarray(engine.block_normals(block_key, n_dims, "float32"))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_word_to_normal_conversion_is_jax_random_normal():
+    """The same words give the same float32 normals, bit for bit, as jax.random.normal does from them."""
+    import jax
+
+    k = jax.random.key(3)
+    shape = (1 << 16,)
+    ours = engine._normal_from_bits32(jax.random.bits(k, shape, jax.numpy.uint32))
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(jax.random.normal(k, shape, jax.numpy.float32)))
+
+
+def test_float32_variates_are_independent_standard_normals():
+    """2¹⁹ float32 variates in 8 columns: each column N(0, 1) (KS), moments within 5 SE, and no correlation
+    between the two words of one hash (sample j and sample j + BLOCK/2 of a block) or between columns."""
+    import jax.numpy as jnp
+
+    n, d = 1 << 16, 8
+    z = np.asarray(engine.variates(engine.make_key(11), jnp.asarray(0, jnp.uint32), n, d, jnp.float32, True))
+    z = z.astype(np.float64)
+    assert np.isfinite(z).all()
+    for j in range(d):
+        assert stats.kstest(z[:, j], "norm").pvalue > 1e-4
+        assert abs(z[:, j].mean()) < 5 / math.sqrt(n)
+        assert abs(z[:, j].var() - 1) < 5 * math.sqrt(2 / n)
+    half = engine.BLOCK // 2
+    blocks = z.reshape(-1, engine.BLOCK, d)
+    pairs_a = blocks[:, :half, :].reshape(-1)
+    pairs_b = blocks[:, half:, :].reshape(-1)
+    assert abs(np.corrcoef(pairs_a, pairs_b)[0, 1]) < 5 / math.sqrt(pairs_a.size)
+    c = np.corrcoef(z, rowvar=False)
+    assert np.abs(c[np.triu_indices(d, 1)]).max() < 5 / math.sqrt(n)

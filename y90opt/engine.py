@@ -6,7 +6,8 @@ Design:
   a Gaussian copula correlates them through the Cholesky factor of their correlation matrix.
 * A sample's randomness depends only on the key and its global index: variates are drawn in fixed blocks of
   :data:`BLOCK` samples, block ``b`` from ``fold_in(key, b)``. A chunk of any size and offset slices the same
-  numbers, so results do not depend on the chunk size.
+  numbers, so results do not depend on the chunk size. A float32 block uses both 32-bit words of each
+  threefry-2×32 hash (:func:`block_normals`); a float64 block is ``jax.random.normal`` of its key.
 * Doses are affine in the vial activity at treatment s: ``dose = s · F + b`` per sample, with F the dose
   factors (Gy per GBq of s; activities in GBq per GBq) and b the prior lung dose for the cumulative lung dose
   and 0 elsewhere. One sample set serves every decision (common random numbers).
@@ -236,6 +237,44 @@ class Model:
 # -- sampling -----------------------------------------------------------------------------------------------
 
 
+def block_normals(block_key, n_dims: int, dtype):
+    """The standard normal variates (BLOCK, n_dims) of one block, drawn from its key.
+
+    float32: each threefry-2×32 hash gives two 32-bit words, and both are used. The block's BLOCK · n_dims
+    words are ``threefry_2x32(key_data(block_key), arange(BLOCK · n_dims))``: hash i of the pair of counters
+    (i, i + m), m = BLOCK · n_dims / 2, gives words i and i + m. A word becomes a uniform u in
+    (-1, 1) from its 23 high bits, exactly as :func:`jax.random.uniform` does, and z = √2 · erf⁻¹(u), exactly as
+    :func:`jax.random.normal` does. This is half the hashes of ``jax.random.normal(block_key, ...)`` in JAX's
+    partitionable threefry mode, which spends a hash on each 32-bit word (the draw ran 1.5× faster;
+    benchmarks/RESULTS.md). ``tests/test_engine.py`` checks the words against a plain-numpy threefry-2×32.
+
+    float64: ``jax.random.normal(block_key, (BLOCK, n_dims), float64)`` (one hash per 64-bit word already).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    dtype = jnp.dtype(dtype)
+    if dtype != jnp.float32:
+        return jax.random.normal(block_key, (BLOCK, n_dims), dtype)
+    from jax.extend.random import threefry_2x32
+
+    size = BLOCK * n_dims  # even: BLOCK is
+    bits = threefry_2x32(jax.random.key_data(block_key), jnp.arange(size, dtype=jnp.uint32))
+    return _normal_from_bits32(bits).reshape(BLOCK, n_dims)
+
+
+def _normal_from_bits32(bits):
+    """float32 standard normals from uint32 words, as :func:`jax.random.normal` turns its words into normals."""
+    import jax
+    import jax.numpy as jnp
+
+    one = np.float32(1.0).view(np.uint32)
+    u01 = jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | one, jnp.float32) - np.float32(1.0)
+    lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
+    u = jnp.maximum(lo, u01 * (np.float32(1.0) - lo) + lo)
+    return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)
+
+
 def variates(key, start, count: int, n_dims: int, dtype, aligned: bool = False):
     """Standard normal variates (count, n_dims) for global sample indices [start, start + count).
 
@@ -251,7 +290,7 @@ def variates(key, start, count: int, n_dims: int, dtype, aligned: bool = False):
     b0 = start // BLOCK
     blocks = b0 + jnp.arange(nb, dtype=jnp.uint32)
     keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(blocks)
-    z = jax.vmap(lambda k: jax.random.normal(k, (BLOCK, n_dims), dtype))(keys).reshape(nb * BLOCK, n_dims)
+    z = jax.vmap(lambda k: block_normals(k, n_dims, dtype))(keys).reshape(nb * BLOCK, n_dims)
     if aligned:
         return z[:count]
     return jax.lax.dynamic_slice_in_dim(z, start - b0 * BLOCK, count, axis=0)
