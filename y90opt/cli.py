@@ -290,10 +290,21 @@ def _rules_text(out) -> list[str]:
     return lines
 
 
+def _emit(res, out_path: str | None, as_json: bool) -> int:
+    """Write a result's Dataset to ``out_path`` (if given), then print its JSON summary or its text."""
+    from .textout import dumps
+
+    if out_path:
+        from .results import write_netcdf
+
+        write_netcdf(res.dataset, out_path)
+    print(dumps(res.summary) if as_json else res.text())
+    return 0
+
+
 def cmd_simulate(args) -> int:
     from .case import load_case
     from .simulate import simulate_case
-    from .textout import dumps
 
     case = load_case(args.case)
     out_path = _output_path(args.output, ".nc")
@@ -303,15 +314,7 @@ def cmd_simulate(args) -> int:
         case, n=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype,
         keep_samples=args.keep_samples, progress=not args.json,
     )
-    if out_path:
-        from .results import write_netcdf
-
-        write_netcdf(res.dataset, out_path)
-    if args.json:
-        print(dumps(res.summary))
-    else:
-        print(res.text())
-    return 0
+    return _emit(res, out_path, args.json)
 
 
 def cmd_plan(args) -> int:
@@ -348,7 +351,6 @@ def cmd_plan(args) -> int:
 def cmd_sensitivity(args) -> int:
     from .case import load_case
     from .sensitivity import sensitivity_case
-    from .textout import dumps
 
     case = load_case(args.case)
     out_path = _output_path(args.output, ".nc")
@@ -356,15 +358,7 @@ def cmd_sensitivity(args) -> int:
         case, n=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype,
         bootstrap=args.bootstrap, progress=not args.json,
     )
-    if out_path:
-        from .results import write_netcdf
-
-        write_netcdf(res.dataset, out_path)
-    if args.json:
-        print(dumps(res.summary))
-    else:
-        print(res.text())
-    return 0
+    return _emit(res, out_path, args.json)
 
 
 def cmd_scenarios(args) -> int:
