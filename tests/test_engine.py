@@ -75,6 +75,32 @@ def test_chunk_size_does_not_change_samples(case_text, dtype, correlated):
     assert ref.dtype == np.dtype(dtype)
 
 
+def _first_factor_sum(f, valid, in_range):
+    import jax.numpy as jnp
+
+    return jnp.sum(jnp.where(in_range, f[:, 0], 0.0)), jnp.sum(in_range)
+
+
+def test_run_chunks_yields_every_chunk_in_order_and_reports_progress_after_each(case_text):
+    """Dispatching ahead changes neither the order nor the content of the chunks, and progress(size) follows
+    the caller's taking of each result (the last chunk is the partial one)."""
+    model = engine.Model.from_case(parse_case(case_text))
+    n, chunk = 10_000, 2048
+    f, _ = engine.sample_factors(model, n, seed=5, chunk=chunk, dtype="float64")
+    events = []
+    for total, count in engine.run_chunks(
+        model, n, 5, _first_factor_sum, chunk=chunk, dtype="float64", progress=lambda k: events.append(("progress", k))
+    ):
+        events.append(("result", float(total), int(count)))
+    sizes = [min(chunk, n - a) for a in range(0, n, chunk)]
+    assert [e[0] for e in events] == ["result", "progress"] * len(sizes)
+    assert [e[1] for e in events if e[0] == "progress"] == sizes
+    results = [e for e in events if e[0] == "result"]
+    assert [r[2] for r in results] == sizes
+    for (_, total, _), a, size in zip(results, range(0, n, chunk), sizes, strict=True):
+        assert total == pytest.approx(float(np.sum(f[a : a + size, 0])), rel=1e-12)
+
+
 def test_chunk_size_does_not_change_results(case_text):
     case = parse_case(case_text)
     a = simulate_case(case, n=30_000, seed=2).summary

@@ -15,6 +15,7 @@ Design:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator
@@ -44,6 +45,9 @@ def default_chunk() -> int:
 
     return DEFAULT_CHUNK if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK
 
+
+#: Chunks :func:`run_chunks` dispatches beyond the one its caller is reading (JAX dispatch is asynchronous).
+LOOKAHEAD = 2
 
 #: Largest share of unphysical samples (normal liver mass ≤ 0) tolerated before a run stops.
 MAX_INVALID_FRACTION = 1e-3
@@ -377,7 +381,9 @@ def run_chunks(
     """Yield ``reducer(F, valid, in_range, *args)`` for each chunk of the n samples.
 
     Every chunk has the same static size (the last is masked with ``in_range``), so one compile serves the
-    whole run. ``reducer`` must be a pure JAX function (it is traced inside the chunk's ``jit``).
+    whole run. ``reducer`` must be a pure JAX function (it is traced inside the chunk's ``jit``). Up to
+    :data:`LOOKAHEAD` further chunks are dispatched before a result is yielded, so the device does not wait
+    for the caller; ``progress(size)`` is called after the caller has taken each result.
     """
     import jax.numpy as jnp
 
@@ -389,10 +395,21 @@ def run_chunks(
     jargs = tuple(
         jnp.asarray(a, dt) if np.issubdtype(np.asarray(a).dtype, np.floating) else jnp.asarray(a) for a in args
     )
+    in_flight: collections.deque = collections.deque()
     for start, size in chunks(n, chunk):
-        yield fn(key, jnp.asarray(start, jnp.uint32 if n < 2**32 else jnp.int64), n, *jargs)
-        if progress is not None:
-            progress(size)
+        # dispatch ahead: the device works on the next chunks while the caller reads this one back
+        in_flight.append((fn(key, jnp.asarray(start, jnp.uint32 if n < 2**32 else jnp.int64), n, *jargs), size))
+        if len(in_flight) > LOOKAHEAD:
+            yield from _hand_over(in_flight.popleft(), progress)
+    while in_flight:
+        yield from _hand_over(in_flight.popleft(), progress)
+
+
+def _hand_over(item, progress):
+    out, size = item
+    yield out
+    if progress is not None:
+        progress(size)
 
 
 def sample_factors(model: Model, n: int, seed: int, chunk: int | None = None, dtype: str = "float32"):
