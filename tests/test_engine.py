@@ -81,23 +81,40 @@ def _first_factor_sum(f, valid, in_range):
     return jnp.sum(jnp.where(in_range, f[:, 0], 0.0)), jnp.sum(in_range)
 
 
-def test_run_chunks_yields_every_chunk_in_order_and_reports_progress_after_each(case_text):
-    """Dispatching ahead changes neither the order nor the content of the chunks, and progress(size) follows
-    the caller's taking of each result (the last chunk is the partial one)."""
+def test_run_chunks_dispatches_ahead_and_yields_every_chunk_in_order(case_text, monkeypatch):
+    """LOOKAHEAD chunks are dispatched beyond the one the caller reads; the chunks come in order with their
+    content, and progress(size) follows the caller's taking of each result (the last chunk is the partial one)."""
     model = engine.Model.from_case(parse_case(case_text))
     n, chunk = 10_000, 2048
     f, _ = engine.sample_factors(model, n, seed=5, chunk=chunk, dtype="float64")
     events = []
+    compiled = engine._jit_chunk_fn
+
+    def spy(*a, **k):
+        fn = compiled(*a, **k)
+
+        def dispatch(key, start, *rest):
+            events.append(("dispatch", int(start)))
+            return fn(key, start, *rest)
+
+        return dispatch
+
+    monkeypatch.setattr(engine, "_jit_chunk_fn", spy)
     for total, count in engine.run_chunks(
         model, n, 5, _first_factor_sum, chunk=chunk, dtype="float64", progress=lambda k: events.append(("progress", k))
     ):
         events.append(("result", float(total), int(count)))
-    sizes = [min(chunk, n - a) for a in range(0, n, chunk)]
-    assert [e[0] for e in events] == ["result", "progress"] * len(sizes)
+    starts = list(range(0, n, chunk))
+    sizes = [min(chunk, n - a) for a in starts]
+    expected_kinds = ["dispatch"] * (1 + engine.LOOKAHEAD)
+    for k in range(len(starts)):
+        expected_kinds += ["result", "progress"] + (["dispatch"] if k + 1 + engine.LOOKAHEAD < len(starts) else [])
+    assert [e[0] for e in events] == expected_kinds
+    assert [e[1] for e in events if e[0] == "dispatch"] == starts
     assert [e[1] for e in events if e[0] == "progress"] == sizes
     results = [e for e in events if e[0] == "result"]
     assert [r[2] for r in results] == sizes
-    for (_, total, _), a, size in zip(results, range(0, n, chunk), sizes, strict=True):
+    for (_, total, _), a, size in zip(results, starts, sizes, strict=True):
         assert total == pytest.approx(float(np.sum(f[a : a + size, 0])), rel=1e-12)
 
 
@@ -309,3 +326,33 @@ def test_float32_variates_are_independent_standard_normals():
     assert abs(np.corrcoef(pairs_a, pairs_b)[0, 1]) < 5 / math.sqrt(pairs_a.size)
     c = np.corrcoef(z, rowvar=False)
     assert np.abs(c[np.triu_indices(d, 1)]).max() < 5 / math.sqrt(n)
+
+
+@pytest.mark.skipif(not hasattr(__import__("jax"), "threefry_partitionable"), reason="JAX without the flag")
+@pytest.mark.parametrize("n_dims", [1, 3, 8])
+def test_float32_block_is_jax_non_partitionable_normal_stream(n_dims):
+    """A second oracle: the float32 block equals jax.random.normal in JAX's non-partitionable threefry mode."""
+    import jax
+
+    block_key = jax.random.fold_in(engine.make_key(42), 3)
+    with jax.threefry_partitionable(False):
+        expected = np.asarray(jax.random.normal(block_key, (engine.BLOCK, n_dims), jax.numpy.float32))
+    np.testing.assert_array_equal(np.asarray(engine.block_normals(block_key, n_dims, "float32")), expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_random_numbers_do_not_follow_jax_default_prng_setting(case_text, dtype):
+    """A seed's numbers are threefry's whatever jax_default_prng_impl says (rbg here)."""
+    import jax
+
+    model = engine.Model.from_case(parse_case(case_text))
+    ref = engine.sample_inputs(model, 5000, seed=9, dtype=dtype)
+    old = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", "rbg")
+    try:
+        got = engine.sample_inputs(model, 5000, seed=9, dtype=dtype)
+    finally:
+        jax.config.update("jax_default_prng_impl", old)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k])

@@ -250,7 +250,9 @@ def block_normals(block_key, n_dims: int, dtype):
     (-1, 1) from its 23 high bits, exactly as :func:`jax.random.uniform` does, and z = √2 · erf⁻¹(u), exactly as
     :func:`jax.random.normal` does. This is half the hashes of ``jax.random.normal(block_key, ...)`` in JAX's
     partitionable threefry mode, which spends a hash on each 32-bit word (the draw ran 1.5× faster;
-    benchmarks/RESULTS.md). ``tests/test_engine.py`` checks the words against a plain-numpy threefry-2×32.
+    benchmarks/RESULTS.md). It is the stream that ``jax.random.normal`` drew before that mode became JAX's
+    default (``jax.threefry_partitionable(False)``), written out so that it depends on no global flag.
+    ``tests/test_engine.py`` checks the words against a plain-numpy threefry-2×32, and against that mode.
 
     float64: ``jax.random.normal(block_key, (BLOCK, n_dims), float64)`` (one hash per 64-bit word already).
     """
@@ -262,8 +264,7 @@ def block_normals(block_key, n_dims: int, dtype):
         return jax.random.normal(block_key, (BLOCK, n_dims), dtype)
     from jax.extend.random import threefry_2x32
 
-    size = BLOCK * n_dims  # even: BLOCK is
-    bits = threefry_2x32(jax.random.key_data(block_key), jnp.arange(size, dtype=jnp.uint32))
+    bits = threefry_2x32(jax.random.key_data(block_key), jnp.arange(BLOCK * n_dims, dtype=jnp.uint32))
     return _normal_from_bits32(bits).reshape(BLOCK, n_dims)
 
 
@@ -308,7 +309,9 @@ def _aligned(n: int, chunk: int) -> bool:
 def make_key(seed: int):
     import jax
 
-    return jax.random.key(seed)
+    # threefry named, not taken from jax_default_prng_impl: block_normals reads its two-word key data, and the
+    # random numbers of a seed must not depend on a global setting
+    return jax.random.key(seed, impl="threefry2x32")
 
 
 def chunks(n: int, chunk: int) -> Iterator[tuple[int, int]]:
@@ -383,7 +386,9 @@ def run_chunks(
     Every chunk has the same static size (the last is masked with ``in_range``), so one compile serves the
     whole run. ``reducer`` must be a pure JAX function (it is traced inside the chunk's ``jit``). Up to
     :data:`LOOKAHEAD` further chunks are dispatched before a result is yielded, so the device does not wait
-    for the caller; ``progress(size)`` is called after the caller has taken each result.
+    for the caller; ``progress(size)`` is called after the caller has taken each result. So an error in
+    dispatching chunk k reaches the caller when it asks for chunk k − LOOKAHEAD, and a caller that stops early
+    has had up to LOOKAHEAD chunks computed for nothing.
     """
     import jax.numpy as jnp
 
@@ -395,21 +400,19 @@ def run_chunks(
     jargs = tuple(
         jnp.asarray(a, dt) if np.issubdtype(np.asarray(a).dtype, np.floating) else jnp.asarray(a) for a in args
     )
+    todo = chunks(n, chunk)
     in_flight: collections.deque = collections.deque()
-    for start, size in chunks(n, chunk):
+    while True:
         # dispatch ahead: the device works on the next chunks while the caller reads this one back
-        in_flight.append((fn(key, jnp.asarray(start, jnp.uint32 if n < 2**32 else jnp.int64), n, *jargs), size))
-        if len(in_flight) > LOOKAHEAD:
-            yield from _hand_over(in_flight.popleft(), progress)
-    while in_flight:
-        yield from _hand_over(in_flight.popleft(), progress)
-
-
-def _hand_over(item, progress):
-    out, size = item
-    yield out
-    if progress is not None:
-        progress(size)
+        while len(in_flight) <= LOOKAHEAD and (nxt := next(todo, None)) is not None:
+            start, size = nxt
+            in_flight.append((fn(key, jnp.asarray(start, jnp.uint32 if n < 2**32 else jnp.int64), n, *jargs), size))
+        if not in_flight:
+            return
+        out, size = in_flight.popleft()
+        yield out
+        if progress is not None:
+            progress(size)
 
 
 def sample_factors(model: Model, n: int, seed: int, chunk: int | None = None, dtype: str = "float32"):
