@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# GPU benchmark smoke run for a later GPU session (one NVIDIA H100, jax[cuda] installed, NO optuna, 10-minute
+# GPU benchmark run on a machine with one NVIDIA H100 or H200 (jax[cuda] installed, NO optuna, 10-minute
 # limit per command). From the repository root:
 #
 #     bash benchmarks/gpu_smoke.sh            # results under $OUT (or a fresh temp dir)
 #
-# It runs benchmarks/run.py --gpu (numpy, JAX on the host CPU and JAX on the GPU in the same run, the model
+# It runs benchmarks/run.py --gpu (numpy, JAX on the host CPU and JAX on the GPU in the same run, the ceilings
+# (bandwidth, threefry words/s, normals/s; the stated estimate from the data sheet), the model
 # alone, the planner, the naive planner, Sobol, a chunk-size sweep and float64), writing the JSON after every
 # section so that a run cut short still leaves its figures, then the memory-versus-N check of simulate on the
 # GPU, and prints a short table last. Optuna is skipped (not installed there) and recorded as skipped.
@@ -26,7 +27,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false            # grow GPU memory as neede
 
 # main run: about 4-6 minutes on an H100 (compiles included); stopped at 7 minutes whatever happens
 timeout 420 "$PY" benchmarks/run.py --gpu --json --repeats 3 --out "$OUT/bench_gpu.json" \
-  --sections forward,model,plan,naive,optuna,sobol,chunks --sobol-n 65536 \
+  --sections forward,ceilings,model,plan,naive,optuna,sobol,chunks --sobol-n 65536 \
   > "$OUT/bench_gpu.stdout.json" 2> "$OUT/bench_gpu.log"
 rc=$?
 echo "run.py exit status $rc" >> "$OUT/bench_gpu.log"

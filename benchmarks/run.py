@@ -3,7 +3,7 @@
     python benchmarks/run.py --quick            # under a minute on a 2-core CPU
     python benchmarks/run.py                    # the full run (N up to 1e9; tens of minutes on 2 cores)
     python benchmarks/run.py --json --out r.json
-    python benchmarks/run.py --gpu --json       # a GPU session (see benchmarks/gpu_smoke.sh)
+    python benchmarks/run.py --gpu --json       # on a GPU (see benchmarks/gpu_smoke.sh)
     python benchmarks/run.py --table r.json     # the short table of a saved run (imports nothing heavy)
 
 Every figure is measured in the same run as its baseline and printed with its ratio to it: the JAX forward
@@ -20,7 +20,7 @@ the benchmark machine may be shared, so CPU time is recorded beside wall time).
 
 Optuna and y90opt's optional modules (``optimise``, ``sensitivity``) are imported lazily: a section whose
 module is missing is recorded as skipped, never fatal. A failing section is recorded with its error and the
-run goes on, so a time-limited session always gets its JSON.
+run goes on, so a time-limited run always leaves its JSON.
 """
 
 from __future__ import annotations
@@ -55,6 +55,55 @@ SPACES = {
     "1000x100": ((0.02, 20.0, 0.02), (6.0, 600.0, 6.0)),
 }
 GPU_CHUNK = 1 << 22
+
+#: Stated physical estimate for the forward pipeline on a GPU (not measured: from data sheets and a count of
+#: instructions). Per device kind (a substring of JAX's ``device_kind``, most specific first): streaming
+#: multiprocessors, boost clock (GHz) and HBM bandwidth (TB/s), from NVIDIA's H100 (SXM5 80 GB, PCIe 80 GB) and
+#: H200 data sheets. JAX's ``core_count`` replaces the SM count when the device reports it.
+GPU_SPECS = {
+    "H200": {"sms": 132, "clock_ghz": 1.98, "hbm_tb_s": 4.8},
+    "H100 PCIe": {"sms": 114, "clock_ghz": 1.755, "hbm_tb_s": 2.0},
+    "H100": {"sms": 132, "clock_ghz": 1.98, "hbm_tb_s": 3.35},
+}
+#: Per SM and clock on Hopper: 64 int32 lanes, 128 float32 lanes (4 schedulers × 32: also the issue rate of
+#: thread-instructions), 64 float64 lanes.
+LANES_PER_SM = {"int32": 64, "issue": 128, "float32": 128, "float64": 64}
+#: A threefry-2×32 hash: 20 rounds of add, rotate (one funnel shift) and xor, 5 key injections, ≈ 110 int32
+#: instructions. A sample draws 8 words: float32 4 hashes (both words of each, engine.block_normals), float64
+#: 8 hashes (one 64-bit word each).
+INT_PER_HASH = 110
+HASHES_PER_SAMPLE = {"float32": 4, "float64": 8}
+#: Float instructions per sample: 8 erf⁻¹ (≈ 25 each in float32), 8 exp (≈ 10), the model and the reductions
+#: of 12 quantities (≈ 220); float64 transcendental polynomials are about twice as long.
+FLOAT_PER_SAMPLE = {"float32": 500, "float64": 1000}
+#: Bytes per sample if a chunk's variates (8) and factor matrix (12) were materialised: written and read.
+MATERIALISED_BYTES = {"float32": (8 + 12) * 4 * 2, "float64": (8 + 12) * 8 * 2}
+
+
+def gpu_spec_estimate(device_kind: str, core_count: int | None, dtype: str) -> dict | None:
+    """The stated compute-bound estimate of forward samples/s on a known GPU (``None`` for an unknown one):
+    the lesser of the integer-pipe bound (hashes), the float-pipe bound and the instruction-issue bound; and the
+    memory bound if the variates and factors were materialised (XLA fusion should avoid it)."""
+    spec = next((v for k, v in GPU_SPECS.items() if k in device_kind), None)
+    if spec is None:
+        return None
+    sms = core_count or spec["sms"]
+    per_s = sms * spec["clock_ghz"] * 1e9
+    int_ops = HASHES_PER_SAMPLE[dtype] * INT_PER_HASH
+    flt_ops = FLOAT_PER_SAMPLE[dtype]
+    bounds = {
+        "int32_pipe": per_s * LANES_PER_SM["int32"] / int_ops,
+        "float_pipe": per_s * LANES_PER_SM[dtype] / flt_ops,
+        "issue": per_s * LANES_PER_SM["issue"] / (int_ops + flt_ops),
+    }
+    return {
+        "device_kind": device_kind, "sms": sms, **{k: spec[k] for k in ("clock_ghz", "hbm_tb_s")},
+        "int_ops_per_sample": int_ops, "float_ops_per_sample": flt_ops,
+        "compute_bounds_samples_per_s": bounds,
+        "estimate_samples_per_s": min(bounds.values()),
+        "memory_bound_if_materialised_samples_per_s": spec["hbm_tb_s"] * 1e12 / MATERIALISED_BYTES[dtype],
+    }
+
 
 TARGETS = {
     "jax_cpu_vs_numpy": "JAX pipeline ≥ 3× the numpy pipeline on CPU",
@@ -300,6 +349,15 @@ class Bench:
                     self.headline[key]["ratio_to_numpy"] = r["samples_per_s"] / base["samples_per_s"]
                     self.headline[key]["ratio_to_numpy_cpu_time"] = (
                         base["cpu_median_s"] / base["n"]) / (r["cpu_median_s"] / r["n"])
+                ceil = secs.get(f"ceilings_{device}", {})
+                if dtype == "float32" and "sampling_ceiling_samples_per_s" in ceil:
+                    self.headline[key]["ratio_to_sampling_ceiling"] = r["samples_per_s"] / ceil["sampling_ceiling_samples_per_s"]
+                    self.headline[key]["ratio_to_bandwidth_ceiling"] = (
+                        r["samples_per_s"] / ceil["bandwidth_ceiling_samples_per_s"])
+                est = (ceil.get("spec_estimate") or {}).get(dtype)
+                if est:
+                    self.headline[key]["stated_estimate_samples_per_s"] = est["estimate_samples_per_s"]
+                    self.headline[key]["ratio_to_stated_estimate"] = r["samples_per_s"] / est["estimate_samples_per_s"]
         if "numpy" not in self.tp and np_rows:
             base = np_rows[max(np_rows)]
             self.tp["numpy"] = base["samples_per_s"]
@@ -571,6 +629,58 @@ class Bench:
         rows = memory.measure(ns, "float32", log=lambda r: log("memory " + memory.describe(r)))
         self.res["sections"]["memory"] = {"rows": rows, "method": "one subprocess per N, simulate_case, ru_maxrss"}
 
+    def ceilings(self, device: str) -> None:
+        """Measured ceilings of this device in float32, for each forward figure's ratio: memory bandwidth (a
+        read-scale-write of a 256 MiB / 1 GiB array: numpy into a preallocated output on the CPU, where a JAX
+        call would also pay for a fresh output's page faults; JAX on a GPU), threefry-2×32 words per second
+        (hashes summed) and the engine's float32 normals per second (engine.block_normals, summed). On the CPU
+        the draws are timed one pipeline chunk at a time (cache-resident, as the pipeline runs them), on a GPU
+        in calls of 2²⁸–2³⁰ (launch overhead negligible). The sampling ceiling of the forward pipeline is
+        normals/s ÷ 8 (8 uncertain inputs per sample)."""
+        import jax
+        import jax.numpy as jnp
+        from jax.extend.random import threefry_2x32
+
+        from y90opt import engine
+
+        dev = jax.devices(device)[0]
+        d = self.model.n_dims
+        m = 1 << 26 if device == "cpu" else 1 << 28  # elements (256 MiB / 1 GiB of float32)
+        blocks = max(1, self.cpu_chunk // engine.BLOCK) if device == "cpu" else (1 << 28) // (engine.BLOCK * d)
+        words = blocks * engine.BLOCK * d if device == "cpu" else 1 << 30
+        out: dict[str, Any] = {"device": str(dev), "dtype": "float32"}
+        with jax.default_device(dev):
+            t = _time_scale(m, device)
+            out["bandwidth"] = {**t.as_dict(), "bytes": 8 * m, "bytes_per_s": 8 * m / t.median_s}
+            kd = jax.random.key_data(jax.random.key(0))
+            hash_sum = jax.jit(lambda kd: jnp.sum(threefry_2x32(kd, jnp.arange(words, dtype=jnp.uint32)), dtype=jnp.uint32))
+            t = time_call(lambda: hash_sum(kd), 5)
+            out["threefry"] = {**t.as_dict(), "words": words, "words_per_s": words / t.median_s}
+            key = engine.make_key(0)
+
+            def normals(key):
+                keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(blocks, dtype=jnp.uint32))
+                return jnp.sum(jax.vmap(lambda k: engine.block_normals(k, d, "float32"))(keys))
+
+            normal_sum = jax.jit(normals)
+            t = time_call(lambda: normal_sum(key), 5)
+            n_norm = blocks * engine.BLOCK * d
+            out["normals"] = {**t.as_dict(), "normals": n_norm, "normals_per_s": n_norm / t.median_s}
+        out["sampling_ceiling_samples_per_s"] = out["normals"]["normals_per_s"] / d
+        out["bandwidth_ceiling_samples_per_s"] = out["bandwidth"]["bytes_per_s"] / MATERIALISED_BYTES["float32"]
+        if device == "gpu":
+            out["spec_estimate"] = {dt: gpu_spec_estimate(getattr(dev, "device_kind", ""), getattr(dev, "core_count", None), dt)
+                                    for dt in ("float32", "float64")}
+        self.res["sections"][f"ceilings_{device}"] = out
+        log(f"{device}: bandwidth {out['bandwidth']['bytes_per_s'] / 1e9:.3g} GB/s (read + write, float32); threefry "
+            f"{fmt_rate(out['threefry']['words_per_s'])}words/s; float32 normals {fmt_rate(out['normals']['normals_per_s'])}/s "
+            f"→ sampling ceiling {fmt_rate(out['sampling_ceiling_samples_per_s'])}samples/s  {timing.tag(str(dev), 'float32', self.env)}")
+        est = (out.get("spec_estimate") or {}).get("float32")
+        if est:
+            log(f"{device}: stated estimate {fmt_rate(est['estimate_samples_per_s'])}samples/s float32 (compute bound, "
+                f"{est['device_kind']}, {est['sms']} SMs); memory bound if materialised "
+                f"{fmt_rate(est['memory_bound_if_materialised_samples_per_s'])}samples/s")
+
     def chunk_sweep(self) -> None:
         """GPU only: throughput at one large N for several chunk sizes."""
         import jax
@@ -602,6 +712,12 @@ class Bench:
             if self.has_gpu:
                 with self.section("forward_jax_gpu_float32"):
                     self.forward_jax("float32", "gpu")
+        if on("ceilings"):
+            with self.section("ceilings_cpu"):
+                self.ceilings("cpu")
+            if self.has_gpu:
+                with self.section("ceilings_gpu"):
+                    self.ceilings("gpu")
         if on("model"):
             with self.section("model_numpy"):
                 self.model_numpy()
@@ -643,6 +759,21 @@ class Bench:
         return self.res
 
 
+def _time_scale(m: int, device: str):
+    """Times a read-scale-write of m float32 (8·m bytes moved per call): numpy into a preallocated output on
+    the CPU, a jitted JAX multiply on other devices (under the caller's default device)."""
+    if device == "cpu":
+        x = np.ones(m, np.float32)
+        y = np.empty_like(x)
+        return time_call(lambda: np.multiply(x, np.float32(1.5), out=y), 5)
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones(m, jnp.float32)
+    scale = jax.jit(lambda x: x * np.float32(1.5))
+    return time_call(lambda: scale(x), 5)
+
+
 def naive_reducer(f, valid, in_range, s, b, cols, thr, signs, primary, limit):
     """Per chunk at one activity s: valid count, samples meeting every primary target, samples keeping each rule."""
     import jax.numpy as jnp
@@ -659,7 +790,7 @@ def naive_reducer(f, valid, in_range, s, b, cols, thr, signs, primary, limit):
 
 
 def table(res: dict) -> str:
-    """The short table (last thing a GPU session prints)."""
+    """The short table (the last thing gpu_smoke.sh prints)."""
     env = res.get("environment", {})
     v = env.get("versions", {})
     lines = [f"y90opt benchmarks {env.get('date')}  {env.get('cpu_cores')}-core {env.get('cpu_model')}  "
@@ -678,7 +809,19 @@ def table(res: dict) -> str:
             r = h.get("ratio_to_numpy")
             row(f"throughput {k}", f"{fmt_rate(tp[k])}samples/s", f"×{r:.2f} numpy" if r else "",
                 f"N={fmt_n(h.get('n', 0))} {h.get('dtype', '')}")
+            if "ratio_to_sampling_ceiling" in h:
+                row(f"  {k} / sampling ceiling", f"{h['ratio_to_sampling_ceiling']:.2f}", "",
+                    f"bandwidth ceiling ratio {h['ratio_to_bandwidth_ceiling']:.3g}")
+            if "ratio_to_stated_estimate" in h:
+                row(f"  {k} / stated estimate", f"{h['ratio_to_stated_estimate']:.2f}", "",
+                    f"estimate {fmt_rate(h['stated_estimate_samples_per_s'])}samples/s")
     sec = res.get("sections", {})
+    for key, c in sec.items():
+        if key.startswith("ceilings_") and "normals" in c:
+            row(f"{key} bandwidth (read + write)", f"{c['bandwidth']['bytes_per_s'] / 1e9:.3g} GB/s", "", c["device"])
+            row(f"{key} threefry words", f"{fmt_rate(c['threefry']['words_per_s'])}words/s")
+            row(f"{key} float32 normals", f"{fmt_rate(c['normals']['normals_per_s'])}/s", "",
+                f"sampling ceiling {fmt_rate(c['sampling_ceiling_samples_per_s'])}samples/s")
     for key, s in sec.items():
         if key.startswith("model_") and isinstance(s, dict):
             for k in ("model", "model_reduce"):
@@ -755,6 +898,21 @@ def markdown(res: dict) -> str:
         if z is not None:
             out.append(f"\n{key}: agreement with an independent numpy run, max |Δ|/SE = {z:.2f} (means and exceedance "
                        "fractions of the 12 quantities).")
+    ceil = [(k, c) for k, c in sec.items() if k.startswith("ceilings_") and "normals" in c]
+    if ceil:
+        out += ["", "| ceilings (float32) | bandwidth, read + write (GB/s) | threefry words/s | normals/s | sampling ceiling "
+                "(samples/s) | forward float32 / sampling ceiling | stated estimate (samples/s) | forward / estimate |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        hl = res.get("headline", {})
+        for k, c in ceil:
+            h = hl.get("jax_" + k.removeprefix("ceilings_"), {})
+            est = h.get("stated_estimate_samples_per_s")
+            out.append(f"| {c['device']} | {c['bandwidth']['bytes_per_s'] / 1e9:.3g} | {fmt_rate(c['threefry']['words_per_s'])} | "
+                       f"{fmt_rate(c['normals']['normals_per_s'])} | {fmt_rate(c['sampling_ceiling_samples_per_s'])} | "
+                       f"{h['ratio_to_sampling_ceiling']:.2f} | " if "ratio_to_sampling_ceiling" in h else
+                       f"| {c['device']} | {c['bandwidth']['bytes_per_s'] / 1e9:.3g} | {fmt_rate(c['threefry']['words_per_s'])} | "
+                       f"{fmt_rate(c['normals']['normals_per_s'])} | {fmt_rate(c['sampling_ceiling_samples_per_s'])} | | ")
+            out[-1] += (f"{fmt_rate(est)} | {h['ratio_to_stated_estimate']:.2f} |" if est else " | |")
     out += ["", "| model alone (pre-drawn samples: 2¹⁶ per call on CPU, 2²² on GPU) | samples/s | × numpy | compile (s) |",
             "|---|---:|---:|---:|"]
     for key, s in sec.items():
@@ -830,7 +988,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true", help="require a GPU: GPU sizes, chunk sweep; CPU figures up to 1e7")
     ap.add_argument("--table", metavar="JSON", help="print the short table of a saved run and exit")
     ap.add_argument("--markdown", metavar="JSON", help="print the tables of a saved run as Markdown and exit")
-    ap.add_argument("--sections", help="comma list: forward,model,plan,naive,optuna,sobol,memory,chunks")
+    ap.add_argument("--sections", help="comma list: forward,ceilings,model,plan,naive,optuna,sobol,memory,chunks")
     ap.add_argument("--sizes", nargs="*", help="forward sample counts (e.g. 1e4 1e6)")
     ap.add_argument("--max-n", type=float, help="drop forward sizes above this")
     ap.add_argument("--chunk", type=int, help="JAX chunk on CPU (default engine.DEFAULT_CHUNK)")
