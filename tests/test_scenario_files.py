@@ -575,3 +575,20 @@ def test_example_nominal_plan_meets_its_primary_rules(sid):
     assert rules.missing_quantities(active, d) == []
     m = rules.margins(active, d, [t.name for t in c.tumors], counted)
     assert m and all(float(v) <= 0 for v in m.values()), m
+
+
+def test_a_scenario_file_is_read_once_per_version(tmp_path):
+    """Loading is cached per file version: the same file gives the same (frozen) object, and an edited file is
+    read again, never served stale."""
+    assert load_scenario("multifocal-unilobar") is load_scenario("multifocal-unilobar")
+    src = rules.scenario_dir() / "multifocal-unilobar.toml"
+    path = tmp_path / "multifocal-unilobar.toml"
+    text = src.read_text(encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
+    first = load_scenario(path)
+    assert load_scenario(path) is first
+    old_title = first.title
+    path.write_text(text.replace(f'title = "{old_title}"', f'title = "{old_title} (edited)"', 1), encoding="utf-8")
+    edited = load_scenario(path)
+    assert edited.title == f"{old_title} (edited)"
+    assert first.title == old_title

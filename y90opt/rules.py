@@ -20,6 +20,7 @@ Reference: TheraSphere Global Dosimetry Steering Committee, updated 2022 recomme
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import importlib.util
 import math
@@ -269,9 +270,10 @@ class Scenario:
 # --- locating and loading -----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
 def scenario_dir() -> pathlib.Path:
     """Directory of the packaged scenario files (``y90opt._scenarios``), or ``<repo>/configs/scenarios``
-    when running from a checkout that is not installed."""
+    when running from a checkout that is not installed (looked up once per process)."""
     package = "y90opt._scenarios"
     try:
         files = importlib.resources.files(package)
@@ -318,14 +320,24 @@ def load_scenario(id_or_path: str | os.PathLike) -> Scenario:
         if not path.is_file():
             known = ", ".join(scenario_ids())
             raise ScenarioError(text, "scenario", f"unknown scenario {text!r} (known: {known})")
+    st = path.stat()
+    return _load_scenario_file(str(path), file, str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _load_scenario_file(path: str, file: str, resolved: str, mtime_ns: int, size: int) -> Scenario:
+    """A scenario file read and validated once per version of it (the key holds its resolved path,
+    modification time and size: an edited file is read again). Scenarios are frozen, so callers share the
+    result."""
     try:
-        with path.open("rb") as fh:
+        with open(path, "rb") as fh:
             doc = tomllib.load(fh)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(file, "toml", str(e)) from None
-    scenario = parse_scenario(doc, file, str(path))
-    if scenario.id != path.stem:
-        raise ScenarioError(file, "id", f"{scenario.id!r} does not match the file name {path.stem!r}")
+    scenario = parse_scenario(doc, file, path)
+    stem = pathlib.Path(path).stem
+    if scenario.id != stem:
+        raise ScenarioError(file, "id", f"{scenario.id!r} does not match the file name {stem!r}")
     return scenario
 
 
