@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -93,9 +94,9 @@ def test_run_chunks_dispatches_ahead_and_yields_every_chunk_in_order(case_text, 
     def spy(*a, **k):
         fn = compiled(*a, **k)
 
-        def dispatch(key, start, *rest):
-            events.append(("dispatch", int(start)))
-            return fn(key, start, *rest)
+        def dispatch(key, block0, offset, size, *rest):
+            events.append(("dispatch", int(block0) * engine.BLOCK + int(offset)))
+            return fn(key, block0, offset, size, *rest)
 
         return dispatch
 
@@ -356,3 +357,40 @@ def test_random_numbers_do_not_follow_jax_default_prng_setting(case_text, dtype)
     assert ref.keys() == got.keys()
     for k in ref:
         np.testing.assert_array_equal(got[k], ref[k])
+
+
+_FAR_CHUNKS = """
+import json, sys
+import jax
+import numpy as np
+from y90opt import engine
+from y90opt.case import parse_case
+
+assert not jax.config.jax_enable_x64  # as a float32 CLI run: no 64-bit integers on the device
+model = engine.Model.from_case(parse_case(sys.stdin.read()))
+key = engine.make_key(3)
+fn = engine._jit_chunk_fn(model, 4096, "float32", None, False)
+out = {}
+for start in (3_000_000_123, 5_000_000_123, 10**12 - 5000):  # beyond 2**31, beyond 2**32, the CLI's limit
+    f, _, r = fn(key, *engine._position(start, 4000))
+    g, _, _ = fn(key, *engine._position(start - 100, 4096))  # the same samples, chunked differently
+    out[str(start)] = [int(np.sum(r)), bool(np.array_equal(np.asarray(f)[:3996], np.asarray(g)[100:])),
+                       bool(np.isfinite(np.asarray(f)).all())]
+print(json.dumps(out))
+"""
+
+
+def test_sample_indices_beyond_two_to_the_31_without_x64(case_text):
+    """Chunks far into a long run (up to 10¹² samples, the CLI's limit) work in a process without JAX's x64
+    mode, mask their padding right and slice the same numbers whatever the chunking."""
+    res = subprocess.run([sys.executable, "-c", _FAR_CHUNKS], input=case_text, capture_output=True, text=True,
+                         check=True, env={k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"})
+    for start, (in_range, same, finite) in json.loads(res.stdout).items():
+        assert in_range == 4000, start
+        assert same and finite, start
+
+
+def test_a_key_addresses_at_most_two_to_the_32_blocks():
+    engine._position((2**32 - 1) * engine.BLOCK, engine.BLOCK)
+    with pytest.raises(ValueError, match="beyond"):
+        engine._position(2**32 * engine.BLOCK, 1)

@@ -288,17 +288,37 @@ def variates(key, start, count: int, n_dims: int, dtype, aligned: bool = False):
     multiple of :data:`BLOCK`: the same numbers are then drawn without the extra block and the dynamic slice
     (faster; the unaligned path serves any chunk size).
     """
+    b0 = start // BLOCK
+    return block_variates(key, b0, start - b0 * BLOCK, count, n_dims, dtype, aligned)
+
+
+def block_variates(key, block0, offset, count: int, n_dims: int, dtype, aligned: bool = False):
+    """:func:`variates` for the samples from index ``block0 · BLOCK + offset`` on, 0 ≤ offset < BLOCK.
+
+    Positions are passed as a block number (uint32: up to 2³² · BLOCK ≈ 1.8·10¹³ samples) and an offset
+    within it, so no sample index, which may exceed 2³¹, is ever a device integer (JAX without x64 mode has
+    no 64-bit integers).
+    """
     import jax
     import jax.numpy as jnp
 
     nb = -(-count // BLOCK) + (0 if aligned else 1)
-    b0 = start // BLOCK
-    blocks = b0 + jnp.arange(nb, dtype=jnp.uint32)
+    blocks = block0 + jnp.arange(nb, dtype=jnp.uint32)
     keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(blocks)
     z = jax.vmap(lambda k: block_normals(k, n_dims, dtype))(keys).reshape(nb * BLOCK, n_dims)
     if aligned:
         return z[:count]
-    return jax.lax.dynamic_slice_in_dim(z, start - b0 * BLOCK, count, axis=0)
+    return jax.lax.dynamic_slice_in_dim(z, offset, count, axis=0)
+
+
+def _position(start: int, size: int) -> tuple:
+    """A chunk's device arguments: its first block (uint32), the offset in it and its sample count (int32)."""
+    import jax.numpy as jnp
+
+    block0, offset = divmod(start, BLOCK)
+    if block0 >= 2**32:
+        raise ValueError(f"sample index {start} is beyond the {2**32 * BLOCK:.3g} samples a key can address")
+    return jnp.asarray(block0, jnp.uint32), jnp.asarray(offset, jnp.int32), jnp.asarray(size, jnp.int32)
 
 
 def _aligned(n: int, chunk: int) -> bool:
@@ -360,10 +380,10 @@ def _compiled_chunk_fn(same: _SameComputation, count: int, dtype: str, reducer: 
     model = same.model
     dt = jnp.dtype(dtype)
 
-    def fn(key, start, n_total, *args):
-        z = variates(key, start, count, model.n_dims, dt, aligned)
+    def fn(key, block0, offset, size, *args):
+        z = block_variates(key, block0, offset, count, model.n_dims, dt, aligned)
         f, valid = model.factors_from_z(z)
-        in_range = (start + jnp.arange(count)) < n_total
+        in_range = jnp.arange(count, dtype=jnp.int32) < size  # the last chunk is padded
         if reducer is None:
             return f, valid, in_range
         return reducer(f, valid, in_range, *args)
@@ -406,7 +426,7 @@ def run_chunks(
         # dispatch ahead: the device works on the next chunks while the caller reads this one back
         while len(in_flight) <= LOOKAHEAD and (nxt := next(todo, None)) is not None:
             start, size = nxt
-            in_flight.append((fn(key, jnp.asarray(start, jnp.uint32 if n < 2**32 else jnp.int64), n, *jargs), size))
+            in_flight.append((fn(key, *_position(start, size), *jargs), size))
         if not in_flight:
             return
         out, size = in_flight.popleft()
@@ -417,14 +437,13 @@ def run_chunks(
 
 def sample_factors(model: Model, n: int, seed: int, chunk: int | None = None, dtype: str = "float32"):
     """All factors (n, Q) and validity (n,) as numpy arrays (for small runs, tests and the planner)."""
-    import jax.numpy as jnp
 
     chunk = max(1, min(chunk or default_chunk(), n))
     key = make_key(seed)
     fn = _jit_chunk_fn(model, chunk, dtype, None, _aligned(n, chunk))
     fs, vs = [], []
     for start, size in chunks(n, chunk):
-        f, v, _ = fn(key, jnp.asarray(start, jnp.uint32), n)
+        f, v, _ = fn(key, *_position(start, size))
         fs.append(np.asarray(f[:size]))
         vs.append(np.asarray(v[:size]))
     return np.concatenate(fs), np.concatenate(vs)
