@@ -1,5 +1,5 @@
 """Shared fixtures. JAX's x64 mode is on so that float64 paths can be tested; float32 paths pass their dtype
-explicitly and are tested as well."""
+explicitly and are tested as well. Dtype promotion is strict, so no implicit widening goes unnoticed."""
 
 import os
 import textwrap
@@ -8,6 +8,10 @@ import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+# strict dtype promotion: a float32 path that would silently widen to float64 (x64 is on here) fails instead;
+# the environment variable carries it to the CLI processes that tests start
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+os.environ["JAX_NUMPY_DTYPE_PROMOTION"] = "strict"
 os.environ["Y90OPT_CACHE_DIR"] = ""  # tests compile afresh: no persistent cache shared with other runs
 
 BASE_CASE = textwrap.dedent(
