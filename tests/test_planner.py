@@ -295,3 +295,49 @@ def test_pareto_front_against_brute_force():
     assert {(ps[i, j], worst[i, j]) for i, j in got} == brute
     assert len(got) == len(brute)  # equal points kept once
 
+
+
+def test_a_plan_that_cannot_fit_in_memory_is_refused_before_sampling(case_text, write_case, monkeypatch, tmp_path):
+    """The exact planner keeps (3 + rules [+ quantities]) values per sample: a sample count whose peak exceeds
+    the free memory is exit 2 naming the file and --samples, with the largest count that fits; nothing is
+    sampled or written. With the memory it needs, the same command runs (control)."""
+    from y90opt import planner
+
+    path = write_case(case_text)
+    case = parse_case(case_text, path)
+    rows = 3 + len(planner.compile_rules(planner.active_rules(case), engine.Model.from_case(case).quantities).labels)
+    n = 5_000_000  # above the exact-quantile limit: the factors are not kept
+    need = planner.PEAK_COPIES * rows * 4 * n
+    sampled = []
+    monkeypatch.setattr(engine, "run_chunks", lambda *a, **k: sampled.append(a) or iter(()))
+    monkeypatch.setattr(engine, "available_memory_bytes", lambda device=None: int(need) - 1)
+    out, err = io.StringIO(), io.StringIO()
+    out_dir = tmp_path / "res"
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["plan", path, "--samples", str(n), "--out", str(out_dir)])
+    assert code == 2
+    msg = err.getvalue().strip()
+    assert "\n" not in msg and path in msg and "--samples" in msg
+    assert f"use at most {n - 1} samples" in msg
+    assert not sampled and not (out_dir / "plan.nc").exists()
+    # control: exactly the memory it needs passes the check
+    monkeypatch.setattr(engine, "available_memory_bytes", lambda device=None: int(need))
+    planner.check_memory(case, n, rows, "float32")
+
+
+def test_available_memory_is_known_here():
+    free = engine.available_memory_bytes()
+    assert free is None or free > 0
+
+
+def test_library_bad_input_is_exit_2_under_python_dash_m(case_text, write_case):
+    """`python -m y90opt.cli` runs the module as __main__; bad input raised in the library (here --risk, checked
+    by the planner) must still be exit 2 with one line, not an internal error."""
+    import subprocess
+    import sys
+
+    path = write_case(case_text)
+    res = subprocess.run([sys.executable, "-m", "y90opt.cli", "plan", path, "--samples", "1000", "--risk", "2"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == "y90opt: --risk: must be in (0, 1), got 2.0"

@@ -456,4 +456,8 @@ def _range_arg(text: str | None, flag: str, positive: bool = False, maximum: flo
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m y90opt.cli` runs this file as __main__, a second copy of the module: the package's own copy
+    # must run, so that the library's BadInput (imported from y90opt.cli) is the class main() catches
+    from y90opt.cli import main as _main
+
+    sys.exit(_main())

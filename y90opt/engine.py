@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -61,6 +62,30 @@ def enable_x64_if(dtype: str) -> None:
         import jax
 
         jax.config.update("jax_enable_x64", True)
+
+
+def available_memory_bytes(device=None) -> int | None:
+    """Memory a run can still take: on a CPU the host's available memory (``MemAvailable`` of /proc/meminfo,
+    else the free physical pages), on an accelerator its free device memory; ``None`` when unknown."""
+    import jax
+
+    device = device or jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+        if stats and "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 class UnphysicalSamplesError(ValueError):
