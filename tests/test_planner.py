@@ -307,7 +307,7 @@ def test_a_plan_that_cannot_fit_in_memory_is_refused_before_sampling(case_text, 
     case = parse_case(case_text, path)
     rows = 3 + len(planner.compile_rules(planner.active_rules(case), engine.Model.from_case(case).quantities).labels)
     n = 5_000_000  # above the exact-quantile limit: the factors are not kept
-    need = planner.PEAK_COPIES * rows * 4 * n
+    need = planner.PEAK_COPIES["host"] * rows * 4 * n
     sampled = []
     monkeypatch.setattr(engine, "run_chunks", lambda *a, **k: sampled.append(a) or iter(()))
     monkeypatch.setattr(engine, "available_memory_bytes", lambda device=None: int(need) - 1)
