@@ -58,11 +58,12 @@ GPU_CHUNK = 1 << 22
 
 #: Stated physical estimate for the forward pipeline on a GPU (not measured: from data sheets and a count of
 #: instructions). Per device kind (a substring of JAX's ``device_kind``, most specific first): streaming
-#: multiprocessors, boost clock (GHz) and HBM bandwidth (TB/s), from NVIDIA's H100 (SXM5 80 GB, PCIe 80 GB) and
-#: H200 data sheets. JAX's ``core_count`` replaces the SM count when the device reports it.
+#: multiprocessors, boost clock (GHz) and HBM bandwidth (TB/s), from NVIDIA's H100 (SXM5 80 GB, PCIe 80 GB, NVL
+#: 94 GB) and H200 data sheets. JAX's ``core_count`` replaces the SM count when the device reports it.
 GPU_SPECS = {
     "H200": {"sms": 132, "clock_ghz": 1.98, "hbm_tb_s": 4.8},
     "H100 PCIe": {"sms": 114, "clock_ghz": 1.755, "hbm_tb_s": 2.0},
+    "H100 NVL": {"sms": 132, "clock_ghz": 1.785, "hbm_tb_s": 3.9},
     "H100": {"sms": 132, "clock_ghz": 1.98, "hbm_tb_s": 3.35},
 }
 #: Per SM and clock on Hopper: 64 int32 lanes, 128 float32 lanes (4 schedulers × 32: also the issue rate of
@@ -652,7 +653,7 @@ class Bench:
         with jax.default_device(dev):
             t = _time_scale(m, device)
             out["bandwidth"] = {**t.as_dict(), "bytes": 8 * m, "bytes_per_s": 8 * m / t.median_s}
-            kd = jax.random.key_data(jax.random.key(0))
+            kd = jax.random.key_data(engine.make_key(0))  # threefry, whatever jax_default_prng_impl says
             hash_sum = jax.jit(lambda kd: jnp.sum(threefry_2x32(kd, jnp.arange(words, dtype=jnp.uint32)), dtype=jnp.uint32))
             t = time_call(lambda: hash_sum(kd), 5)
             out["threefry"] = {**t.as_dict(), "words": words, "words_per_s": words / t.median_s}

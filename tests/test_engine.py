@@ -391,6 +391,31 @@ def test_sample_indices_beyond_two_to_the_31_without_x64(case_text):
 
 
 def test_a_key_addresses_at_most_two_to_the_32_blocks():
-    engine._position((2**32 - 1) * engine.BLOCK, engine.BLOCK)
+    last = (2**32 - 1) * engine.BLOCK
+    engine._position(last, engine.BLOCK)
     with pytest.raises(ValueError, match="beyond"):
         engine._position(2**32 * engine.BLOCK, 1)
+    with pytest.raises(ValueError, match="beyond"):  # a chunk whose later samples would wrap to block 0
+        engine._position(last, 2 * engine.BLOCK)
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_cgroup_memory_headroom(tmp_path, version):
+    proc = tmp_path / "cgroup"
+    if version == "v2":
+        proc.write_text("0::/box/job\n")
+        d = tmp_path / "box" / "job"
+        d.mkdir(parents=True)
+        (d / "memory.max").write_text("1000000\n")
+        (d / "memory.current").write_text("250000\n")
+    else:
+        proc.write_text("4:memory:/box\n")
+        d = tmp_path / "memory"
+        d.mkdir()
+        (d / "memory.limit_in_bytes").write_text("1000000\n")
+        (d / "memory.usage_in_bytes").write_text("250000\n")
+    assert engine._cgroup_headroom(str(tmp_path), str(proc)) == 750_000
+    (d / ("memory.max" if version == "v2" else "memory.limit_in_bytes")).write_text(
+        "max\n" if version == "v2" else f"{2**63 - 4096}\n")
+    assert engine._cgroup_headroom(str(tmp_path), str(proc)) is None  # no limit
+    assert engine._cgroup_headroom(str(tmp_path / "nowhere"), str(tmp_path / "none")) is None

@@ -325,6 +325,32 @@ def test_a_plan_that_cannot_fit_in_memory_is_refused_before_sampling(case_text, 
     planner.check_memory(case, n, rows, "float32")
 
 
+@pytest.mark.parametrize("free_samples", [2_000_000, 1_500_000, 300_000])
+def test_the_suggested_sample_count_fits_and_one_more_does_not(case_text, monkeypatch, free_samples):
+    """At or below the exact-quantile limit the planner also keeps the factors: the suggestion accounts for
+    them (the free memory here is what `free_samples` need without factors)."""
+    import re
+
+    from y90opt import planner
+    from y90opt.cli import BadInput
+
+    case = parse_case(case_text, "case.toml")
+    rows, q, limit = 9, 12, 2_000_000
+    per_big = planner.PEAK_COPIES["host"] * rows * 4
+    monkeypatch.setattr(engine, "available_memory_bytes", lambda device=None: int(per_big * free_samples))
+
+    def check(m):
+        planner.check_memory(case, m, rows, "float32", factor_rows=q, factor_limit=limit)
+
+    with pytest.raises(BadInput) as info:
+        check(10**8)
+    fit = int(re.search(r"use at most (\d+) samples", str(info.value)).group(1))
+    check(fit)
+    with pytest.raises(BadInput):
+        check(fit + 1)
+    assert fit < free_samples  # the factors take their share
+
+
 def test_available_memory_is_known_here():
     free = engine.available_memory_bytes()
     assert free is None or free > 0

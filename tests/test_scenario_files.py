@@ -592,3 +592,12 @@ def test_a_scenario_file_is_read_once_per_version(tmp_path):
     edited = load_scenario(path)
     assert edited.title == f"{old_title} (edited)"
     assert first.title == old_title
+    # a same-size edit whose modification time is put back (cp -p, rsync -t, a restored backup) is read again
+    import os
+
+    st = path.stat()
+    same_size = f'title = "{old_title} (EDITED)"'
+    path.write_text(text.replace(f'title = "{old_title}"', same_size, 1), encoding="utf-8")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert load_scenario(path).title == f"{old_title} (EDITED)"

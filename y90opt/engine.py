@@ -65,26 +65,58 @@ def enable_x64_if(dtype: str) -> None:
 
 
 def available_memory_bytes(device=None) -> int | None:
-    """Memory a run can still take: on a CPU the host's available memory (``MemAvailable`` of /proc/meminfo,
-    else the free physical pages), on an accelerator its free device memory; ``None`` when unknown."""
+    """Memory a run can still take, or ``None`` when unknown. On an accelerator: its free device memory. On a
+    CPU: the host's available memory (``MemAvailable`` of /proc/meminfo), within the process's cgroup v2
+    memory limit when it has one (a container)."""
     import jax
 
     device = device or jax.devices()[0]
     if device.platform != "cpu":
-        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-        if stats and "bytes_limit" in stats:
-            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-        return None
+        try:
+            stats = device.memory_stats()
+            free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        except Exception:  # noqa: BLE001 - a backend without memory statistics: unknown, not an error
+            return None
+        return free if free > 0 else None
+    free = _meminfo_available()
+    cgroup = _cgroup_headroom()
+    if cgroup is not None:
+        free = cgroup if free is None else min(free, cgroup)
+    return free if free is not None and free > 0 else None
+
+
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def _cgroup_headroom(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> int | None:
+    """The memory limit of this process's cgroup minus its usage (cgroup v2 ``memory.max``/``memory.current``,
+    else v1 ``memory.limit_in_bytes``/``memory.usage_in_bytes``), or ``None`` without a limit."""
+
+    def read(*parts: str) -> str:
+        with open(os.path.join(root, *parts)) as fh:
+            return fh.read().strip()
+
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):
+        with open(proc) as fh:
+            rel = next((line.split(":", 2)[2].strip() for line in fh if line.startswith("0::")), None)
+    except OSError:
+        rel = None
+    try:
+        if rel is not None and os.path.exists(os.path.join(root, rel.lstrip("/"), "memory.max")):
+            base = rel.lstrip("/")
+            limit = read(base, "memory.max")
+            return None if limit == "max" else int(limit) - int(read(base, "memory.current"))
+        limit = int(read("memory", "memory.limit_in_bytes"))
+        return None if limit >= 2**60 else limit - int(read("memory", "memory.usage_in_bytes"))
+    except (OSError, ValueError):
         return None
 
 
@@ -341,8 +373,8 @@ def _position(start: int, size: int) -> tuple:
     import jax.numpy as jnp
 
     block0, offset = divmod(start, BLOCK)
-    if block0 >= 2**32:
-        raise ValueError(f"sample index {start} is beyond the {2**32 * BLOCK:.3g} samples a key can address")
+    if (start + size - 1) // BLOCK >= 2**32:
+        raise ValueError(f"sample index {start + size - 1} is beyond the {2**32 * BLOCK:.3g} samples a key can address")
     return jnp.asarray(block0, jnp.uint32), jnp.asarray(offset, jnp.int32), jnp.asarray(size, jnp.int32)
 
 

@@ -359,19 +359,30 @@ class PlanResult:
 PEAK_COPIES = {"host": 1.5, "device": 3.5}
 
 
-def check_memory(case: Case, n: int, rows: int, dtype: str, on_device: bool = False) -> None:
-    """Refuse, before sampling, a run whose ``rows`` values per sample cannot fit in the memory left (the
-    exact planner keeps them all), rather than let the system kill the process minutes later."""
+def check_memory(case: Case, n: int, rows: int, dtype: str, on_device: bool = False, factor_rows: int = 0,
+                 factor_limit: int = 0) -> None:
+    """Refuse, before sampling, a run whose kept values cannot fit in the memory left, rather than let the
+    system kill the process minutes later. The exact planner keeps ``rows`` values per sample, and
+    ``factor_rows`` more in runs of at most ``factor_limit`` samples (the factors of exact quantiles)."""
     from .cli import BadInput
 
-    per_sample = PEAK_COPIES["device" if on_device else "host"] * rows * np.dtype(dtype).itemsize
+    copies = PEAK_COPIES["device" if on_device else "host"]
+    size = np.dtype(dtype).itemsize
+
+    def per_sample(m: int) -> float:
+        return copies * (rows + (factor_rows if m <= factor_limit else 0)) * size
+
     free = engine.available_memory_bytes()
-    if free is not None and n * per_sample > free:
-        raise BadInput(
-            f"{case.path}: --samples: the exact planner keeps {rows} values per sample, about "
-            f"{n * per_sample / 2**30:.3g} GiB at its peak for {n} samples, and {free / 2**30:.3g} GiB is free: "
-            f"use at most {int(free // per_sample)} samples (simulate streams any number)"
-        )
+    if free is None or n * per_sample(n) <= free:
+        return
+    fit = int(free // per_sample(factor_limit + 1))  # the largest count above the factor limit that fits
+    if fit <= factor_limit:  # none does: the largest count at or below it, factors kept
+        fit = min(int(free // per_sample(factor_limit)), factor_limit)
+    raise BadInput(
+        f"{case.path}: --samples: the exact planner keeps {rows + (factor_rows if n <= factor_limit else 0)} "
+        f"values per sample, about {n * per_sample(n) / 2**30:.3g} GiB at its peak for {n} samples, and "
+        f"{free / 2**30:.3g} GiB is free: use at most {fit} samples (simulate streams any number)"
+    )
 
 
 def plan_case(
@@ -405,8 +416,8 @@ def plan_case(
     keep = n <= EXACT_QUANTILE_LIMIT
     import jax
 
-    check_memory(case, n, 3 + len(rt.labels) + (len(model.quantities) if keep else 0), dtype,
-                 on_device=jax.default_backend() != "cpu")
+    check_memory(case, n, 3 + len(rt.labels), dtype, on_device=jax.default_backend() != "cpu",
+                 factor_rows=len(model.quantities), factor_limit=EXACT_QUANTILE_LIMIT)
     ev, factors, n_invalid = build_evaluator(model, rt, n, seed, chunk, dtype, keep_factors=keep)
     factor_q = _factor_quantiles(model, rt, factors, ev.n, n, seed, chunk, dtype)
     result = evaluate_space(case, space, ev, risk)

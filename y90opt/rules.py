@@ -321,14 +321,15 @@ def load_scenario(id_or_path: str | os.PathLike) -> Scenario:
             known = ", ".join(scenario_ids())
             raise ScenarioError(text, "scenario", f"unknown scenario {text!r} (known: {known})")
     st = path.stat()
-    return _load_scenario_file(str(path), file, str(path.resolve()), st.st_mtime_ns, st.st_size)
+    version = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return _load_scenario_file(str(path), file, version)
 
 
 @functools.lru_cache(maxsize=64)
-def _load_scenario_file(path: str, file: str, resolved: str, mtime_ns: int, size: int) -> Scenario:
-    """A scenario file read and validated once per version of it (the key holds its resolved path,
-    modification time and size: an edited file is read again). Scenarios are frozen, so callers share the
-    result."""
+def _load_scenario_file(path: str, file: str, version: tuple) -> Scenario:
+    """A scenario file read and validated once per version of it: ``version`` holds its resolved path, inode,
+    size, and modification and change times, so an edited or replaced file is read again (a restored
+    modification time does not restore the change time). Scenarios are frozen, so callers share the result."""
     try:
         with open(path, "rb") as fh:
             doc = tomllib.load(fh)
