@@ -39,12 +39,17 @@ DEFAULT_CHUNK = 1 << 15
 ACCELERATOR_CHUNK = 1 << 22
 
 
+def on_accelerator() -> bool:
+    """JAX's default backend is not the CPU (a GPU): larger chunks, rows sorted on the device."""
+    import jax
+
+    return jax.default_backend() != "cpu"
+
+
 def default_chunk() -> int:
     """Samples per JAX call for the default backend: :data:`DEFAULT_CHUNK` on CPU, :data:`ACCELERATOR_CHUNK`
     on a GPU. Results do not depend on it."""
-    import jax
-
-    return DEFAULT_CHUNK if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK
+    return ACCELERATOR_CHUNK if on_accelerator() else DEFAULT_CHUNK
 
 
 #: Chunks :func:`run_chunks` dispatches beyond the one its caller is reading (JAX dispatch is asynchronous).

@@ -246,10 +246,8 @@ def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: 
 
     ``on_device`` (default: when JAX's backend is not the CPU) sorts on the device and leaves the rows there;
     otherwise they come back to the host and numpy sorts them, one row per core. The counts are the same."""
-    import jax
-
     if on_device is None:
-        on_device = jax.default_backend() != "cpu"
+        on_device = engine.on_accelerator()
     b = model.offsets
     args = (b, rt.cols, rt.thresholds, rt.signs, rt.is_primary, rt.is_limit)
     reducer = _critical_reducer_with_factors if keep_factors else _critical_core
@@ -275,8 +273,7 @@ def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: 
         # per core; queries are rounded to match
         rows = factors = None
         n_valid = n_invalid = 0
-        for a, part in zip(range(0, n, chunk), parts, strict=True):
-            size = min(chunk, n - a)
+        for (a, size), part in zip(engine.chunks(n, chunk), parts, strict=True):
             r = np.asarray(part[0])
             if rows is None:
                 rows = np.empty((r.shape[0], n), r.dtype)
@@ -414,11 +411,10 @@ def plan_case(
 
     chunk = chunk or engine.default_chunk()
     keep = n <= EXACT_QUANTILE_LIMIT
-    import jax
-
-    check_memory(case, n, 3 + len(rt.labels), dtype, on_device=jax.default_backend() != "cpu",
-                 factor_rows=len(model.quantities), factor_limit=EXACT_QUANTILE_LIMIT)
-    ev, factors, n_invalid = build_evaluator(model, rt, n, seed, chunk, dtype, keep_factors=keep)
+    on_device = engine.on_accelerator()
+    check_memory(case, n, 3 + len(rt.labels), dtype, on_device=on_device, factor_rows=len(model.quantities),
+                 factor_limit=EXACT_QUANTILE_LIMIT)
+    ev, factors, n_invalid = build_evaluator(model, rt, n, seed, chunk, dtype, keep_factors=keep, on_device=on_device)
     factor_q = _factor_quantiles(model, rt, factors, ev.n, n, seed, chunk, dtype)
     result = evaluate_space(case, space, ev, risk)
     optuna_info = None
