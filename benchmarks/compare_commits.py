@@ -23,7 +23,12 @@ root, n, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sys.path[:0] = [root, root + "/benchmarks"]
 import numpy_pipeline as npp
 import y90opt
-from y90opt import planner, simulate
+from y90opt import planner
+
+try:  # the module was simulate.py before it was named for its stage
+    from y90opt import simulation as simulate
+except ImportError:
+    from y90opt import simulate
 from y90opt.case import parse_case
 assert y90opt.__file__.startswith(root), y90opt.__file__
 case = parse_case(npp.BENCH_CASE, "bench.toml")

@@ -44,7 +44,7 @@ def child(n: int, dtype: str, chunk: int | None) -> dict:
     from numpy_pipeline import BENCH_CASE
 
     from y90opt.case import parse_case
-    from y90opt.simulate import EXACT_QUANTILE_LIMIT, simulate_case
+    from y90opt.simulation import EXACT_QUANTILE_LIMIT, simulate_case
 
     case = parse_case(BENCH_CASE, "bench.toml")
     rss0, _ = peak_rss_mib()

@@ -233,7 +233,7 @@ class Bench:
     def setup(self) -> None:
         from y90opt import engine
         from y90opt.case import parse_case
-        from y90opt.simulate import decision_activity
+        from y90opt.simulation import decision_activity
 
         self.case = parse_case(npp.BENCH_CASE, "bench.toml")
         self.model = engine.Model.from_case(self.case)
@@ -614,7 +614,7 @@ class Bench:
 
     def sobol(self) -> None:
         try:
-            from y90opt.sensitivity import sensitivity_case
+            from y90opt.sensitivity_analysis import sensitivity_case
         except ImportError as exc:
             self.res["sections"]["sobol"] = {"skipped": f"y90opt.sensitivity unavailable: {exc}"}
             log("sobol: skipped (y90opt.sensitivity unavailable)")

@@ -49,13 +49,8 @@ BAD = [
     ("tn_ratio = { value = 3.2, cv = 0.35 }", "tn_ratio = { dist = \"weibull\", k = 2 }", "tumors[0].tn_ratio.dist"),
     ("[vials]\n", "[vials]\nactivities_gbq = { min = 3, max = 20, step = 0 }\n", "vials.activities_gbq.step"),
     ("[plan]\n", "[[correlations]]\ninputs = [\"lung.shunt_fraction\", \"lung.mass_kg\"]\nrho = 0.5\n\n[plan]\n", "correlations[0].inputs[1]"),
-    # a primary rule the case cannot evaluate is bad input, never silently dropped
-    ("name = \"T1\"", "name = \"T1\"\ntreated = false", "tumors"),
+    # a rule the case cannot evaluate is not bad input for the case (tests/test_not_evaluable.py: plan refuses)
     ("whole_liver_volume_ml = 1800\n", "", None),  # fine for scenario 3: no rule needs it
-    ("scenario = \"multifocal-unilobar\"\n\n[liver]\nperfused_volume_ml = { value = 1100, cv = 0.12 }\n"
-     "whole_liver_volume_ml = 1800\n",
-     "scenario = \"multifocal-bilobar\"\n\n[liver]\nperfused_volume_ml = { value = 1100, cv = 0.12 }\n",
-     "liver.whole_liver_volume_ml"),
     ("vial_gbq = 7", "vial_gbq = 7\nsuccess = \"index-tumor\"\nindex_tumor = \"T9\"", "plan.index_tumor"),
     ("vial_gbq = 7", "vial_gbq = 7\nprocedure_time = \"10:00+05:00\"", "plan.procedure_time"),
     ("vial_gbq = 7", "vial_gbq = 7\nhours_after_calibration = [72, 1e6]", "plan.hours_after_calibration"),

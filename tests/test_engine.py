@@ -12,7 +12,7 @@ from scipy import stats
 
 from y90opt import engine
 from y90opt.case import parse_case
-from y90opt.simulate import simulate_case
+from y90opt.simulation import simulate_case
 
 SINGLE = """\
 name = "lognormal-volume"
@@ -233,7 +233,7 @@ def test_chunk_invariance_with_the_example_copula():
 
 
 def test_wilson_interval_closed_forms():
-    from y90opt.simulate import wilson_interval
+    from y90opt.simulation import wilson_interval
 
     # Wilson 95 % interval, by hand: 0 of 100 gives [0, z²/(n + z²)] = [0, 3.8415/103.8415];
     # 50 of 100 gives 0.5 ± z·sqrt(0.0025 + z²/4n²)/(1 + z²/n) = 0.5 ± 0.09617

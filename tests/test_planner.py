@@ -176,7 +176,7 @@ def test_device_sorted_evaluator_equals_host(case_text):
     # the GPU path (sort and count with JAX, rows left on the device) run here on the CPU device
     from y90opt.outcomes import active_rules, compile_rules
     from y90opt.planner import build_evaluator
-    from y90opt.simulate import sorted_quantiles
+    from y90opt.simulation import sorted_quantiles
 
     case = parse_case(case_text.replace("volume_ml = { value = 180, cv = 0.17 }", "volume_ml = { value = 300, cv = 0.4 }"))
     model = engine.Model.from_case(case)
@@ -197,7 +197,7 @@ def test_device_sorted_evaluator_equals_host(case_text):
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 1000, 2**17 + 3])
 def test_sorted_quantiles_equal_numpy_quantile(dtype, n):
     # the planner's quantiles from rows it has sorted anyway: numpy's 'linear' method, bit for bit
-    from y90opt.simulate import sort_rows, sorted_quantiles
+    from y90opt.simulation import sort_rows, sorted_quantiles
 
     x = np.random.default_rng(n).lognormal(size=(3, n)).astype(dtype)
     rows = sort_rows(x.copy())
@@ -269,7 +269,7 @@ def test_default_times_at_the_site(case_text, zone, clock, expected):
 def test_large_runs_stream_dose_quantiles(case_text, monkeypatch):
     # above the exact-quantile limit the plan keeps no factor matrix: quantiles come from streaming histograms
     # and agree with the exact ones within the stated relative error; probabilities are unchanged (exact)
-    import y90opt.simulate as sim
+    import y90opt.simulation as sim
 
     case = parse_case(case_text)
     exact = plan_case(case, n=40_000, seed=2, optuna_trials=0).dataset

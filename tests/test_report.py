@@ -269,7 +269,7 @@ def test_report_rejects_other_files(tmp_path, capsys):
 def test_sensitivity_adds_tornado_figures(infeasible, tmp_path):
     from y90opt.case import parse_case
     from y90opt.report import write_report
-    from y90opt.sensitivity import sensitivity_case
+    from y90opt.sensitivity_analysis import sensitivity_case
 
     ds = read_netcdf(infeasible / "plan.nc")
     case = parse_case(INFEASIBLE, "case.toml")

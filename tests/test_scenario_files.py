@@ -13,8 +13,8 @@ import pathlib
 
 import pytest
 
-from y90opt import rules
-from y90opt.rules import ScenarioError, load_scenario
+from y90opt import rules, scenarios
+from y90opt.scenarios import ScenarioError, load_scenario
 
 # Lung limits are not in the DSC text. TheraSphere IFU: radiation pneumonitis above 30 Gy in a single
 # treatment; 50 Gy cumulative is the common multi-session practice (van Roekel thesis; Salem et al.).
@@ -81,10 +81,11 @@ EXPECTED: dict[str, dict] = {
                 "limits": {"whole-normal-liver-90": ("whole_normal_liver", 90.0, "primary")},
                 "condition_has": "< 1.1 mg/dL",
             },
-            # item 2: "If using a single-compartment model, a 140-150 Gy lobar absorbed dose limit is recommended"
+            # item 2: "If using a single-compartment model, a 140-150 Gy lobar absorbed dose limit is recommended":
+            # a prescription band, planned into with its lower end as the target and its upper end the ceiling
             "single-compartment-lobar": {
                 "model": "single-compartment",
-                "targets": {},
+                "targets": {"lobar-140": ("perfused_mean", 140.0, "primary")},
                 "limits": {"lobar-max": ("perfused_mean", 150.0, "primary")},
             },
             # item 2: "(Child-Pugh A and hepatic reserve > 30%), targeting a lobar absorbed dose > 150 Gy (with a
@@ -202,7 +203,15 @@ EXPECTED: dict[str, dict] = {
         "window": (WED1, TUE2, (WED1,), False),
         # item 2: "in patients with >= 30% hepatic reserve"
         "checks": {"hepatic_reserve_min": 0.30},
-        "alternatives": {},
+        "alternatives": {
+            # Treatment delivery 1: "An aggressive dosing approach (similar to radiation lobectomy) can be used
+            # for unilobar disease and Child-Pugh A liver function": Scenario 2's 140-150 Gy lobar band
+            "single-compartment-lobar": {
+                "model": "single-compartment",
+                "targets": {"lobar-140": ("perfused_mean", 140.0, "primary")},
+                "limits": {"lobar-150": ("perfused_mean", 150.0, "primary")},
+            },
+        },
     },
 }
 
@@ -212,7 +221,7 @@ def _table(rule_list) -> dict[str, tuple[str, float, str]]:
 
 
 def test_every_packaged_scenario_is_in_the_table():
-    assert sorted(rules.scenario_ids()) == sorted(EXPECTED)
+    assert sorted(scenarios.scenario_ids()) == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize("sid", sorted(EXPECTED))
@@ -284,7 +293,7 @@ def test_window_hours_follow_the_sunday_noon_convention():
 
 
 def test_to_dict_is_json_ready_with_the_pinned_keys():
-    out = [s.to_dict() for s in rules.load_scenarios()]
+    out = [s.to_dict() for s in scenarios.load_scenarios()]
     assert [d["dsc_scenario"] for d in out] == [1, 2, 3, 4, 5]
     text = json.dumps(out)
     back = json.loads(text)
@@ -298,7 +307,7 @@ def test_to_dict_is_json_ready_with_the_pinned_keys():
 
 
 def test_load_by_path_equals_load_by_id():
-    d = rules.scenario_dir()
+    d = scenarios.scenario_dir()
     assert (d / "multifocal-unilobar.toml").is_file()
     by_path = load_scenario(d / "multifocal-unilobar.toml")
     by_id = load_scenario("multifocal-unilobar")
@@ -486,7 +495,7 @@ def test_malformed_file_is_rejected_with_one_line(tmp_path, desc, old, new, fiel
 
 def test_the_documented_message_format(tmp_path):
     """The example of the rules contract: "<file>: limits[0].quantity: unknown quantity 'ntad'"."""
-    text = (rules.scenario_dir() / "multifocal-unilobar.toml").read_text(encoding="utf-8")
+    text = (scenarios.scenario_dir() / "multifocal-unilobar.toml").read_text(encoding="utf-8")
     text = text.replace('quantity = "normal_perfused"', 'quantity = "ntad"', 1)
     path = _write(tmp_path, text, "multifocal-unilobar.toml")
     with pytest.raises(ScenarioError) as info:
@@ -551,9 +560,9 @@ def test_example_nominal_plan_meets_its_primary_rules(sid):
     path = EXAMPLES / f"{sid}.toml"
     c = load_case(path)
     assert c.scenario == sid
-    s = rules.apply_overrides(load_scenario(sid), c.rules, str(path))
+    s = scenarios.apply_overrides(load_scenario(sid), c.rules, str(path))
     hours = physics.hours_between(c.calibration, c.plan.treatment)
-    assert s.window.contains(hours, rules.DAY_TOLERANCE_H)
+    assert s.window.contains(hours, scenarios.DAY_TOLERANCE_H)
     vial_now = c.plan.vial_gbq * physics.decay_factor(hours)
     whole = c.whole_liver_volume_ml.nominal if c.whole_liver_volume_ml is not None else np.nan
     d = reference_doses(
@@ -581,7 +590,7 @@ def test_a_scenario_file_is_read_once_per_version(tmp_path):
     """Loading is cached per file version: the same file gives the same (frozen) object, and an edited file is
     read again, never served stale."""
     assert load_scenario("multifocal-unilobar") is load_scenario("multifocal-unilobar")
-    src = rules.scenario_dir() / "multifocal-unilobar.toml"
+    src = scenarios.scenario_dir() / "multifocal-unilobar.toml"
     path = tmp_path / "multifocal-unilobar.toml"
     text = src.read_text(encoding="utf-8")
     path.write_text(text, encoding="utf-8")

@@ -16,13 +16,9 @@ from scipy import special
 
 from y90opt.case import load_case
 from y90opt.cli import main
-from y90opt.sensitivity import (
-    output_function,
-    sensitivity_case,
-    sobol_indices,
-    sobol_indices_dependent,
-    tornado_figure,
-)
+from y90opt.figures import tornado_figure
+from y90opt.sensitivity_analysis import output_function, sensitivity_case
+from y90opt.sobol import sobol_indices, sobol_indices_dependent
 
 Z = 4.0  # tolerance in standard errors
 

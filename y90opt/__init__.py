@@ -1,10 +1,50 @@
 """y90opt: uncertainty-aware planning for Y-90 glass microsphere (TheraSphere) radioembolization.
 
+Which vial and which treatment day give the best chance of reaching the tumour dose target while the
+normal liver and the lungs stay within their limits, given inputs measured with error?
+
+    import y90opt
+    case = y90opt.load_case("configs/examples/multifocal-unilobar.toml")
+    y90opt.dose(case).summary["dose_gy"]["lung"]            # nominal doses [Gy] at [plan]
+    y90opt.simulate(case, samples=100_000, seed=1).summary   # Monte Carlo doses and P(rules)
+    result = y90opt.plan(case, samples=100_000, seed=1)      # choose vial and time
+    result.summary["recommended"]; result.write_report("results/")
+    y90opt.sensitivity(case, samples=8192, seed=1).summary   # Sobol' indices
+
+Functions: :func:`load_case`, :func:`parse_case`, :func:`dose`, :func:`simulate`, :func:`plan`,
+:func:`sensitivity`, :func:`list_scenarios`. Bad input raises :class:`InputError` (one line naming the file and
+the field). See ``docs/api.md``.
+
 Research software: every plan must be checked independently before clinical use.
 
-Importing the package is cheap; JAX is imported only by the functions that need it.
+Importing the package is cheap: JAX, xarray and the rest load on first use.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
+from .errors import InputError
 
-__all__ = ["__version__"]
+__all__ = [
+    "InputError",
+    "__version__",
+    "dose",
+    "load_case",
+    "parse_case",
+    "plan",
+    "list_scenarios",
+    "sensitivity",
+    "simulate",
+]
+
+_API = {"dose", "list_scenarios", "load_case", "parse_case", "plan", "sensitivity", "simulate"}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'y90opt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _API)

@@ -22,17 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from . import physics
+from . import physics, scenarios
+from .errors import InputError
 from .physics import Conventions
 from .uncertainty import Fixed, Spec, SpecError, check_support, is_biased, parse_spec
 
 
-class CaseError(ValueError):
-    """Bad input. ``str(err)`` is the one line the CLI prints: ``<file>: <field>: <message>``."""
+class CaseError(InputError):
+    """Bad input in a case. ``str(err)`` is the one line the CLI prints: ``<file>: <field>: <message>``."""
 
     def __init__(self, file: str, field: str, message: str):
-        self.file, self.field, self.message = file, field, message
-        super().__init__(f"{file}: {field}: {message}" if field else f"{file}: {message}")
+        super().__init__(file, field, message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +62,7 @@ class Plan:
     success: str  # "all-tumors" | "index-tumor" | "mass-weighted"
     index_tumor: str | None
     tie_tolerance: float
+    acceptable_success: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +165,7 @@ _PLAN = {
     "success",
     "index_tumor",
     "tie_tolerance",
+    "acceptable_success",
 }
 _SUCCESS = ("all-tumors", "index-tumor", "mass-weighted")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -259,13 +261,30 @@ class _Reader:
         raise self.fail(field, "expected a list of numbers or a { min, max, step } table")
 
 
-def parse_case(text: str, file: str = "<case>") -> Case:
-    """Parse and validate a case from TOML text. Raises :class:`CaseError` (one line, file and field)."""
+def parse_case(source: str | Mapping[str, Any], file: str | None = None) -> Case:
+    """Parse and validate a case from TOML text or from a mapping of the same structure.
+
+    Args:
+        source: the TOML text of a case file, or a mapping (nested dicts and lists, numbers, strings,
+            ``datetime`` objects with a UTC offset) with the keys of a case file.
+        file: the name used in error messages and stored with the results (default ``"<case>"``).
+
+    The case is checked on its own: its scenario must exist, but its rules are judged only where a
+    judgement is made (:func:`y90opt.outcomes.active_rules`). A mapping is stored as the TOML text it writes
+    (the text is what every result hashes and keeps). Raises :class:`CaseError` (one line, file and field).
+    """
+    file = "<case>" if file is None else str(file)
     r = _Reader(file)
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise CaseError(file, "", f"not valid TOML: {e}") from None
+    if isinstance(source, Mapping):
+        doc, text = _document_from_mapping(source, file)
+    elif isinstance(source, str):
+        text = source
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise CaseError(file, "", f"not valid TOML: {e}") from None
+    else:
+        raise CaseError(file, "", f"expected TOML text or a mapping, got {type(source).__name__}")
     r.table(doc, "", _TOP, {"name", "scenario", "liver", "lung", "vials"})
 
     name = r.string(doc["name"], "name")
@@ -387,17 +406,34 @@ def parse_case(text: str, file: str = "<case>") -> Case:
         rules=rules,
         text=text,
     )
-    # the scenario's rules with the case's overrides: every primary rule must be evaluable for this case
-    from .outcomes import active_rules
-
-    active_rules(case)
     return case
 
 
-def _check_scenario_id(r: _Reader, scenario: str) -> None:
-    from . import rules
+def _document_from_mapping(source: Mapping[str, Any], file: str) -> tuple[dict, str]:
+    """The mapping as TOML text, and that text read back: what a file would have given, so that a case built
+    in a script and the same case read from a file are one case (same checks, same hash)."""
+    import tomli_w
 
-    ids = rules.scenario_ids()
+    try:
+        text = tomli_w.dumps(_plain(source))
+    except (TypeError, ValueError) as e:
+        raise CaseError(file, "", f"the mapping cannot be written as TOML: {e}") from None
+    return tomllib.loads(text), text
+
+
+def _plain(x: Any) -> Any:
+    """Mappings as dicts and tuples as lists, recursively (what a TOML writer takes)."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def _check_scenario_id(r: _Reader, scenario: str) -> None:
+    ids = scenarios.scenario_ids()
     if scenario not in ids:
         raise r.fail("scenario", f"unknown scenario {scenario!r} (known: {', '.join(ids)})")
 
@@ -453,7 +489,10 @@ def _parse_plan(r: _Reader, raw: Any, calibration: _dt.datetime, tumor_names: li
     tol = r.number(p.get("tie_tolerance", 0.005), "plan.tie_tolerance")
     if not 0 <= tol < 1:
         raise r.fail("plan.tie_tolerance", "must be in [0, 1)")
-    return Plan(vial, treatment, hours, risk, tz, proc, success, index, tol)
+    acceptable = r.number(p.get("acceptable_success", 0.5), "plan.acceptable_success")
+    if not 0 < acceptable <= 1:
+        raise r.fail("plan.acceptable_success", "must be in (0, 1]")
+    return Plan(vial, treatment, hours, risk, tz, proc, success, index, tol, acceptable)
 
 
 def _parse_correlations(r: _Reader, raw: Any, tumors, has_whole: bool, specs: dict) -> tuple:

@@ -1,4 +1,5 @@
-"""The ``y90opt`` command line. It parses arguments, calls the library and prints; it computes no physics.
+"""The ``y90opt`` command line: a thin layer over :mod:`y90opt.api`. It parses arguments, calls the API and
+prints; it computes no physics, and no library module imports it.
 
 Exit status: 0 success (an infeasible plan is an answer), 2 bad input (one line naming the file and the
 field, no traceback), 1 internal error (one line).
@@ -12,18 +13,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from ._version import __version__
+from .errors import InputError
 
 EXAMPLE = "configs/examples/multifocal-unilobar.toml"
-#: Largest run whose raw samples `simulate --keep-samples` stores in the Dataset.
-MAX_KEPT_SAMPLES = 10_000_000
 
+#: A user error detected by the command line itself (an argument, an output path): the library's one type.
+BadInput = InputError
 
-class BadInput(Exception):
-    """A user error detected by the CLI itself (an argument, an output path)."""
-
-
-#: Largest sample count accepted on the command line.
+#: Largest sample count accepted on the command line (the API's limit).
 MAX_SAMPLES = 10**12
 
 
@@ -115,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.add_argument("--out", metavar="DIR", help="write plan.nc, figures and report.html to DIR")
     sp.add_argument("--risk", type=float, default=None, help="override [plan].risk: each limit kept with P >= 1 - risk")
+    sp.add_argument("--acceptable-success", type=float, default=None, metavar="P",
+                    help="override [plan].acceptable_success (default 0.5): below it a feasible plan has status low-success")
     sp.add_argument("--optuna-trials", type=_nonnegative_int, default=None, metavar="T", help="Optuna trials for the cross-check (default: half the candidates, at most 200; 0 to skip)")
     sp.add_argument("--storage", default=None, help="Optuna storage: a path (SQLite) or an RDB URL; lets a study resume")
     sp.add_argument("--study-name", default=None, help="Optuna study name (with --storage)")
@@ -149,23 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors
         return int(e.code or 0)
-    from .case import CaseError
-
-    bad: tuple[type[BaseException], ...] = (CaseError, BadInput)
-    try:
-        from .rules import ScenarioError
-
-        bad += (ScenarioError,)
-    except ImportError:  # pragma: no cover
-        pass
-    from .engine import UnphysicalSamplesError
-
-    bad += (UnphysicalSamplesError,)
     if args.command in ("simulate", "plan", "sensitivity"):
         _compile_cache()
     try:
         return int(COMMANDS[args.command](args) or 0)
-    except bad as e:
+    except InputError as e:
         print(f"y90opt: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -201,95 +189,6 @@ def _one_line(s: str) -> str:
 # -- commands -------------------------------------------------------------------------------------------
 
 
-def cmd_dose(args) -> int:
-    from .case import load_case
-    from .nominal import nominal_doses
-    from .textout import dumps
-
-    case = load_case(args.case)
-    out = nominal_doses(case)
-    out.update(_rule_outcome_nominal(case, out))
-    if args.prescribe:
-        from .nominal import required_activity
-
-        out["prescriptions"] = []
-        for item in args.prescribe:
-            q, sep, gy = item.partition("=")
-            try:
-                dose_gy = float(gy)
-            except ValueError:
-                dose_gy = float("nan")
-            if not sep or not dose_gy > 0:
-                raise BadInput(f"--prescribe: expected QUANTITY=GY with GY > 0, got {item!r}")
-            out["prescriptions"].append(required_activity(case, q, dose_gy))
-    if args.json:
-        print(dumps(out))
-        return 0
-    print(_dose_text(case, out))
-    for p in out.get("prescriptions", []):
-        print(f"prescription: {p['dose_gy']:g} Gy to {p['quantity']} at {p['hours_after_calibration']:.1f} h needs "
-              f"{p['vial_at_calibration_gbq']:.3g} GBq at calibration ({p['vial_at_treatment_gbq']:.3g} GBq at treatment, "
-              f"{p['injected_gbq']:.3g} GBq injected)")
-    return 0
-
-
-def _rule_outcome_nominal(case, out) -> dict:
-    """Rule margins and advisories at the nominal doses (filled by the rules module)."""
-    from . import outcomes
-
-    return outcomes.nominal_outcome(case, out)
-
-
-def _dose_text(case, out) -> str:
-    from .textout import table
-
-    conv = case.conventions
-    act = out["activity_gbq"]
-    lines = [
-        f"case {case.name!r}  scenario {case.scenario}",
-        f"vial {act['vial_at_calibration']:g} GBq at calibration {out['calibration']}, "
-        f"treatment {out['treatment']} ({out['hours_after_calibration']:.1f} h after calibration)",
-        f"conventions: K = {conv.dose_constant_gy_kg_per_gbq:g} Gy·kg/GBq, T½ = {conv.half_life_h:g} h, "
-        f"density = {conv.tissue_density_g_per_ml:g} g/mL",
-        "",
-        table(
-            [
-                ("vial at treatment", act["vial_at_treatment"], "GBq"),
-                ("injected (after residual)", act["injected"], "GBq"),
-                ("to the liver", act["liver"], "GBq"),
-                ("to the lungs", act["lung"], "GBq"),
-                ("spheres", out["spheres"], ""),
-                (f"activity per sphere ({conv.bq_per_sphere_at_calibration:g} Bq at calibration)", out["activity_per_sphere_bq"], "Bq"),
-            ],
-            header=("activity", "value", "unit"),
-        ),
-        "",
-    ]
-    from .nominal import flatten_doses
-
-    untreated = {f"tumors.{t.name}" for t in case.tumors if not t.treated}
-    rows = [(k, "not treated" if k in untreated else v, "" if k in untreated else "Gy")
-            for k, v in flatten_doses(out["dose_gy"]).items()]
-    lines.append(table(rows, header=("dose", "value", "unit"), align="lrl"))
-    lines += _rules_text(out)
-    return "\n".join(lines)
-
-
-def _rules_text(out) -> list[str]:
-    from .textout import table
-
-    lines = []
-    if out.get("rules"):
-        lines += ["", table(
-            [(r["label"], r["kind"], r["quantity"], r["threshold_gy"], r.get("value"), r["status"]) for r in out["rules"]],
-            header=("rule", "kind", "quantity", "threshold Gy", "value", "status"),
-            align="lllrrl",
-        )]
-    for a in out.get("advisories", []):
-        lines.append(f"advisory [{a['code']}]: {a['message']}")
-    return lines
-
-
 def _emit(res, out_path: str | None, as_json: bool) -> int:
     """Write a result's Dataset to ``out_path`` (if given), then print its JSON summary or its text."""
     from .textout import dumps
@@ -302,43 +201,54 @@ def _emit(res, out_path: str | None, as_json: bool) -> int:
     return 0
 
 
-def cmd_simulate(args) -> int:
-    from .case import load_case
-    from .simulate import simulate_case
+def _prescriptions(items: Sequence[str]) -> list[tuple[str, float]]:
+    out = []
+    for item in items:
+        q, sep, gy = item.partition("=")
+        try:
+            dose_gy = float(gy)
+        except ValueError:
+            dose_gy = float("nan")
+        if not sep or not 0 < dose_gy < math.inf:
+            raise BadInput(f"--prescribe: expected QUANTITY=GY with GY > 0, got {item!r}")
+        out.append((q, dose_gy))
+    return out
 
-    case = load_case(args.case)
+
+def cmd_dose(args) -> int:
+    from . import api
+
+    res = api.dose(api.load_case(args.case), prescribe=_prescriptions(args.prescribe))
+    return _emit(res, None, args.json)
+
+
+def cmd_simulate(args) -> int:
+    from . import api
+
+    case = api.load_case(args.case)
     out_path = _output_path(args.output, ".nc")
-    if args.keep_samples and args.samples > MAX_KEPT_SAMPLES:
-        raise BadInput(f"--keep-samples: at most {MAX_KEPT_SAMPLES} samples can be stored (asked {args.samples})")
-    res = simulate_case(
-        case, n=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype,
-        keep_samples=args.keep_samples, progress=not args.json,
-    )
+    res = api.simulate(case, samples=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype,
+                       keep_samples=args.keep_samples, progress=not args.json)
     return _emit(res, out_path, args.json)
 
 
 def cmd_plan(args) -> int:
-    from .case import MAX_HOURS, load_case
-    from .planner import plan_case
+    from . import api
+    from .case import MAX_HOURS
     from .textout import dumps
 
-    case = load_case(args.case)
+    case = api.load_case(args.case)
     out_dir = _output_dir(args.out)
-    res = plan_case(
-        case, n=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype, risk=args.risk,
+    res = api.plan(
+        case, samples=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype, risk=args.risk,
         optuna_trials=args.optuna_trials, storage=args.storage, study_name=args.study_name,
-        vial_range=_range_arg(args.vial_range, "--vial-range", positive=True), hours_range=_range_arg(args.hours_range, "--hours-range", maximum=MAX_HOURS),
+        vial_range=_range_arg(args.vial_range, "--vial-range", positive=True),
+        hours_range=_range_arg(args.hours_range, "--hours-range", maximum=MAX_HOURS),
+        sensitivity_samples=args.sensitivity_samples, acceptable_success=args.acceptable_success,
         progress=not args.json,
     )
-    sens = None
-    if args.sensitivity_samples:
-        from .sensitivity import sensitivity_case
-
-        sens = sensitivity_case(res.recommended_case(case), n=args.sensitivity_samples, seed=args.seed,
-                                chunk=args.chunk, dtype=args.dtype, progress=not args.json)
-        res.summary["sensitivity"] = sens.summary
     if out_dir:
-        res.write(out_dir, sensitivity=sens)
+        res.write_report(out_dir)
     if args.json:
         print(dumps(res.summary))
     else:
@@ -349,35 +259,51 @@ def cmd_plan(args) -> int:
 
 
 def cmd_sensitivity(args) -> int:
-    from .case import load_case
-    from .sensitivity import sensitivity_case
+    from . import api
 
-    case = load_case(args.case)
+    case = api.load_case(args.case)
     out_path = _output_path(args.output, ".nc")
-    res = sensitivity_case(
-        case, n=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype,
-        bootstrap=args.bootstrap, progress=not args.json,
-    )
+    res = api.sensitivity(case, samples=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype,
+                          bootstrap=args.bootstrap, progress=not args.json)
     return _emit(res, out_path, args.json)
 
 
 def cmd_scenarios(args) -> int:
-    from . import rules
-    from .textout import dumps, table
+    from . import api
+    from .textout import dumps
 
-    scenarios = rules.load_scenarios()  # in DSC order, scenario 1 to 5
     if args.json:
-        print(dumps([s.to_dict() for s in scenarios]))
+        print(dumps(api.list_scenarios()))
         return 0
-    for s in scenarios:
-        print(f"{s.id}: {s.title} (DSC scenario {s.dsc_scenario}, {s.intent}; {s.preferred_model} preferred)")
-        rows = [("target", r.quantity, f">= {r.threshold_gy:g}", r.level, r.source) for r in s.targets]
-        rows += [("limit", r.quantity, f"<= {r.threshold_gy:g}", r.level, r.source) for r in s.limits]
-        print(table(rows, header=("kind", "quantity", "Gy", "level", "source"), align="lllll"))
-        w = s.window
-        print(f"window: {w.start_h:g}-{w.end_h:g} h after calibration ({', '.join(w.days)})"
-              f"{' [default: not set by the DSC]' if w.default else ''}; source: {w.source}\n")
+    print(scenarios_text(api.list_scenarios()), end="")
     return 0
+
+
+def scenarios_text(scenarios: list[dict]) -> str:
+    """Each scenario's rules (id, kind, quantity, threshold, level, source), window and alternatives: the
+    names a case's ``[rules]`` table uses."""
+    from .textout import table
+
+    lines = []
+    for s in scenarios:
+        lines.append(f"{s['id']}: {s['title']} (DSC scenario {s['dsc_scenario']}, {s['intent']}; "
+                     f"{s['preferred_model']} preferred)")
+        rows = [(r["id"], "target", r["quantity"], f">= {r['threshold_gy']:g}", r["level"], r["source"]) for r in s["targets"]]
+        rows += [(r["id"], "limit", r["quantity"], f"<= {r['threshold_gy']:g}", r["level"], r["source"]) for r in s["limits"]]
+        lines.append(table(rows, header=("rule", "kind", "quantity", "Gy", "level", "source"), align="llllll"))
+        w = s["window"]
+        lines.append(f"window: {w['start_h']:g}-{w['end_h']:g} h after calibration ({', '.join(w['days'])})"
+                     f"{' [default: not set by the DSC]' if w['default'] else ''}; source: {w['source']}")
+        for alt in s["alternatives"]:
+            rules = ", ".join(f"{r['id']} {r['quantity']} {'>=' if k == 'targets' else '<='} {r['threshold_gy']:g} Gy"
+                              for k in ("targets", "limits") for r in alt[k])
+            how = f'[rules] alternatives = ["{alt["id"]}"]'
+            if alt.get("replaces"):
+                how += ", remove = [" + ", ".join(f'"{x}"' for x in alt["replaces"]) + "]"
+            note = f"; {alt['vials']} vials, not planned by the single-vial planner" if alt["vials"] != 1 else f"; use: {how}"
+            lines.append(f"  alternative {alt['id']} ({alt['model']}): {rules}{note}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def cmd_report(args) -> int:

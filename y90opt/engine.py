@@ -25,6 +25,7 @@ import numpy as np
 
 from . import dosimetry
 from .case import Case
+from .errors import InputError
 from .uncertainty import Fixed
 
 #: Samples per random block (the unit of reproducibility).
@@ -125,7 +126,7 @@ def _cgroup_headroom(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgrou
         return None
 
 
-class UnphysicalSamplesError(ValueError):
+class UnphysicalSamplesError(InputError):
     """Too many samples gave a non-positive normal liver mass (tumours larger than their territory)."""
 
 

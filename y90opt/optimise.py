@@ -87,7 +87,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from . import physics
-from .planner import MARGIN_ATOL, limit_margins
+from .chance import MARGIN_ATOL, limit_margins
 
 #: Constraint values within this of zero count as zero (float noise in (1 − risk) − k/n).
 #: Inner-sampler redraws before :class:`WithoutReplacement` falls back (see there).

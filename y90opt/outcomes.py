@@ -13,74 +13,160 @@ from typing import Any
 import numpy as np
 
 from . import rules as _rules
-from .case import Case
+from .case import Case, CaseError
+from .scenarios import apply_overrides, load_scenario
+
+
+@dataclasses.dataclass(frozen=True)
+class NotEvaluable:
+    """A rule the case cannot evaluate: which rule, why, and the case field that would make it evaluable."""
+
+    id: str
+    kind: str  # "target" | "limit"
+    level: str
+    quantity: str
+    reason: str
+    field: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "level": self.level, "quantity": self.quantity,
+                "status": "not evaluable", "reason": self.reason, "field": self.field}
 
 
 @dataclasses.dataclass(frozen=True)
 class ActiveRules:
-    """The rules a plan is judged by, after the case's overrides and its choice of success."""
+    """The rules a plan is judged by, after the case's overrides and its choice of success.
 
-    scenario: Any  # rules.Scenario
+    ``targets``, ``secondary`` and ``limits`` hold only rules the case can evaluate; the others are in
+    ``not_evaluable`` with the reason (``dose`` and ``simulate`` list them; ``plan`` refuses a primary one).
+    """
+
+    scenario: Any  # scenarios.Scenario
     targets: tuple  # primary targets: success = all met
     secondary: tuple  # "where possible" targets: reported only
     limits: tuple
     counted_tumors: tuple[str, ...]
     success: str
+    not_evaluable: tuple[NotEvaluable, ...] = ()
 
 
-def active_rules(case: Case) -> ActiveRules:
-    scen = _rules.load_scenario(case.scenario)
-    scen = _rules.apply_overrides(scen, dict(case.rules), case.path)
+def active_rules(case: Case, strict: bool = False) -> ActiveRules:
+    """The scenario's rules with the case's ``[rules]`` overrides, split into those the case can evaluate and
+    those it cannot.
+
+    Args:
+        case: a parsed case.
+        strict: the judgement of ``plan``: raise :class:`~y90opt.case.CaseError` when a primary target or a
+            limit cannot be evaluated, or no primary target is left, with a message naming the field and a fix
+            that works (the committee's alternative for the case, where the scenario has one). Without it
+            (``dose``, ``simulate``, ``sensitivity``) such rules are listed as not evaluable and nothing is
+            refused: a nominal dose needs no rule.
+    """
+    scen = load_scenario(case.scenario)
+    scen = apply_overrides(scen, dict(case.rules), case.path, require_primary=False)
     treated = tuple(t.name for t in case.tumors if t.treated)
     mode = case.plan.success
-    if mode == "index-tumor":
-        counted = (case.plan.index_tumor,)
-    else:
-        counted = treated
+    counted = (case.plan.index_tumor,) if mode == "index-tumor" else treated
 
     def rewrite(r):
         if mode == "mass-weighted" and r.quantity == "tumors":
             return dataclasses.replace(r, quantity="tumor_total")
         return r
 
-    targets = tuple(rewrite(r) for r in scen.targets if r.level == "primary")
-    secondary = tuple(rewrite(r) for r in scen.targets if r.level != "primary")
-    limits = tuple(rewrite(r) for r in scen.limits)
-    _require_evaluable(case, scen, targets, limits, counted)
-    return ActiveRules(scen, targets, secondary, limits, counted, mode)
+    groups = {
+        "target": [rewrite(r) for r in scen.targets if r.level == "primary"],
+        "secondary": [rewrite(r) for r in scen.targets if r.level != "primary"],
+        "limit": [rewrite(r) for r in scen.limits],
+    }
+    kept: dict[str, list] = {k: [] for k in groups}
+    lost: list[NotEvaluable] = []
+    for group, rules in groups.items():
+        for r in rules:
+            why = _why_not_evaluable(case, r.quantity, counted)
+            if why is None:
+                kept[group].append(r)
+            else:
+                lost.append(NotEvaluable(r.id, r.kind, r.level, r.quantity, why[1], why[0]))
+    ar = ActiveRules(scen, tuple(kept["target"]), tuple(kept["secondary"]), tuple(kept["limit"]), counted, mode,
+                     tuple(lost))
+    if strict:
+        _require_evaluable(case, ar)
+    return ar
 
 
-#: The case input each dose quantity needs beyond the always-present ones.
-_NEEDS = {
-    "whole_normal_liver": "liver.whole_liver_volume_ml",
-    "whole_liver": "liver.whole_liver_volume_ml",
-    "tumors": "tumors",
-    "tumor_total": "tumors",
-}
+def _why_not_evaluable(case: Case, quantity: str, counted: tuple[str, ...]) -> tuple[str, str] | None:
+    """(field, reason) when the case gives no dose for ``quantity``, else None."""
+    if quantity in ("whole_normal_liver", "whole_liver") and not case.has_whole_liver:
+        return "liver.whole_liver_volume_ml", "the case gives no whole-liver volume"
+    if quantity == "tumors" and not counted:
+        return "tumors", "the case lists no treated tumour"
+    if quantity == "tumor_total" and not any(t.treated for t in case.tumors):
+        return "tumors", "the case lists no treated tumour"
+    return None
 
 
-def _require_evaluable(case: Case, scen, targets, limits, counted) -> None:
-    """A primary target or limit that the case cannot evaluate is bad input, never silently dropped: a plan
-    judged without it would look safer or more successful than it is."""
-    from .case import CaseError
+def single_compartment_fix(scen, overrides) -> str | None:
+    """The ``[rules]`` change that switches ``scen`` (after the case's ``overrides``) to the committee's
+    single-vial, single-compartment alternative with a primary target, as one phrase; None if it has none."""
+    applied = set(scen.applied)
+    active = {r.id for r in scen.rules}
+    for alt in scen.alternatives:
+        if alt.model != "single-compartment" or alt.vials != 1 or not alt.has_primary_target:
+            continue
+        parts = []
+        if f"alternative:{alt.id}" not in applied:
+            parts.append(f"alternatives = [\"{alt.id}\"]")
+        remove = [rid for rid in alt.replaces if rid in active]
+        if remove:
+            parts.append("remove = [" + ", ".join(f"\"{x}\"" for x in remove) + "]")
+        if not parts:
+            continue
+        return (f"plan with the committee's single-compartment alternative {alt.id!r} ({alt.source}): add to [rules] "
+                + " and ".join(parts))
+    return None
 
-    has_treated = any(t.treated for t in case.tumors)
-    for kind, group in (("target", targets), ("limit", limits)):
-        for r in group:
-            q = r.quantity
-            missing = (
-                (q in ("whole_normal_liver", "whole_liver") and not case.has_whole_liver)
-                or (q == "tumors" and not counted)
-                or (q == "tumor_total" and not has_treated)
-            )
-            if missing:
-                field = _NEEDS[q]
-                what = "no treated tumour" if field == "tumors" else "missing"
-                raise CaseError(
-                    case.path, field,
-                    f"{what}: needed by the {kind} {r.id!r} ({q}) of scenario {scen.id}; give it, or drop the rule "
-                    f"with [rules] remove = [\"{r.id}\"] if it does not apply to this patient",
-                )
+
+def _require_evaluable(case: Case, ar: ActiveRules) -> None:
+    """A primary target or a limit that the case cannot evaluate is bad input for a plan, never silently
+    dropped: a plan judged without it would look safer or more successful than it is."""
+    scen = ar.scenario
+    for ne in ar.not_evaluable:
+        if ne.kind == "target" and ne.level != "primary":
+            continue
+        if ne.field == "tumors":
+            fix = single_compartment_fix(scen, case.rules)
+            advice = "list the treated tumours in [[tumors]]" + (f", or {fix}" if fix else
+                     ", or give a target of your own under [rules] targets")
+        else:
+            advice = (f"give {ne.field}, or drop the rule with [rules] remove = [\"{ne.id}\"] if it does not apply "
+                      "to this patient")
+        raise CaseError(
+            case.path, ne.field,
+            f"{ne.reason}: needed by the {ne.kind} {ne.id!r} ({ne.quantity}) of scenario {scen.id}; {advice}",
+        )
+    if not ar.targets:
+        fix = single_compartment_fix(scen, case.rules)
+        raise CaseError(
+            case.path, "rules",
+            "no primary target left: a plan needs at least one; "
+            + (fix if fix else "add one under [rules] targets, or keep one of the scenario's"),
+        )
+
+
+def rule_rows(ar: ActiveRules) -> list[dict[str, Any]]:
+    """The rules a judgement used, one row per label (a tumour rule per counted tumour), with the dose name
+    each constrains: the ``rules`` list of ``plan --json``."""
+    rows = []
+    for rule in ar.targets + ar.secondary + ar.limits:
+        if rule.quantity == "tumors":
+            items = [(f"{rule.id}:{n}", f"tumors.{n}") for n in ar.counted_tumors]
+        else:
+            items = [(rule.id, rule.quantity)]
+        for label, quantity in items:
+            row = {"id": rule.id, "label": label, "kind": rule.kind, "level": rule.level, "quantity": quantity,
+                   ("min_gy" if rule.kind == "target" else "max_gy"): rule.threshold_gy, "source": rule.source}
+            rows.append(row)
+    return rows
 
 
 def dose_mapping(quantities, values) -> dict[str, Any]:
@@ -100,8 +186,6 @@ def dose_mapping(quantities, values) -> dict[str, Any]:
 
 def nominal_outcome(case: Case, nominal: dict[str, Any]) -> dict[str, Any]:
     """Rule outcome at the nominal doses and the advisories, for ``dose``."""
-    from .nominal import flatten_doses
-
     ar = active_rules(case)
     flat = flatten_doses(nominal["dose_gy"])
     doses = {k: np.asarray(v) for k, v in flat.items() if not k.startswith("tumors.")}
@@ -127,18 +211,50 @@ def nominal_outcome(case: Case, nominal: dict[str, Any]) -> dict[str, Any]:
                     "status": ("met" if ok else "not met") if r.kind == "target" else ("kept" if ok else "EXCEEDED"),
                     "source": r.source,
                 })
-    missing = _rules.missing_quantities(ar.targets + ar.secondary + ar.limits, doses)
-    # rule labels, as `simulate` and `plan` report them (the quantities go to the advisory)
-    not_evaluated = [
-        r.id for r in ar.targets + ar.secondary + ar.limits if r.quantity in missing
-    ]
+    for ne in ar.not_evaluable:
+        rows.append({
+            "label": ne.id,
+            "kind": {"target": "target" if ne.level == "primary" else "secondary target"}.get(ne.kind, ne.kind),
+            "quantity": ne.quantity,
+            "threshold_gy": _threshold(ar.scenario, ne.id),
+            "value": None,
+            "margin_gy": None,
+            "status": "not evaluable",
+            "reason": ne.reason,
+            "source": _source(ar.scenario, ne.id),
+        })
+    judged = [r for r in rows if r["status"] != "not evaluable"]
     return {
         "rules": rows,
-        "rules_not_evaluated": not_evaluated,
-        "targets_met": all(r["status"] == "met" for r in rows if r["kind"] == "target"),
-        "limits_kept": all(r["status"] == "kept" for r in rows if r["kind"] == "limit"),
-        "advisories": nominal_advisories(case, nominal, ar, missing),
+        "rules_not_evaluated": [ne.id for ne in ar.not_evaluable],
+        "rules_not_evaluable": [ne.to_dict() for ne in ar.not_evaluable],
+        "targets_met": all(r["status"] == "met" for r in judged if r["kind"] == "target"),
+        "limits_kept": all(r["status"] == "kept" for r in judged if r["kind"] == "limit"),
+        "advisories": nominal_advisories(case, nominal, ar),
     }
+
+
+def _rule_by_id(scen, rule_id: str):
+    return next(r for r in scen.rules if r.id == rule_id)
+
+
+def _threshold(scen, rule_id: str) -> float:
+    return _rule_by_id(scen, rule_id).threshold_gy
+
+
+def _source(scen, rule_id: str) -> str:
+    return _rule_by_id(scen, rule_id).source
+
+
+def flatten_doses(dose_gy: dict[str, Any]) -> dict[str, float]:
+    """``{"tumors": {"T1": x}}`` → ``{"tumors.T1": x}``, other keys unchanged."""
+    out = {}
+    for k, v in dose_gy.items():
+        if k == "tumors":
+            out.update({f"{k}.{n}": x for n, x in v.items()})
+        else:
+            out[k] = v
+    return out
 
 
 def hepatic_reserve(case: Case) -> float | None:
@@ -151,7 +267,8 @@ def hepatic_reserve(case: Case) -> float | None:
 def nominal_advisories(
     case: Case, nominal: dict[str, Any], ar: ActiveRules | None = None, missing: list[str] | tuple = ()
 ) -> list[dict[str, str]]:
-    """Advisories at the nominal inputs (printed, never applied). ``missing`` lists rules not evaluated."""
+    """Advisories at the nominal inputs (printed, never applied). ``missing`` lists dose quantities the
+    model could not give beyond the rules ``ar`` already lists as not evaluable."""
     ar = ar or active_rules(case)
     model_used = "partition" if any(t.treated for t in case.tumors) else "single-compartment"
     adv = _rules.advisories(
@@ -166,6 +283,11 @@ def nominal_advisories(
         missing=list(missing),
     )
     out = [{"code": c, "message": m} for c, m in adv]
+    for ne in ar.not_evaluable:
+        out.append({
+            "code": "rule-not-evaluated",
+            "message": f"{ne.kind} {ne.id!r} ({ne.quantity}) not evaluable: {ne.reason} (give {ne.field})",
+        })
     if case.biased_inputs:
         out.append({
             "code": "bias",
@@ -202,13 +324,17 @@ class RuleTable:
     def is_limit(self) -> np.ndarray:
         return np.array([k == "limit" for k in self.kinds])
 
+    not_evaluable: tuple[dict, ...] = ()  # rows of the rules the case cannot evaluate, with the reason
+
     def margins(self, doses):
         """Margins (..., R) from doses (..., Q) (numpy or JAX arrays)."""
         return self.signs * (doses[..., self.cols] - self.thresholds)
 
 
 def compile_rules(ar: ActiveRules, quantities: tuple[str, ...]) -> RuleTable:
-    labels, kinds, qs, srcs, cols, thr, signs, missing, missing_q = [], [], [], [], [], [], [], [], []
+    labels, kinds, qs, srcs, cols, thr, signs = [], [], [], [], [], [], []
+    missing = [ne.id for ne in ar.not_evaluable]
+    missing_q = [ne.quantity for ne in ar.not_evaluable]
     for kind, group in (("target", ar.targets), ("secondary", ar.secondary), ("limit", ar.limits)):
         for r in group:
             if r.quantity == "tumors":
@@ -230,4 +356,5 @@ def compile_rules(ar: ActiveRules, quantities: tuple[str, ...]) -> RuleTable:
     return RuleTable(
         tuple(labels), tuple(kinds), tuple(qs), tuple(srcs), np.asarray(cols, dtype=int),
         np.asarray(thr, dtype=float), np.asarray(signs), tuple(missing), tuple(dict.fromkeys(missing_q)),
+        tuple(ne.to_dict() for ne in ar.not_evaluable),
     )

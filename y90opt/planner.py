@@ -21,32 +21,19 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import os
 from typing import Any
 
 import numpy as np
 
 from . import engine, physics
 from .case import Case, CaseError
-from .outcomes import RuleTable, active_rules, compile_rules
-from .simulate import sort_rows, sorted_quantiles
+from .chance import limit_margins
+from .errors import InputError
+from .outcomes import RuleTable, active_rules, compile_rules, rule_rows
+from .simulation import sort_rows, sorted_quantiles
 
 #: Points of the P-versus-activity curve stored with every plan.
 CURVE_POINTS = 241
-
-#: Constraint margins within this of zero count as zero (a limit kept with P = 1 − risk exactly is feasible).
-MARGIN_ATOL = 1e-12
-
-
-def limit_margins(p_limits, risk: float) -> np.ndarray:
-    """Constraint values (1 − risk) − P(limit kept), shape (..., L); ≤ 0 means the limit is kept often enough.
-
-    One number drives the enumeration, Optuna's constraints and the report (Optuna's convention: ≤ 0 feasible).
-    Values within :data:`MARGIN_ATOL` of zero are set to zero, so the boundary case P = 1 − risk is feasible.
-    """
-    m = (1.0 - risk) - np.asarray(p_limits, dtype=np.float64)
-    return np.where(np.abs(m) <= MARGIN_ATOL, 0.0, m)
-
 
 @dataclasses.dataclass(frozen=True)
 class CandidateTime:
@@ -87,7 +74,7 @@ def default_times(case: Case, window) -> tuple[CandidateTime, ...]:
 
     Without ``site_timezone`` the calibration's UTC offset is the site's clock: give the IANA zone for
     daylight-saving changes between calibration and treatment."""
-    from .rules import DAY_TOLERANCE_H
+    from .scenarios import DAY_TOLERANCE_H
 
     zone = case.site_zone()
     cal_local = case.calibration.astimezone(zone)
@@ -241,7 +228,7 @@ def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: 
                     progress=None, on_device: bool | None = None):
     """Sample once and build the :class:`Evaluator`; with ``keep_factors`` also return every dose factor,
     sorted per quantity, shape (Q, n) with the valid samples first (for exact dose quantiles: see
-    :func:`~y90opt.simulate.sorted_quantiles` with ``n=ev.n``). Memory: O(n · (rules + Q)) values of the
+    :func:`~y90opt.simulation.sorted_quantiles` with ``n=ev.n``). Memory: O(n · (rules + Q)) values of the
     run's dtype.
 
     ``on_device`` (default: when JAX's backend is not the CPU) sorts on the device and leaves the rows there;
@@ -330,16 +317,6 @@ class PlanResult:
     def text(self) -> str:
         return plan_text(self.summary)
 
-    def write(self, out_dir: str, sensitivity=None) -> None:
-        """Write ``plan.nc``, the figures and ``report.html`` (with the tornado figures of ``sensitivity``)."""
-        from .report import write_report
-        from .results import write_netcdf
-
-        write_netcdf(self.dataset, os.path.join(out_dir, "plan.nc"))
-        if sensitivity is not None:
-            write_netcdf(sensitivity.dataset, os.path.join(out_dir, "sensitivity.nc"))
-        write_report(self.dataset, out_dir, sensitivity=sensitivity)
-
     def recommended_case(self, case: Case) -> Case:
         """The case with its ``[plan]`` decision set to the recommendation (or the least risky candidate)."""
         a = self.dataset.attrs
@@ -361,8 +338,6 @@ def check_memory(case: Case, n: int, rows: int, dtype: str, on_device: bool = Fa
     """Refuse, before sampling, a run whose kept values cannot fit in the memory left, rather than let the
     system kill the process minutes later. The exact planner keeps ``rows`` values per sample, and
     ``factor_rows`` more in runs of at most ``factor_limit`` samples (the factors of exact quantiles)."""
-    from .cli import BadInput
-
     copies = PEAK_COPIES["device" if on_device else "host"]
     size = np.dtype(dtype).itemsize
 
@@ -375,7 +350,7 @@ def check_memory(case: Case, n: int, rows: int, dtype: str, on_device: bool = Fa
     fit = int(free // per_sample(factor_limit + 1))  # the largest count above the factor limit that fits
     if fit <= factor_limit:  # none does: the largest count at or below it, factors kept
         fit = min(int(free // per_sample(factor_limit)), factor_limit)
-    raise BadInput(
+    raise InputError(
         f"{case.path}: --samples: the exact planner keeps {rows + (factor_rows if n <= factor_limit else 0)} "
         f"values per sample, about {n * per_sample(n) / 2**30:.3g} GiB at its peak for {n} samples, and "
         f"{free / 2**30:.3g} GiB is free: use at most {fit} samples (simulate streams any number)"
@@ -399,15 +374,13 @@ def plan_case(
     """Choose vial and treatment time for ``case`` (exact enumeration, cross-checked by Optuna)."""
     engine.enable_x64_if(dtype)
     if risk is not None and not 0 < risk < 1:
-        from .cli import BadInput
-
-        raise BadInput(f"--risk: must be in (0, 1), got {risk}")
+            raise InputError(f"--risk: must be in (0, 1), got {risk}")
     risk = case.plan.risk if risk is None else risk
-    ar = active_rules(case)
+    ar = active_rules(case, strict=True)
     model = engine.Model.from_case(case)
     rt = compile_rules(ar, model.quantities)
     space = decision_space(case, ar.scenario.window, vial_range, hours_range)
-    from .simulate import EXACT_QUANTILE_LIMIT
+    from .simulation import EXACT_QUANTILE_LIMIT
 
     chunk = chunk or engine.default_chunk()
     keep = n <= EXACT_QUANTILE_LIMIT
@@ -428,6 +401,8 @@ def plan_case(
             half_life_h=case.conventions.half_life_h,
         )
     ds = plan_dataset(case, model, rt, space, ev, factor_q, result, risk, n, seed, dtype, n_invalid, optuna_info)
+    ds.attrs["rules_judged"] = json.dumps(rule_rows(ar))
+    ds.attrs["acceptable_success"] = case.plan.acceptable_success
     ds.attrs["advisories"] = json.dumps(_advisories_at(case, model, rt, space, result))
     return PlanResult(ds, summarize_plan(ds))
 
@@ -438,7 +413,7 @@ def _factor_quantiles(model, rt, factors, n_valid, n, seed, chunk, dtype) -> dic
     if factors is not None:
         q = sorted_quantiles(factors, (0.05, 0.5, 0.95), n=n_valid) if n_valid else None
         return {"q": q, "method": "exact (all samples)", "rel_error": 0.0}
-    from .simulate import _streaming_stats
+    from .simulation import _streaming_stats
 
     stats, _ = _streaming_stats(model, n, seed, 1.0, np.zeros(len(model.quantities)), rt, chunk, dtype, None)
     return {"q": stats["quantiles"], "method": stats["quantile_method"], "rel_error": stats["quantile_rel_error"]}
@@ -457,7 +432,7 @@ def _advisories_at(case, model, rt, space, result) -> list[dict[str, str]]:
         "hours_after_calibration": h,
         "activity_per_sphere_bq": physics.activity_per_sphere_bq(h, case.conventions),
     }
-    return nominal_advisories(case, nominal, missing=list(rt.missing_quantities))
+    return nominal_advisories(case, nominal, active_rules(case, strict=True))
 
 
 def pareto_front(p_success: np.ndarray, p_limits: np.ndarray) -> list[tuple[int, int]]:
@@ -623,9 +598,12 @@ def summarize_plan(ds) -> dict[str, Any]:
         margins = limit_margins(pl[a_, b_], risk)
         c["ruled_out_by"] = [lab for lab, m in zip(limits, margins, strict=True) if m > 0]
         rejected.append(c)
+    acceptable = float(a.get("acceptable_success", 0.5))
     out: dict[str, Any] = {
         "case": a["case_name"],
         "scenario": a["scenario"],
+        "status": plan_status(feasible, rec["p_success"], acceptable),
+        "acceptable_success": acceptable,
         "feasible": feasible,
         "recommended": rec_out if feasible else None,
         "risk": risk,
@@ -647,6 +625,7 @@ def summarize_plan(ds) -> dict[str, Any]:
         {k: c[k] for k in ("vial_gbq", "hours_after_calibration", "p_success", "p_limits", "feasible")}
         for c in (cand(a_, b_) for a_, b_ in pareto_front(ps, pl))
     ]
+    out["rules"] = json.loads(a.get("rules_judged", "[]"))
     out["advisories"] = json.loads(a.get("advisories", "[]"))
     out["rules_not_evaluated"] = [x for x in str(a.get("rules_not_evaluated", "")).split(", ") if x]
     if not feasible:
@@ -657,6 +636,19 @@ def summarize_plan(ds) -> dict[str, Any]:
     if "optuna" in a:
         out["optuna"] = json.loads(a["optuna"])
     return out
+
+
+#: The plan statuses of ``plan --json`` (design document, "Plan status").
+STATUSES = ("ok", "low-success", "infeasible")
+
+
+def plan_status(feasible: bool, p_success: float, acceptable_success: float) -> str:
+    """``"infeasible"`` when no candidate keeps every limit; ``"ok"`` when the recommendation's P(all primary
+    targets met) reaches ``acceptable_success``; ``"low-success"`` otherwise (feasible, but the targets are
+    unlikely to be met: never to be shown as a success)."""
+    if not feasible:
+        return "infeasible"
+    return "ok" if p_success >= acceptable_success else "low-success"
 
 
 def _relax_text(ds, limit: str, rec: dict, risk: float) -> str:
@@ -687,10 +679,20 @@ def plan_text(summary: dict[str, Any]) -> str:
         "{tissue_density_g_per_ml:g} g/mL, {bq_per_sphere_at_calibration:g} Bq per sphere at calibration".format(**summary["conventions"]),
         "",
     ]
+    status = summary.get("status")
+    if status == "low-success":
+        r = summary["recommended"]
+        lines += [f"STATUS: LOW CHANCE OF SUCCESS: P(all primary targets met) = {r['p_success']:.3f} at the best "
+                  f"candidate that keeps every limit, below the acceptable {summary['acceptable_success']:g}; "
+                  "the targets are unlikely to be reached with these inputs", ""]
+    elif status == "infeasible":
+        lines += ["STATUS: INFEASIBLE: no candidate keeps every limit", ""]
+    elif status == "ok":
+        lines += [f"STATUS: ok (P(all primary targets met) ≥ {summary['acceptable_success']:g})", ""]
     if summary["feasible"]:
         r = summary["recommended"]
         lines += [
-            "RECOMMENDATION",
+            "RECOMMENDATION" if status != "low-success" else "BEST FEASIBLE CANDIDATE (low chance of success)",
             f"  order   {r['vial_gbq']:g} GBq vial ({r['vial_mci']:.0f} mCi) calibrated {r['calibration']}",
             f"  treat   {r['treatment_local']}  ({r['hours_after_calibration']:.1f} h after calibration, "
             f"{r['vial_at_treatment_gbq']:.3g} GBq in the vial)",

@@ -40,10 +40,17 @@ from typing import Any
 import numpy as np
 
 from . import physics
+from .errors import InputError
+from .figures import (
+    _rc,
+    _zone,
+    constrained_quantities,
+    curve_figure,
+    dose_figure,
+    heatmap_figure,
+    tornado_figure,
+)
 from .results import quantity_label
-
-#: Resolution of every figure [dots per inch].
-DPI = 150
 
 #: Figure file names (relative to the report's folder).
 HEATMAP_PNG = "report_heatmap.png"
@@ -58,19 +65,6 @@ MAX_TABLE_ROWS = 200
 ALTERNATIVES_ABOVE = 10
 ALTERNATIVES_BELOW = 5
 
-#: Most cells the heat map annotates with their probability.
-MAX_ANNOTATED_CELLS = 120
-
-# Colour-blind-safe colours (Okabe & Ito) so that print, screen and grey scale all read.
-_TARGET_COLOUR = "#009E73"
-_LIMIT_COLOURS = ("#D55E00", "#0072B2", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
-_SUCCESS_COLOUR = "#000000"
-
-_QUANTITY_ORDER = (
-    "tumor_total", "perfused_mean", "normal_perfused", "whole_normal_liver", "whole_liver", "lung", "lung_cumulative",
-)
-
-
 # --- public API --------------------------------------------------------------------------------------------
 
 
@@ -80,7 +74,7 @@ def write_report(ds, out_dir: str | os.PathLike, sensitivity=None) -> str:
     Args:
         ds: the Dataset of ``y90opt plan`` (:attr:`y90opt.planner.PlanResult.dataset`, or read from plan.nc).
         out_dir: folder for ``report.html`` and its PNG figures (created if missing).
-        sensitivity: optional :class:`y90opt.sensitivity.SensitivityResult` (or its Dataset) of the same case;
+        sensitivity: optional :class:`y90opt.sensitivity_analysis.SensitivityResult` (or its Dataset) of the same case;
             adds tornado figures and the Sobol' indices of plan success.
     """
     out_dir = os.fspath(out_dir)
@@ -125,25 +119,22 @@ def sensitivity_matches(plan_ds, sens_ds) -> bool:
 
 def _read_results(path: str, what: str):
     """A saved Dataset, or exit status 2 with one line naming the file."""
-    from .cli import BadInput
     from .results import read_netcdf
 
     if not os.path.isfile(path):
-        raise BadInput(f"{path}: no such {what} file")
+        raise InputError(f"{path}: no such {what} file")
     try:
         return read_netcdf(path)
     except (OSError, ValueError) as e:
-        raise BadInput(f"{path}: not a readable NetCDF results file ({e})") from None
+        raise InputError(f"{path}: not a readable NetCDF results file ({e})") from None
 
 
 def read_plan_results(path: str | os.PathLike):
     """The Dataset of a saved ``plan.nc``; exit status 2 (one line naming the file) for anything else."""
-    from .cli import BadInput
-
     path = os.fspath(path)
     ds = _read_results(path, "results")
     if ds.attrs.get("command") != "plan" or "p_success" not in ds:
-        raise BadInput(f"{path}: not the results of `y90opt plan` (command = {ds.attrs.get('command')!r})")
+        raise InputError(f"{path}: not the results of `y90opt plan` (command = {ds.attrs.get('command')!r})")
     return ds
 
 
@@ -153,13 +144,11 @@ def _missing_sensitivity_variables(sds) -> list[str]:
 
 def read_sensitivity_results(path: str | os.PathLike):
     """The Dataset of a saved sensitivity analysis; exit status 2 naming the file (and what it lacks) otherwise."""
-    from .cli import BadInput
-
     path = os.fspath(path)
     sds = _read_results(path, "sensitivity results")
     missing = _missing_sensitivity_variables(sds)
     if missing:
-        raise BadInput(f"{path}: not the results of `y90opt sensitivity` (no {', '.join(missing)})")
+        raise InputError(f"{path}: not the results of `y90opt sensitivity` (no {', '.join(missing)})")
     return sds
 
 
@@ -219,8 +208,8 @@ def _context(ds) -> dict[str, Any]:
     }
     try:
         from .case import parse_case
-        from .nominal import flatten_doses, nominal_doses
-        from .outcomes import active_rules, nominal_advisories
+        from .nominal import nominal_doses
+        from .outcomes import active_rules, flatten_doses, nominal_advisories
 
         case = parse_case(str(a["case_toml"]), str(a.get("case_path", "<case>")))
         ctx["case"] = case
@@ -254,247 +243,14 @@ def _context(ds) -> dict[str, Any]:
     return ctx
 
 
-def _constrained_quantities(ds) -> list[str]:
-    """Dose quantities the page plots: every tumour that receives a dose, NTAD, the lung, and every quantity
-    a rule constrains, in a fixed reading order (tumours first, lungs last)."""
-    qs = [str(q) for q in ds["quantity"].values]
-    units = [str(u) for u in ds["unit"].values]
-    gy = {q for q, u in zip(qs, units, strict=True) if u == "Gy"}
-    ruled = {str(q) for q in ds["rule_quantity"].values}
-    i, j = int(ds.attrs["recommended_index_vial"]), int(ds.attrs["recommended_index_time"])
-    p95 = ds["dose_p95"].values[i, j] if "dose_p95" in ds else None
-    out = []
-    for k, q in enumerate(qs):
-        if q.startswith("tumors.") and (q in ruled or p95 is None or p95[k] > 0):
-            out.append(q)
-    wanted = ruled | {"normal_perfused", "lung"}
-    out += [q for q in _QUANTITY_ORDER if q in wanted and q in gy]
-    return out
-
-
-# --- figures -------------------------------------------------------------------------------------------------
-
-
-def _figure(width_in: float, height_in: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: str) -> str:
-    # no software/date metadata: the same Dataset gives the same bytes
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
-    return path
-
-
-def _rc():
-    import matplotlib
-
-    return matplotlib.rc_context({
-        "font.size": 9.5,
-        "axes.titlesize": 10.5,
-        "axes.labelsize": 9.5,
-        "legend.fontsize": 8.5,
-        "xtick.labelsize": 8.5,
-        "ytick.labelsize": 8.5,
-        "hatch.linewidth": 0.8,
-        "svg.hashsalt": "y90opt",
-    })
-
-
-def _time_ticks(ds) -> list[str]:
-    """Tick labels for candidate times: local day name and date, clock time, hours after calibration."""
-    out = []
-    for local, h in zip(ds["time_local"].values, ds["hours_after_calibration"].values, strict=True):
-        when = _dt.datetime.fromisoformat(str(local))
-        out.append(f"{when.strftime('%a %d %b')}\n{when.strftime('%H:%M')}\n{float(h):.0f} h")
-    return out
-
-
-def _zone(ds) -> str:
-    return str(ds.attrs.get("site_timezone", ""))
-
-
-def heatmap_figure(ds, path: str) -> str:
-    """P(all primary targets met) on the vial × treatment-time grid; infeasible cells hatched; the
-    recommendation (or, when nothing is feasible, the least risky candidate) outlined."""
-    from matplotlib.patches import Rectangle
-
-    ps = ds["p_success"].values.astype(float)
-    feas = ds["feasible"].values.astype(bool)
-    vials = ds["vial"].values.astype(float)
-    nv, nt = ps.shape
-    i0, j0 = int(ds.attrs["recommended_index_vial"]), int(ds.attrs["recommended_index_time"])
-    ok = bool(int(ds.attrs["feasible"]))
-    with _rc():
-        fig = _figure(min(11.0, max(6.5, 1.0 + 0.95 * nt)), min(9.0, max(3.4, 1.6 + 0.42 * nv)))
-        ax = fig.add_subplot()
-        im = ax.imshow(ps, origin="lower", aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
-                       extent=(-0.5, nt - 0.5, -0.5, nv - 0.5), interpolation="nearest")
-        cb = fig.colorbar(im, ax=ax, pad=0.01)
-        cb.set_label("P(all primary targets met) (probability, 0-1)")
-        small = nv * nt <= MAX_ANNOTATED_CELLS
-        for a in range(nv):
-            for b in range(nt):
-                if not feas[a, b]:
-                    ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, facecolor=(1, 1, 1, 0.55), edgecolor="#555555",
-                                           hatch="///" if small else None, linewidth=0.0))
-                if small:
-                    colour = "white" if ps[a, b] < 0.55 and feas[a, b] else "black"
-                    ax.text(b, a, f"{ps[a, b]:.2f}", ha="center", va="center", fontsize=8.5, color=colour,
-                            fontweight="bold" if (a, b) == (i0, j0) else "normal")
-        ax.add_patch(Rectangle((j0 - 0.5, i0 - 0.5), 1, 1, fill=False, edgecolor="#D55E00" if ok else "#CC79A7",
-                               linewidth=3.0, zorder=5))
-        step_t = max(1, int(math.ceil(nt / 10)))
-        step_v = max(1, int(math.ceil(nv / 20)))
-        ticks = _time_ticks(ds)
-        ax.set_xticks(range(0, nt, step_t), [ticks[b] for b in range(0, nt, step_t)])
-        ax.set_yticks(range(0, nv, step_v), [f"{vials[a]:g}" for a in range(0, nv, step_v)])
-        ax.set_xlabel(f"treatment time (local, {_zone(ds)}; hours after calibration)")
-        ax.set_ylabel("vial activity at calibration (GBq)")
-        what = "recommended" if ok else "least risky"
-        ax.set_title(f"P(targets met) per candidate; hatched: a limit fails; outlined: {what}", loc="left",
-                     fontsize=9.5)
-        return _save(fig, path)
-
-
-def dose_figure(ds, path: str, nominal: dict[str, float] | None = None) -> str:
-    """Each plotted dose at the recommendation: the 5th-95th percentile band, the median, the nominal dose,
-    and the scenario's thresholds on that dose (targets green dashed, limits red solid). One panel per dose,
-    each on its own linear scale from 0 Gy."""
-    qs_all = [str(q) for q in ds["quantity"].values]
-    qs = _constrained_quantities(ds)
-    i, j = int(ds.attrs["recommended_index_vial"]), int(ds.attrs["recommended_index_time"])
-    rule_q = [str(x) for x in ds["rule_quantity"].values]
-    rule_kind = [str(x) for x in ds["rule_kind"].values]
-    rule_thr = ds["rule_threshold"].values.astype(float)
-    rule_lab = [str(x) for x in ds["rule"].values]
-    have_q = "dose_p50" in ds
-    box = {"facecolor": "white", "edgecolor": "none", "pad": 0.6, "alpha": 0.85}
-    with _rc():
-        fig = _figure(8.2, 1.1 + 0.82 * max(1, len(qs)))
-        axes = fig.subplots(max(1, len(qs)), 1, squeeze=False)[:, 0]
-        for ax, q in zip(axes, qs, strict=False):
-            k = qs_all.index(q)
-            thr = [(rule_thr[r], rule_kind[r], rule_lab[r]) for r in range(len(rule_q)) if rule_q[r] == q]
-            top = [t for t, _, _ in thr]
-            if nominal and q in nominal:
-                top.append(float(nominal[q]))
-            if have_q:
-                p05, p50, p95 = (float(ds[f"dose_{p}"].values[i, j, k]) for p in ("p05", "p50", "p95"))
-                top.append(p95)
-                ax.barh(0, p95 - p05, left=p05, height=0.46, color="#9ecae1", edgecolor="#3182bd",
-                        label="5th-95th percentile")
-                ax.plot([p50, p50], [-0.23, 0.23], color="#08306b", linewidth=2.8, solid_capstyle="butt",
-                        label="median")
-                ax.text(1.01, 0.5, f"{p05:.3g} / {p50:.3g} / {p95:.3g}", transform=ax.transAxes, va="center",
-                        ha="left", fontsize=8.5)
-            hi = max(top + [1e-9]) * 1.12
-            if nominal and q in nominal:
-                ax.plot([nominal[q]], [0], marker="D", color="white", markeredgecolor="black", markersize=5.5,
-                        linestyle="none", label="nominal (measured inputs)", zorder=4)
-            for t, kind, lab in thr:
-                if kind == "limit":
-                    ax.axvline(t, color=_LIMIT_COLOURS[0], linewidth=2.0, label="limit (maximum dose)")
-                    ax.text(t, 0.38, f" ≤ {t:g} {lab}", color=_LIMIT_COLOURS[0], fontsize=7.5, va="center",
-                            ha="left", bbox=box)
-                elif kind == "target":
-                    ax.axvline(t, color=_TARGET_COLOUR, linewidth=2.0, linestyle="--", label="target (minimum dose)")
-                    ax.text(t, 0.38, f"{lab} ≥ {t:g} ", color=_TARGET_COLOUR, fontsize=7.5, va="center",
-                            ha="right", bbox=box)
-                else:
-                    ax.axvline(t, color=_TARGET_COLOUR, linewidth=1.4, linestyle=":",
-                               label="secondary target (reported only)")
-                    ax.text(t, -0.38, f" ≥ {t:g} {lab}", color=_TARGET_COLOUR, fontsize=7.5, va="center",
-                            ha="left", bbox=box)
-            ax.set_xlim(0, hi)
-            ax.set_ylim(-0.6, 0.6)
-            ax.set_yticks([0], [quantity_label(q)])
-            ax.set_xlabel("absorbed dose (Gy)", fontsize=8, labelpad=1)
-            ax.grid(axis="x", color="#e3e3e3", linewidth=0.6)
-            ax.set_axisbelow(True)
-        if have_q:
-            axes[0].text(1.01, 1.12, "p05 / p50 / p95 (Gy)", transform=axes[0].transAxes, ha="left",
-                         va="bottom", fontsize=8.5, fontweight="bold")
-        handles: dict[str, Any] = {}
-        for ax in axes:
-            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-                handles.setdefault(lab, h)
-        if handles:
-            fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
-                       ncols=min(len(handles), 3), frameon=False)
-        return _save(fig, path)
-
-
-def curve_figure(ds, path: str) -> str:
-    """P(targets) and P(each limit kept) against the vial activity at treatment (one sample set, exact for it),
-    with each candidate marked on the P(targets) curve and the 1 − risk line."""
-    grid = ds["activity"].values.astype(float)
-    risk = float(ds.attrs["risk"])
-    limits = [str(x) for x in ds["limit"].values]
-    vials = ds["vial"].values.astype(float)
-    s = ds["vial_at_treatment"].values.astype(float)
-    ps = ds["p_success"].values.astype(float)
-    feas = ds["feasible"].values.astype(bool)
-    i0, j0 = int(ds.attrs["recommended_index_vial"]), int(ds.attrs["recommended_index_time"])
-    with _rc():
-        fig = _figure(7.8, 4.6)
-        ax = fig.add_subplot()
-        cl = ds["curve_p_limit"].values.astype(float)
-        if cl.shape[1]:
-            ok = np.all(cl >= 1 - risk - 1e-12, axis=1)
-            if ok.any():
-                lo_s, hi_s = grid[ok].min(), grid[ok].max()
-                ax.axvspan(lo_s, hi_s, color="#eeeeee", zorder=0, label="every limit kept with P ≥ 1 − risk")
-        ax.plot(grid, ds["curve_p_success"].values, color=_SUCCESS_COLOUR, linewidth=2.4, label="P(all primary targets met)")
-        for k, lab in enumerate(limits):
-            ax.plot(grid, cl[:, k], color=_LIMIT_COLOURS[k % len(_LIMIT_COLOURS)], linewidth=1.6,
-                    linestyle=("-", "--", "-.", ":")[k % 4], label=f"P(limit {lab} kept)")
-        ax.axhline(1 - risk, color="#777777", linewidth=1.0, linestyle=":", label=f"1 − risk = {1 - risk:.3g}")
-        markers = "os^vDPX*<>"
-        many = ps.size > 80  # a fine grid: small dots, no per-vial legend
-        size = 8 if many else 30
-        for a, v in enumerate(vials):
-            m = "o" if many else markers[a % len(markers)]
-            ax.scatter(s[a][feas[a]], ps[a][feas[a]], marker=m, s=size, color="#555555", zorder=4,
-                       label=None if len(vials) > 10 or many else f"{v:g} GBq vial candidates")
-            ax.scatter(s[a][~feas[a]], ps[a][~feas[a]], marker=m, s=size, facecolor="white", edgecolor="#555555",
-                       linewidth=0.6 if many else 1.0, zorder=4)
-        if many:
-            ax.scatter([], [], marker="o", s=size, color="#555555", label=f"{ps.size} candidates")
-        ok_plan = bool(int(ds.attrs["feasible"]))
-        ax.scatter([s[i0, j0]], [ps[i0, j0]], marker="o", s=170, facecolor="none", edgecolor="#D55E00",
-                   linewidth=2.5, zorder=5, label="recommendation" if ok_plan else "least risky candidate")
-        ax.set_xscale("log")
-        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        # the stored curve spans far below the candidates; show the candidates' range with a margin
-        ax.set_xlim(max(grid.min(), s.min() / 1.6), min(grid.max(), s.max() * 1.6))
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("vial activity at treatment (GBq, log scale)")
-        ax.set_ylabel("probability (0-1)")
-        ax.set_title("Probabilities against the activity at treatment (hollow markers: a limit fails)")
-        ax.grid(color="#dddddd", linewidth=0.6, which="both")
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-        return _save(fig, path)
-
-
 # --- sensitivity ------------------------------------------------------------------------------------------
 
 
 def _sensitivity_section(ds, sensitivity, out_dir: str) -> dict[str, Any]:
-    from .sensitivity import tornado_figure
-
     sds = getattr(sensitivity, "dataset", sensitivity)
     outputs = [str(o) for o in sds["output"].values]
     figs = []
-    for q in _constrained_quantities(ds):
+    for q in constrained_quantities(ds):
         name = f"dose_gy.{q}"
         if name in outputs:
             fname = TORNADO_PNG.format(_safe(q))
@@ -767,7 +523,7 @@ def _dose_table(ds, ctx) -> str:
     p_rule = ds["p_rule"].values[i, j] if "p_rule" in ds else None
     nominal = ctx["nominal_flat"]
     rows = []
-    for q in _constrained_quantities(ds):
+    for q in constrained_quantities(ds):
         k = qs_all.index(q)
         cells = [f"{esc(quantity_label(q))} <span class='muted'>({esc(q)})</span>"]
         for pct in ("p05", "p50", "p95"):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 
 #: CF-style units and long names of every variable a y90opt Dataset may hold.
 VARIABLES: dict[str, tuple[str, str]] = {

@@ -9,6 +9,7 @@ error (half a bin) is stated in the Dataset.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -239,6 +240,8 @@ def _dataset(case, model, rt, stats, hours, s, n, seed, dtype, samples):
     rc = np.asarray(stats["rule_counts"], dtype=np.float64)
     p = rc / count if count else np.full(len(rt.labels), np.nan)
     p_succ = stats["success"] / count if count else float("nan")
+    if not rt.is_primary.any():  # no primary target to meet: success is undefined, never a vacuous 1
+        p_succ = float("nan")
     nominal = s * model.nominal_factors() + model.offsets
     dv = {
         "mean": ("quantity", stats["mean"]),
@@ -270,6 +273,7 @@ def _dataset(case, model, rt, stats, hours, s, n, seed, dtype, samples):
         "quantile_method": stats["quantile_method"],
         "quantile_rel_error": stats["quantile_rel_error"],
         "rules_not_evaluated": ", ".join(rt.not_evaluated),
+        "rules_not_evaluable": json.dumps(list(rt.not_evaluable)),
         "quantities_not_available": ", ".join(rt.missing_quantities),
         "success_definition": f"all primary targets met ({case.plan.success})",
     })
@@ -305,6 +309,9 @@ def summarize_simulation(ds, case: Case) -> dict[str, Any]:
         }
         for r in ds["rule"].values.tolist()
     ]
+    not_evaluable = json.loads(a.get("rules_not_evaluable", "[]"))
+    rules += [{"label": r["id"], "kind": r["kind"], "quantity": r["quantity"], "status": "not evaluable",
+               "reason": r["reason"], "probability": None} for r in not_evaluable]
     nominal = {
         "activity_gbq": {"lung": float(ds["nominal"].sel(quantity="lung_activity"))},
         "hours_after_calibration": float(a["hours_after_calibration"]),
@@ -322,8 +329,9 @@ def summarize_simulation(ds, case: Case) -> dict[str, Any]:
         "dose_gy": dose_gy,
         "rules": rules,
         "rules_not_evaluated": [x for x in str(a["rules_not_evaluated"]).split(", ") if x],
-        "p_success": float(ds["p_success"]),
-        "p_success_se": float(ds["p_success_se"]),
+        "rules_not_evaluable": not_evaluable,
+        "p_success": _finite_or_none(ds["p_success"]),
+        "p_success_se": _finite_or_none(ds["p_success_se"]),
         "p_limits": float(ds["p_limits"]),
         "valid_samples": int(a["valid_sample_count"]),
         "unphysical_samples": int(a["unphysical_sample_count"]),
@@ -331,8 +339,13 @@ def summarize_simulation(ds, case: Case) -> dict[str, Any]:
         "quantile_rel_error": float(a["quantile_rel_error"]),
         "conventions": case.conventions.as_dict(),
         "case_sha256": a["case_sha256"],
-        "advisories": nominal_advisories(case, nominal, missing=[x for x in str(a.get("quantities_not_available", "")).split(", ") if x]),
+        "advisories": nominal_advisories(case, nominal),
     }
+
+
+def _finite_or_none(x) -> float | None:
+    v = float(x)
+    return v if np.isfinite(v) else None
 
 
 def wilson_interval(p: float, n: int, z: float = 1.959963984540054) -> list[float]:
@@ -349,7 +362,7 @@ def wilson_interval(p: float, n: int, z: float = 1.959963984540054) -> list[floa
 
 
 def simulation_text(summary: dict[str, Any]) -> str:
-    from .nominal import flatten_doses
+    from .outcomes import flatten_doses
     from .textout import table
 
     act = summary["activity_gbq"]
@@ -368,13 +381,14 @@ def simulation_text(summary: dict[str, Any]) -> str:
     rrows = [
         (r["label"], r["kind"], ("≥ " if r["kind"] != "limit" else "≤ ") + f"{r['threshold_gy']:g}",
          f"{r['probability']:.4f} ± {r['probability_se']:.4f}", f"[{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}]")
-        for r in summary["rules"]
+        for r in summary["rules"] if r.get("status") != "not evaluable"
     ]
+    rrows += [(r["label"], r["kind"], "", "not evaluable", r["reason"])
+              for r in summary["rules"] if r.get("status") == "not evaluable"]
     lines.append(table(rrows, header=("rule", "kind", "Gy", "P(satisfied) ± SE", "95 % CI (Wilson)"), align="lllrr"))
-    lines.append(f"\nP(all primary targets met) = {summary['p_success']:.4f} ± {summary['p_success_se']:.4f}; "
-                 f"P(all limits kept) = {summary['p_limits']:.4f}")
-    if summary["rules_not_evaluated"]:
-        lines.append("not evaluated (quantity not available for this case): " + ", ".join(summary["rules_not_evaluated"]))
+    success = ("no primary target evaluable" if summary["p_success"] is None
+               else f"{summary['p_success']:.4f} ± {summary['p_success_se']:.4f}")
+    lines.append(f"\nP(all primary targets met) = {success}; P(all limits kept) = {summary['p_limits']:.4f}")
     if summary["unphysical_samples"]:
         lines.append(f"{summary['unphysical_samples']} unphysical samples excluded (tumours larger than their territory, "
                      "or a whole liver smaller than the perfused territory and the untreated tumours)")

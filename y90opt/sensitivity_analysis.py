@@ -6,7 +6,7 @@ variance that Xᵢ explains alone, and the total index STᵢ = E[V(Y | X₋ᵢ)]
 interactions included (Sobol' 1993; Homma & Saltelli 1996). An input that does not enter an output has
 S1 = ST = 0 for it; STᵢ − S1ᵢ measures interactions.
 
-Design and estimators (Saltelli et al., Comput. Phys. Commun. 181 (2010) 259-270): two independent
+The estimators are :mod:`y90opt.sobol`. Design and estimators (Saltelli et al., Comput. Phys. Commun. 181 (2010) 259-270): two independent
 N × d matrices A and B of standard normal variates (scrambled Sobol' points mapped through Φ⁻¹), and for
 each input i the matrix A_B⁽ⁱ⁾ (A with column i taken from B): N·(d + 2) model evaluations.
 
@@ -44,322 +44,29 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from scipy import special
 
-from . import __version__
+from ._version import __version__
 from .case import Case, CaseError
+from .sobol import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_LEVEL,
+    METHOD,
+    METHOD_DEPENDENT,
+    DependentEstimate,
+    SobolEstimate,
+    evaluate_design,
+    saltelli_design,
+    sobol_from_samples,
+    sobol_indices_dependent,
+)
 
 #: Percentiles of the one-at-a-time view.
 OAT_QUANTILES: tuple[float, float] = (0.05, 0.95)
-
-#: Default bootstrap resamples and confidence level of the intervals.
-DEFAULT_BOOTSTRAP = 200
-DEFAULT_LEVEL = 0.95
-
-#: Bytes of bootstrap weights built at once (replicates are processed in groups below this size).
-_BOOTSTRAP_BLOCK_BYTES = 1 << 25
-
-METHOD = (
-    "Sobol' indices, independent inputs: Saltelli 2010 design (A, B, A_B^(i); N(d+2) evaluations) on "
-    "scrambled Sobol' points mapped to standard normal variates; first order: Saltelli 2010 estimator; "
-    "total: Jansen 1999 estimator; outputs centred; percentile row-bootstrap confidence intervals"
-)
-
-METHOD_DEPENDENT = (
-    "Sobol' indices, inputs dependent through a Gaussian copula: for each of the d circular input orderings "
-    "a Saltelli design in the decorrelated variables (A, B and the swaps of the first and the last column; "
-    "4Nd evaluations, scrambled Sobol' points), full indices from the first and independent indices from "
-    "the last variable (Mara, Tarantola & Annoni 2015); first order: Saltelli 2010 estimator; total: "
-    "Jansen 1999 estimator; outputs centred; percentile row-bootstrap confidence intervals"
-)
-
-
-# -- the estimator core (any vectorised model) -------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class SobolEstimate:
-    """Indices of K outputs with respect to d inputs: arrays (K, d), ``mean``/``variance`` (K,)."""
-
-    S1: np.ndarray
-    ST: np.ndarray
-    S1_lo: np.ndarray
-    S1_hi: np.ndarray
-    ST_lo: np.ndarray
-    ST_hi: np.ndarray
-    S1_se: np.ndarray
-    ST_se: np.ndarray
-    mean: np.ndarray
-    variance: np.ndarray
-    n_base: int  # N, the base sample count
-    n_used: int  # rows of the design kept (rows with a non-finite output are dropped)
-    level: float
-    n_invalid: int = 0  # model evaluations with a non-finite output
-
-
-def saltelli_design(n: int, d: int, seed: int | np.random.SeedSequence) -> tuple[np.ndarray, np.ndarray]:
-    """The base matrices A and B (n, d) of standard normal variates, float64.
-
-    One scrambled Sobol' sequence of dimension 2d (seeded) gives A (its first d columns) and B (the last d),
-    mapped through Φ⁻¹. n need not be a power of two (the balance of the points is then not exact).
-    """
-    from scipy.stats import qmc
-
-    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    sampler = qmc.Sobol(2 * d, scramble=True, rng=np.random.default_rng(ss))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*balance properties of Sobol.*", category=UserWarning)
-        u = sampler.random(n)
-    eps = np.finfo(np.float64).eps
-    z = special.ndtri(np.clip(u, eps, 1.0 - eps))
-    return z[:, :d], z[:, d:]
-
-
-def design_rows(
-    a: np.ndarray, b: np.ndarray, start: int, count: int, columns: Sequence[int] | None = None
-) -> np.ndarray:
-    """Rows [start, start + count) of the stacked design [A; B; A_B⁽ᶜ¹⁾; A_B⁽ᶜ²⁾; …] for the listed columns c
-    (default every column: N·(d + 2) rows of d variates)."""
-    n, d = a.shape
-    cols = np.arange(d) if columns is None else np.asarray(columns)
-    r = np.arange(start, start + count)
-    block, j = np.divmod(r, n)
-    swapped = np.where(block >= 2, cols[np.clip(block - 2, 0, len(cols) - 1)], -1)
-    from_b = (block == 1)[:, None] | (np.arange(d)[None, :] == swapped[:, None])
-    return np.where(from_b, b[j], a[j])
-
-
-def evaluate_design(
-    func: Callable[[np.ndarray], np.ndarray],
-    a: np.ndarray,
-    b: np.ndarray,
-    chunk: int,
-    progress: Callable[[int, int], None] | None = None,
-    columns: Sequence[int] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """f(A) (N, K), f(B) (N, K) and f(A_B⁽ᶜ⁾) (N, m, K) for the m listed columns (default all d), calling
-    ``func`` on chunks of exactly ``chunk`` rows.
-
-    The last chunk is padded by repeating its last row (so a jitted ``func`` compiles once); every row is
-    evaluated on its own, so the result does not depend on ``chunk``.
-    """
-    n, d = a.shape
-    m = d if columns is None else len(columns)
-    total = n * (m + 2)
-    chunk = max(1, int(chunk))
-    out: np.ndarray | None = None
-    for start in range(0, total, chunk):
-        size = min(chunk, total - start)
-        z = design_rows(a, b, start, size, columns)
-        if size < chunk:
-            z = np.concatenate([z, np.repeat(z[-1:], chunk - size, axis=0)])
-        y = np.asarray(func(z), dtype=np.float64)
-        if y.ndim == 1:
-            y = y[:, None]
-        if out is None:
-            out = np.empty((total, y.shape[1]), np.float64)
-        out[start : start + size] = y[:size]
-        if progress is not None:
-            progress(start + size, total)
-    assert out is not None
-    f = out.reshape(m + 2, n, out.shape[1])
-    return f[0], f[1], np.moveaxis(f[2:], 0, 1)
-
-
-def sobol_from_samples(
-    f_a: np.ndarray,
-    f_b: np.ndarray,
-    f_ab: np.ndarray,
-    bootstrap: int = DEFAULT_BOOTSTRAP,
-    rng: np.random.Generator | None = None,
-    level: float = DEFAULT_LEVEL,
-) -> SobolEstimate:
-    """First-order (Saltelli 2010) and total (Jansen) indices with bootstrap intervals.
-
-    Args:
-        f_a, f_b: outputs on A and B, (N, K).
-        f_ab: outputs on A_B⁽ⁱ⁾, (N, d, K).
-        bootstrap: resamples of the rows (0: no intervals, NaN).
-        rng: the bootstrap's Generator (required when ``bootstrap`` > 0; no global state is used).
-        level: confidence level of the percentile intervals.
-
-    Rows with a non-finite output anywhere are dropped. An output of zero variance gets NaN indices.
-    """
-    f_a, f_b, f_ab = (np.asarray(x, np.float64) for x in (f_a, f_b, f_ab))
-    n_base = f_a.shape[0]
-    ok_a, ok_b, ok_ab = np.isfinite(f_a).all(axis=1), np.isfinite(f_b).all(axis=1), np.isfinite(f_ab).all(axis=2)
-    n_invalid = int((~ok_a).sum() + (~ok_b).sum() + (~ok_ab).sum())
-    keep = ok_a & ok_b & ok_ab.all(axis=1)
-    if not keep.all():
-        f_a, f_b, f_ab = f_a[keep], f_b[keep], f_ab[keep]
-    n, d, k = f_ab.shape
-    if n < 2:
-        raise ValueError("fewer than two usable rows in the Sobol' design")
-    mean = 0.5 * (f_a.mean(axis=0) + f_b.mean(axis=0))
-    ya, yb, yab = f_a - mean, f_b - mean, f_ab - mean
-    # per-row terms: every estimator is a ratio of row means, so a bootstrap replicate is a weighted mean
-    t1 = (yb[:, None, :] * (yab - ya[:, None, :])).reshape(n, d * k)
-    t2 = 0.5 * ((ya[:, None, :] - yab) ** 2).reshape(n, d * k)
-    sq = 0.5 * (ya**2 + yb**2)
-    lin = 0.5 * (ya + yb)
-    terms = np.concatenate([t1, t2, sq, lin], axis=1)
-
-    def indices(sums: np.ndarray, count: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        m = sums / count
-        var = m[..., 2 * d * k : 2 * d * k + k] - m[..., 2 * d * k + k :] ** 2
-        v = np.where(var > 0, var, np.nan)[..., None, :]
-        s1 = m[..., : d * k].reshape(*m.shape[:-1], d, k) / v
-        st = m[..., d * k : 2 * d * k].reshape(*m.shape[:-1], d, k) / v
-        return s1, st, var
-
-    s1, st, var = indices(terms.sum(axis=0), n)
-    nan = np.full((k, d), np.nan)
-    s1_lo = s1_hi = st_lo = st_hi = s1_se = st_se = nan
-    if bootstrap > 0:
-        if rng is None:
-            raise ValueError("a numpy Generator is required for the bootstrap")
-        reps = []
-        group = max(1, _BOOTSTRAP_BLOCK_BYTES // (8 * n))
-        for g0 in range(0, bootstrap, group):
-            g = min(group, bootstrap - g0)
-            rows = rng.integers(0, n, (g, n)) + n * np.arange(g)[:, None]
-            w = np.bincount(rows.ravel(), minlength=g * n).reshape(g, n).astype(np.float64)
-            reps.append(w @ terms)
-        bs1, bst, _ = indices(np.concatenate(reps), n)
-        alpha = 0.5 * (1.0 - level)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices of zero-variance outputs
-            s1_lo, s1_hi = np.nanquantile(bs1, [alpha, 1.0 - alpha], axis=0)
-            st_lo, st_hi = np.nanquantile(bst, [alpha, 1.0 - alpha], axis=0)
-            s1_se = np.nanstd(bs1, axis=0, ddof=1)
-            st_se = np.nanstd(bst, axis=0, ddof=1)
-        s1_lo, s1_hi, st_lo, st_hi, s1_se, st_se = (x.T for x in (s1_lo, s1_hi, st_lo, st_hi, s1_se, st_se))
-    return SobolEstimate(
-        S1=s1.T, ST=st.T, S1_lo=s1_lo, S1_hi=s1_hi, ST_lo=st_lo, ST_hi=st_hi, S1_se=s1_se, ST_se=st_se,
-        mean=mean, variance=var, n_base=n_base, n_used=n, level=level, n_invalid=n_invalid,
-    )
-
-
-def sobol_indices(
-    func: Callable[[np.ndarray], np.ndarray],
-    d: int,
-    n: int,
-    seed: int = 0,
-    chunk: int = 1 << 16,
-    bootstrap: int = DEFAULT_BOOTSTRAP,
-    level: float = DEFAULT_LEVEL,
-    progress: Callable[[int, int], None] | None = None,
-) -> SobolEstimate:
-    """Sobol' indices of a vectorised model of d independent standard normal inputs.
-
-    ``func`` maps variates z (m, d) to outputs (m, K) or (m,); a non-finite output marks an unusable row.
-    The design and the bootstrap are seeded from ``seed`` (independent streams of one SeedSequence).
-    Inputs with another law are quantile transforms of z (e.g. uniform: x = a + (b − a)·Φ(z)).
-    """
-    design_ss, boot_ss = np.random.SeedSequence(seed).spawn(2)
-    a, b = saltelli_design(n, d, design_ss)
-    f_a, f_b, f_ab = evaluate_design(func, a, b, min(chunk, n * (d + 2)), progress)
-    return sobol_from_samples(f_a, f_b, f_ab, bootstrap, np.random.default_rng(boot_ss), level)
-
-
-@dataclasses.dataclass(frozen=True)
-class DependentEstimate:
-    """Indices for inputs dependent through a Gaussian copula (Mara, Tarantola & Annoni 2015).
-
-    ``full`` (S1, ST of Xᵢ with its correlations: Xᵢ first in the conditioning order) and ``independent``
-    (S1, ST of the part of Xᵢ independent of every other input: Xᵢ last), each a :class:`SobolEstimate`
-    (K, d). ``full.S1`` = V[E(Y|Xᵢ)]/V and ``independent.ST`` = E[V(Y|X₋ᵢ)]/V are the first-order and total
-    indices of Kucherenko, Tarantola & Annoni (2012), defined whatever the dependence.
-    """
-
-    full: SobolEstimate
-    independent: SobolEstimate
-
-    @property
-    def S1(self) -> np.ndarray:
-        return self.full.S1
-
-    @property
-    def ST(self) -> np.ndarray:
-        return self.independent.ST
-
-
-def copula_orderings(corr: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The d circular orderings (k, k+1, …, k−1) and the Cholesky factor of the reordered correlation.
-
-    With z_π = L_π w (w independent standard normal), w₁ = z_k and w_d is the part of z_{k−1} independent of
-    every other variate (a Rosenblatt transform of the Gaussian copula)."""
-    d = corr.shape[0]
-    out = []
-    for k in range(d):
-        perm = (k + np.arange(d)) % d
-        out.append((perm, np.linalg.cholesky(corr[np.ix_(perm, perm)])))
-    return out
-
-
-def sobol_indices_dependent(
-    func: Callable[[np.ndarray], np.ndarray],
-    corr: np.ndarray,
-    n: int,
-    seed: int = 0,
-    chunk: int = 1 << 16,
-    bootstrap: int = DEFAULT_BOOTSTRAP,
-    level: float = DEFAULT_LEVEL,
-    progress: Callable[[int, int], None] | None = None,
-) -> DependentEstimate:
-    """Full and independent Sobol' indices of a vectorised model of correlated standard normal inputs.
-
-    ``func`` maps variates z (m, d) with correlation matrix ``corr`` to outputs (m, K). For each of the d
-    circular orderings the design is drawn in the independent variables w (A, B and the swaps of the first
-    and the last column: 4N evaluations), mapped to z = P⁻¹ L_π w; the first column gives the full indices of
-    the ordering's first input, the last column the independent indices of its last input (Mara, Tarantola &
-    Annoni, Environ. Model. Softw. 72 (2015) 173-183). 4·N·d evaluations in all.
-    """
-    corr = np.asarray(corr, np.float64)
-    d = corr.shape[0]
-    per = 4 * n
-    chunk = min(chunk, per)
-    streams = np.random.SeedSequence(seed).spawn(2 * d)
-    full: list[SobolEstimate | None] = [None] * d
-    ind: list[SobolEstimate | None] = [None] * d
-    for k, (perm, chol) in enumerate(copula_orderings(corr)):
-        def to_z(w: np.ndarray, perm=perm, chol=chol) -> np.ndarray:
-            z = np.empty_like(w)
-            z[:, perm] = w @ chol.T
-            return func(z)
-
-        done = k * per
-        prog = None if progress is None else (lambda i, _t, done=done: progress(done + i, d * per))
-        a, b = saltelli_design(n, d, streams[2 * k])
-        f_a, f_b, f_ab = evaluate_design(to_z, a, b, chunk, prog, columns=[0, d - 1])
-        est = sobol_from_samples(f_a, f_b, f_ab, bootstrap, np.random.default_rng(streams[2 * k + 1]), level)
-        full[perm[0]] = _column(est, 0)
-        ind[perm[-1]] = _column(est, 1)
-    return DependentEstimate(_stack(full), _stack(ind))
-
-
-def _column(est: SobolEstimate, i: int) -> SobolEstimate:
-    pick = {f: getattr(est, f)[:, i : i + 1] for f in ("S1", "ST", "S1_lo", "S1_hi", "ST_lo", "ST_hi", "S1_se", "ST_se")}
-    return dataclasses.replace(est, **pick)
-
-
-def _stack(parts) -> SobolEstimate:
-    """Join one-input estimates (in input order) into one; mean and variance are averaged over the designs."""
-    fields = ("S1", "ST", "S1_lo", "S1_hi", "ST_lo", "ST_hi", "S1_se", "ST_se")
-    return SobolEstimate(
-        **{f: np.concatenate([getattr(p, f) for p in parts], axis=1) for f in fields},
-        mean=np.mean([p.mean for p in parts], axis=0),
-        variance=np.mean([p.variance for p in parts], axis=0),
-        n_base=parts[0].n_base,
-        n_used=min(p.n_used for p in parts),
-        level=parts[0].level,
-        n_invalid=sum(p.n_invalid for p in parts),  # one part per design
-    )
 
 
 # -- a case: doses and success at the [plan] decision ----------------------------------------------------
@@ -401,7 +108,7 @@ def _input_long_name(path: str) -> str:
     return path
 
 
-def _output_long_name(name: str) -> str:
+def output_long_name(name: str) -> str:
     from .results import quantity_description
 
     if name == "success":
@@ -409,8 +116,10 @@ def _output_long_name(name: str) -> str:
     return quantity_description(name.removeprefix("dose_gy."))
 
 
-def _success_function(case: Case, quantities: tuple[str, ...]) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
-    """Doses (m, Q) → 1.0 where every primary target is met (margin ≤ 0), else 0.0; and its description."""
+def _success_function(case: Case, quantities: tuple[str, ...]) -> tuple[Callable[[np.ndarray], np.ndarray] | None, str]:
+    """Doses (m, Q) → 1.0 where every primary target is met (margin ≤ 0), else 0.0; and its description.
+    None when the case has no primary target it can evaluate: success is then undefined (never a constant 1),
+    and the analysis has no ``success`` output."""
     from . import outcomes
     from . import rules as _rules
 
@@ -419,6 +128,9 @@ def _success_function(case: Case, quantities: tuple[str, ...]) -> tuple[Callable
     described = "; ".join(f"{r.id}: {r.quantity} >= {r.threshold_gy:g} Gy" for r in targets) or "no primary target"
     counted = ", ".join(ar.counted_tumors)
     description = f"all primary targets met ({described}; counted tumours: {counted or 'none'})"
+    if not targets:
+        not_evaluable = ", ".join(f"{ne.id} ({ne.reason})" for ne in ar.not_evaluable) or "none"
+        return None, f"no primary target the case can evaluate (not evaluable: {not_evaluable})"
 
     def success(doses: np.ndarray) -> np.ndarray:
         ok = np.ones(doses.shape[0], dtype=bool)
@@ -535,15 +247,16 @@ def output_function(case: Case, dtype: str = "float32") -> CaseFunction:
     def evaluate(z: np.ndarray) -> np.ndarray:
         f, valid, x = factors(jnp.asarray(z, jdt))
         doses = s_gbq * np.asarray(f, np.float64) + offsets
-        y = np.concatenate([doses[:, cols], success(doses)[:, None]], axis=1)
+        parts = [doses[:, cols]] + ([success(doses)[:, None]] if success is not None else [])
+        y = np.concatenate(parts, axis=1)
         y[~np.asarray(valid)] = np.nan
         return y, np.asarray(x, np.float64)
 
     return CaseFunction(
         model=free,
         inputs=tuple(model.uncertain),
-        outputs=tuple(f"dose_gy.{q}" for q in dose_q) + ("success",),
-        units=("Gy",) * len(dose_q) + ("1",),
+        outputs=tuple(f"dose_gy.{q}" for q in dose_q) + (("success",) if success is not None else ()),
+        units=("Gy",) * len(dose_q) + (("1",) if success is not None else ()),
         correlation=corr,
         vial_at_treatment_gbq=float(s_gbq),
         hours_after_calibration=float(hours),
@@ -710,7 +423,7 @@ def _dataset(xr, case, est: SobolEstimate, outputs, units, inputs, y_oat, x_oat,
         "output": ("output", list(outputs), {"long_name": "model output"}),
         "input": ("input", list(inputs), {"long_name": "uncertain input (case path)"}),
         "output_units": ("output", list(units), {"long_name": "units of the output"}),
-        "output_long_name": ("output", [_output_long_name(o) for o in outputs], {"long_name": "description of the output"}),
+        "output_long_name": ("output", [output_long_name(o) for o in outputs], {"long_name": "description of the output"}),
         "input_units": ("input", [_input_units(p) for p in inputs], {"long_name": "units of the input"}),
         "input_long_name": ("input", [_input_long_name(p) for p in inputs], {"long_name": "description of the input"}),
         "input_distribution": ("input", [case.inputs[p].describe() for p in inputs], {"long_name": "uncertainty of the input"}),
@@ -872,62 +585,3 @@ def _text(ds) -> str:
         if absent:
             lines.append("no effect (S1 = ST = 0): " + ", ".join(absent))
     return "\n".join(lines)
-
-
-# -- figure ----------------------------------------------------------------------------------------------
-
-
-def tornado_figure(result: SensitivityResult | Any, output: str, path: str) -> str:
-    """A tornado figure of one output: the output with each input at its low and high percentile (others
-    nominal), bars sorted by their span, a line at the nominal output. Written to ``path`` (format from the
-    suffix); returns ``path``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    ds = result.dataset if isinstance(result, SensitivityResult) else result
-    if output not in set(ds["output"].values.tolist()):
-        raise KeyError(f"unknown output {output!r}; expected one of {', '.join(ds['output'].values.tolist())}")
-    sub = ds.sel(output=output)
-    base = float(sub["oat_nominal"])
-    lo = sub["oat_low"].values.astype(float)
-    hi = sub["oat_high"].values.astype(float)
-    span = np.nan_to_num(np.abs(hi - lo), nan=0.0)
-    order = np.argsort(span, kind="stable")  # largest at the top
-    unit = str(sub["output_units"].values)
-    d = len(order)
-    fig = Figure(figsize=(8.0, 1.2 + 0.45 * d), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    plo, phi = (f"p{100 * q:02.0f}" for q in OAT_QUANTILES)
-    for y, j in enumerate(order):
-        ax.barh(y, lo[j] - base, left=base, color="tab:blue", label=f"input at its {plo}" if y == 0 else None)
-        ax.barh(y, hi[j] - base, left=base, color="tab:orange", label=f"input at its {phi}" if y == 0 else None)
-    labels = []
-    for j in order:
-        s = sub.isel(input=j)
-        iu = str(s["input_units"].values)
-        iu = "" if iu == "1" else f" {iu}"
-        labels.append(f"{s['input'].values} ({float(s['input_low']):.3g} to {float(s['input_high']):.3g}{iu})")
-    ax.set_yticks(range(d), labels)
-    ax.axvline(base, color="black", linewidth=1.0, label=f"nominal {base:.4g} {unit}")
-    ax.set_xlabel(f"{output} ({unit})")
-    ax.set_ylabel("input (its p05 to p95)")
-    ax.set_title(f"{_output_long_name(output)}\none input at a time, others nominal", loc="left", fontsize=10)
-    ax.legend(loc="best", fontsize="small")
-    fig.savefig(path)
-    return path
-
-
-__all__ = [
-    "METHOD",
-    "SensitivityResult",
-    "SobolEstimate",
-    "design_rows",
-    "evaluate_design",
-    "saltelli_design",
-    "sensitivity_case",
-    "sobol_from_samples",
-    "sobol_indices",
-    "summary_from_dataset",
-    "tornado_figure",
-]

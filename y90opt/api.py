@@ -1,0 +1,246 @@
+"""The public Python API: the same five jobs as the command line, returning result objects.
+
+Each function takes a :class:`~y90opt.case.Case` (from :func:`load_case` or :func:`parse_case`) or the path
+of a case file, and returns a result with
+
+* ``.summary``: the mapping that ``y90opt <command> --json`` prints for the same arguments (equal to it);
+* ``.dataset``: the :class:`xarray.Dataset` the command writes (``None`` for :func:`dose`);
+* ``.text()``: the readable table the command prints without ``--json``.
+
+Bad input raises :class:`~y90opt.errors.InputError` (a subclass of :class:`ValueError`) whose message is
+the one line the command line prints before exiting with status 2: ``<file>: <field>: <message>``.
+
+The command line is a thin layer over these functions; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .case import Case
+from .case import load_case as _load_case
+from .case import parse_case as _parse_case
+from .errors import InputError
+from .nominal import DoseResult, dose_case
+from .planner import PlanResult as _PlanResult
+from .sensitivity_analysis import SensitivityResult
+from .simulation import SimulationResult
+
+__all__ = [
+    "DoseResult",
+    "InputError",
+    "PlanResult",
+    "SensitivityResult",
+    "SimulationResult",
+    "dose",
+    "load_case",
+    "parse_case",
+    "plan",
+    "list_scenarios",
+    "sensitivity",
+    "simulate",
+]
+
+#: Largest sample count a run accepts (the command line's limit too).
+MAX_SAMPLES = 10**12
+#: Largest run whose raw samples ``simulate(keep_samples=True)`` stores in the Dataset.
+MAX_KEPT_SAMPLES = 10_000_000
+#: Fewest base samples of a Sobol' analysis.
+MIN_SOBOL_SAMPLES = 64
+
+CaseLike = Case | str | os.PathLike
+
+
+def load_case(path: str | os.PathLike) -> Case:
+    """Read and validate a case file (TOML).
+
+    >>> case = load_case("configs/examples/radiation-segmentectomy.toml")
+    >>> case.scenario
+    'radiation-segmentectomy'
+
+    Raises :class:`InputError` naming the file and the field.
+    """
+    return _load_case(path)
+
+
+def parse_case(source: str | Mapping[str, Any], path: str | None = None) -> Case:
+    """Validate a case given as TOML text or as a mapping with the keys of a case file.
+
+    A script can build cases without files: volumes in mL, activities in GBq, datetimes as ISO 8601 strings
+    or ``datetime`` objects with a UTC offset. ``path`` names the case in messages and results (default
+    ``"<case>"``). Raises :class:`InputError` naming the field.
+    """
+    return _parse_case(source, path)
+
+
+def _case(case: CaseLike) -> Case:
+    if isinstance(case, Case):
+        return case
+    if isinstance(case, str | os.PathLike):
+        return _load_case(case)
+    raise TypeError(f"expected a Case or the path of a case file, got {type(case).__name__}")
+
+
+def _count(value: Any, flag: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value != int(value):
+        raise InputError(f"{flag}: expected a whole number, got {value!r}")
+    v = int(value)
+    if not minimum <= v <= MAX_SAMPLES:
+        raise InputError(f"{flag}: expected a number between {minimum} and {MAX_SAMPLES:.0e}, got {value!r}")
+    return v
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise InputError(f"--seed: expected an integer in [0, 2**32), got {value!r}")
+    return int(value)
+
+
+def _dtype(value: Any) -> str:
+    if value not in ("float32", "float64"):
+        raise InputError(f"--dtype: expected float32 or float64, got {value!r}")
+    return value
+
+
+def _chunk(value: Any) -> int | None:
+    return None if value is None else _count(value, "--chunk")
+
+
+def dose(case: CaseLike, *, prescribe: Mapping[str, float] | Iterable[tuple[str, float]] = ()) -> DoseResult:
+    """Nominal doses [Gy] and activities [GBq] at the case's ``[plan]`` vial and treatment time.
+
+    Args:
+        case: a case or the path of a case file; it needs ``[plan].vial_gbq`` and ``[plan].treatment``.
+        prescribe: dose name → dose [Gy] (``{"normal_perfused": 120}``, ``{"tumors.T1": 205}``): for each, the
+            vial activity at calibration and at treatment that gives that dose at the ``[plan]`` time, and
+            every dose at that activity (``summary["prescriptions"]``).
+
+    Every valid case gives a result: a scenario rule the case cannot evaluate (a tumour target without a
+    treated tumour) is listed with status ``not evaluable`` and the reason.
+    """
+    items = list(prescribe.items()) if isinstance(prescribe, Mapping) else list(prescribe)
+    return dose_case(_case(case), items)
+
+
+def simulate(case: CaseLike, *, samples: int = 100_000, seed: int = 0, chunk: int | None = None,
+             dtype: str = "float32", keep_samples: bool = False, progress: bool = False) -> SimulationResult:
+    """Monte Carlo doses at the case's ``[plan]`` decision: mean, p05/p50/p95 [Gy], P(each rule) ± SE.
+
+    Args:
+        samples: Monte Carlo samples (memory does not grow with it: the run streams).
+        seed: the same seed and dtype give the same numbers for any ``chunk``.
+        chunk: samples per JAX call (results do not depend on it).
+        dtype: ``"float32"`` or ``"float64"``.
+        keep_samples: store the raw samples in the Dataset (at most :data:`MAX_KEPT_SAMPLES`).
+        progress: show a progress bar on a terminal.
+    """
+    from .simulation import simulate_case
+
+    c = _case(case)
+    n = _count(samples, "--samples")
+    if keep_samples and n > MAX_KEPT_SAMPLES:
+        raise InputError(f"--keep-samples: at most {MAX_KEPT_SAMPLES} samples can be stored (asked {n})")
+    return simulate_case(c, n=n, seed=_seed(seed), chunk=_chunk(chunk), dtype=_dtype(dtype),
+                         keep_samples=keep_samples, progress=progress)
+
+
+def sensitivity(case: CaseLike, *, samples: int = 8192, seed: int = 0, chunk: int | None = None,
+                dtype: str = "float32", bootstrap: int = 200, progress: bool = False) -> SensitivityResult:
+    """Sobol' indices (S1, ST with bootstrap intervals) of every dose and of plan success at ``[plan]``.
+
+    Args:
+        samples: base samples N (at least 64); the model runs N·(d + 2) times for d uncertain inputs.
+        bootstrap: resamples for the confidence intervals (0: none).
+    """
+    from .sensitivity_analysis import sensitivity_case
+
+    c = _case(case)
+    n = _count(samples, "--samples", MIN_SOBOL_SAMPLES)
+    b = _count(bootstrap, "--bootstrap", 0)
+    return sensitivity_case(c, n=n, seed=_seed(seed), chunk=_chunk(chunk), dtype=_dtype(dtype), bootstrap=b,
+                            progress=progress)
+
+
+@dataclasses.dataclass
+class PlanResult(_PlanResult):
+    """Result of :func:`plan`: ``summary`` (``plan --json``), ``dataset`` (``plan.nc``), ``text()``, and
+    :meth:`write_report`. ``sensitivity`` holds the Sobol' analysis at the recommendation when one was asked."""
+
+    sensitivity: SensitivityResult | None = None
+
+    def write_report(self, out_dir: str | os.PathLike) -> str:
+        """Write ``plan.nc`` (and ``sensitivity.nc``), the figures and ``report.html`` into ``out_dir`` (made
+        if missing); return the path of ``report.html``. Raises :class:`InputError` when ``out_dir`` exists
+        and is not a directory."""
+        from .report import write_report
+        from .results import write_netcdf
+
+        out = os.fspath(out_dir)
+        if not out:
+            raise InputError("--out: an empty path")
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise InputError(f"{out}: exists and is not a directory")
+        os.makedirs(out, exist_ok=True)
+        write_netcdf(self.dataset, os.path.join(out, "plan.nc"))
+        if self.sensitivity is not None:
+            write_netcdf(self.sensitivity.dataset, os.path.join(out, "sensitivity.nc"))
+        return write_report(self.dataset, out, sensitivity=self.sensitivity)
+
+
+def plan(case: CaseLike, *, samples: int = 100_000, seed: int = 0, chunk: int | None = None,
+         dtype: str = "float32", risk: float | None = None, optuna_trials: int | None = None,
+         storage: str | None = None, study_name: str | None = None,
+         vial_range: tuple[float, float, float] | None = None, hours_range: tuple[float, float, float] | None = None,
+         sensitivity_samples: int | None = None, acceptable_success: float | None = None,
+         progress: bool = False) -> PlanResult:
+    """Choose the vial (activity at calibration, GBq) and the treatment time (hours after calibration).
+
+    Maximises P(all primary targets met) subject to P(limit kept) ≥ 1 − risk for every limit, exactly over
+    every candidate on one sample set, cross-checked by an Optuna search (``optuna_trials``; 0 skips it).
+
+    Args:
+        risk: override ``[plan].risk``.
+        storage, study_name: an Optuna storage (a path: SQLite, or an RDB URL) so the study can resume.
+        vial_range, hours_range: ``(min, max, step)`` candidate grids instead of the case's.
+        sensitivity_samples: also run :func:`sensitivity` at the recommendation (in ``summary`` and the report).
+        acceptable_success: override ``[plan].acceptable_success``: the P(all primary targets) below which a
+            feasible plan has status ``"low-success"`` instead of ``"ok"``.
+
+    An infeasible plan is an answer (``summary["feasible"]`` is false), not an error. A primary rule the
+    case cannot evaluate raises :class:`InputError` naming the field and a fix that works.
+    """
+    from .planner import plan_case
+
+    c = _case(case)
+    if acceptable_success is not None:
+        if isinstance(acceptable_success, bool) or not isinstance(acceptable_success, int | float) \
+                or not 0 < acceptable_success <= 1:
+            raise InputError(f"--acceptable-success: must be in (0, 1], got {acceptable_success!r}")
+        c = dataclasses.replace(c, plan=dataclasses.replace(c.plan, acceptable_success=float(acceptable_success)))
+    n = _count(samples, "--samples")
+    trials = None if optuna_trials is None else _count(optuna_trials, "--optuna-trials", 0)
+    res = plan_case(c, n=n, seed=_seed(seed), chunk=_chunk(chunk), dtype=_dtype(dtype), risk=risk,
+                    optuna_trials=trials, storage=storage, study_name=study_name, vial_range=vial_range,
+                    hours_range=hours_range, progress=progress)
+    out = PlanResult(res.dataset, res.summary)
+    if sensitivity_samples:
+        from .sensitivity_analysis import sensitivity_case
+
+        sens = sensitivity_case(res.recommended_case(c), n=_count(sensitivity_samples, "--sensitivity-samples",
+                                                                   MIN_SOBOL_SAMPLES),
+                                seed=seed, chunk=_chunk(chunk), dtype=dtype, progress=progress)
+        out.sensitivity = sens
+        out.summary["sensitivity"] = sens.summary
+    return out
+
+
+def list_scenarios() -> list[dict[str, Any]]:
+    """The scenario rules (targets, limits, window, alternatives, each with its source), as
+    ``y90opt scenarios --json`` prints them, in the committee's order."""
+    from .scenarios import load_scenarios
+
+    return [s.to_dict() for s in load_scenarios()]
