@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from y90opt import cli
-from y90opt.planner import summarize_plan
+from y90opt.plan_summary import summarize_plan
 from y90opt.results import read_netcdf
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -99,12 +99,19 @@ def test_figures_written(planned):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_every_image_exists(planned):
+def test_the_page_is_self_contained(planned):
+    """Every figure is inside report.html (a PNG data URI): the page alone, mailed or attached to a chart,
+    keeps its plots. Nothing else is fetched (no stylesheet, script or image by reference)."""
+    import base64
+
+    text = (planned / "report.html").read_text(encoding="utf-8")
     page = _parse(planned / "report.html")
     assert len(page.images) >= 3
     for src in page.images:
-        assert not os.path.isabs(src) and "://" not in src, src  # relative: the page opens from disk
-        assert (planned / src).is_file(), src
+        head, _, data = src.partition(",")
+        assert head == "data:image/png;base64", src[:40]
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<link" not in text and "<script src" not in text and "url(" not in text
 
 
 def test_numbers_equal_the_dataset(planned):
@@ -130,7 +137,7 @@ def test_numbers_equal_the_dataset(planned):
     for n, lab in enumerate(ds["limit"].values):
         _check_shown(k[f"recommended-p-limit-{lab}"], ds["p_limit"].values[i, j, n], f"P({lab})")
     assert k["recommended-treatment-label"]["text"] == str(ds["time_label"].values[j])
-    assert k["recommended-treatment-local"]["text"] == str(ds["time_local"].values[j])
+    assert k["recommended-treatment-local"]["value"] == str(ds["time_local"].values[j])
 
     quantities = [str(q) for q in ds["quantity"].values]
     doses = [key for key in k if key.startswith("dose-")]
@@ -236,8 +243,7 @@ def test_infeasible_plan_shows_the_binding_limit(infeasible):
     assert page.keys["binding-limit"]["text"] == s["binding_limit"]
     assert s["relax"] in page.keys["relax"]["text"]
     assert "least risky" in (infeasible / "report.html").read_text(encoding="utf-8")
-    for src in page.images:
-        assert (infeasible / src).is_file()
+    assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
 
 
 def test_user_text_is_escaped(infeasible):
@@ -276,10 +282,13 @@ def test_sensitivity_adds_tornado_figures(infeasible, tmp_path):
     sens = sensitivity_case(case, n=256, seed=1, bootstrap=0)
     path = write_report(ds, tmp_path, sensitivity=sens)
     page = _parse(path)
-    tornados = [src for src in page.images if src.startswith("report_tornado_")]
-    assert {"report_tornado_tumors_T1.png", "report_tornado_normal_perfused.png", "report_tornado_lung.png"} <= set(tornados)
-    for src in page.images:
-        assert (tmp_path / src).is_file() and (tmp_path / src).stat().st_size > 1000
+    assert {"report_tornado_tumors_T1.png", "report_tornado_normal_perfused.png", "report_tornado_lung.png"} <= \
+        {p.name for p in tmp_path.glob("report_tornado_*.png")}
+    import base64
+
+    embedded = {base64.b64decode(src.partition(",")[2]) for src in page.images}
+    for png in tmp_path.glob("report_tornado_*.png"):  # each figure is in the page itself
+        assert png.read_bytes() in embedded and png.stat().st_size > 1000
     assert "Sensitivity" in pathlib.Path(path).read_text(encoding="utf-8")
 
 

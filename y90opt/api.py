@@ -196,6 +196,7 @@ def plan(case: CaseLike, *, samples: int = 100_000, seed: int = 0, chunk: int | 
          storage: str | None = None, study_name: str | None = None,
          vial_range: tuple[float, float, float] | None = None, hours_range: tuple[float, float, float] | None = None,
          sensitivity_samples: int | None = None, acceptable_success: float | None = None,
+         any_time: bool = False, fixed_date: bool = False, calibration_weeks: int = 2,
          progress: bool = False) -> PlanResult:
     """Choose the vial (activity at calibration, GBq) and the treatment time (hours after calibration).
 
@@ -209,6 +210,10 @@ def plan(case: CaseLike, *, samples: int = 100_000, seed: int = 0, chunk: int | 
         sensitivity_samples: also run :func:`sensitivity` at the recommendation (in ``summary`` and the report).
         acceptable_success: override ``[plan].acceptable_success``: the P(all primary targets) below which a
             feasible plan has status ``"low-success"`` instead of ``"ok"``.
+        any_time: keep candidate times outside the clinic calendar (treatment days, holidays, clinic hours),
+            as literal hours after calibration (never before the vial can be used).
+        fixed_date: the treatment date is fixed at ``[plan].treatment``: choose the vial and its calibration
+            week among ``calibration_weeks`` (this week's vial, last week's at higher activity, ...).
 
     An infeasible plan is an answer (``summary["feasible"]`` is false), not an error. A primary rule the
     case cannot evaluate raises :class:`InputError` naming the field and a fix that works.
@@ -225,7 +230,8 @@ def plan(case: CaseLike, *, samples: int = 100_000, seed: int = 0, chunk: int | 
     trials = None if optuna_trials is None else _count(optuna_trials, "--optuna-trials", 0)
     res = plan_case(c, n=n, seed=_seed(seed), chunk=_chunk(chunk), dtype=_dtype(dtype), risk=risk,
                     optuna_trials=trials, storage=storage, study_name=study_name, vial_range=vial_range,
-                    hours_range=hours_range, progress=progress)
+                    hours_range=hours_range, progress=progress, any_time=any_time, fixed_treatment=fixed_date,
+                    calibration_weeks=_count(calibration_weeks, "--calibration-weeks"))
     out = PlanResult(res.dataset, res.summary)
     if sensitivity_samples:
         from .sensitivity_analysis import sensitivity_case

@@ -63,6 +63,10 @@ class Plan:
     index_tumor: str | None
     tie_tolerance: float
     acceptable_success: float = 0.5
+    treatment_days: tuple[int, ...] = (0, 1, 2, 3, 4)  # weekdays the site treats (0 = Monday)
+    clinic_hours: tuple[_dt.time, _dt.time] | None = None  # local hours a range's times may fall in
+    holidays: tuple[_dt.date, ...] = ()
+    min_lead_time_h: float = 0.0  # earliest treatment after the vial's calibration [h]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +88,7 @@ class Case:
     calibration: _dt.datetime
     vials_gbq: Candidates
     plan: Plan
+    delivered: _dt.datetime | None
     correlations: tuple[tuple[str, str, float], ...]
     rules: Mapping[str, Any]
     text: str
@@ -154,7 +159,13 @@ _LIVER = {"perfused_volume_ml", "whole_liver_volume_ml"}
 _TUMOR = {"name", "volume_ml", "tn_ratio", "treated"}
 _LUNG = {"shunt_fraction", "mass_kg", "prior_dose_gy"}
 _DELIVERY = {"residual_fraction", "activity_factor"}
-_VIALS = {"calibration", "activities_gbq"}
+_VIALS = {"calibration", "activities_gbq", "catalogue", "delivered"}
+#: ``[vials] catalogue`` names. "custom": 3-20 GBq in 0.5 GBq steps. Widely reported for TheraSphere but not
+#: confirmed in the package insert we cite (which lists the six standard activities): check with the supplier.
+CATALOGUES = {"standard": "standard", "custom": "custom (3-20 GBq in 0.5 GBq steps; unconfirmed: check with the supplier)"}
+#: Weekday names a ``[plan] treatment_days`` list may use.
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _PLAN = {
     "vial_gbq",
     "treatment",
@@ -166,6 +177,10 @@ _PLAN = {
     "index_tumor",
     "tie_tolerance",
     "acceptable_success",
+    "treatment_days",
+    "clinic_hours",
+    "holidays",
+    "min_lead_time_h",
 }
 _SUCCESS = ("all-tumors", "index-tumor", "mass-weighted")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -345,10 +360,21 @@ def parse_case(source: str | Mapping[str, Any], file: str | None = None) -> Case
 
     vials = r.table(doc["vials"], "vials", _VIALS, {"calibration"})
     calibration = r.datetime(vials["calibration"], "vials.calibration")
+    if "activities_gbq" in vials and "catalogue" in vials:
+        raise r.fail("vials.catalogue", "give either activities_gbq or catalogue, not both")
     if "activities_gbq" in vials:
         vial_set = r.candidates(vials["activities_gbq"], "vials.activities_gbq", positive=True)
+    elif "catalogue" in vials:
+        name = r.string(vials["catalogue"], "vials.catalogue")
+        if name not in CATALOGUES:
+            raise r.fail("vials.catalogue", f"expected one of {', '.join(CATALOGUES)}, got {name!r}")
+        vial_set = (Candidates(physics.STANDARD_VIALS_GBQ, "default") if name == "standard"
+                    else Candidates(tuple(float(x) for x in np.arange(3.0, 20.0 + 1e-9, 0.5)), "custom"))
     else:
         vial_set = Candidates(physics.STANDARD_VIALS_GBQ, "default")
+    delivered = None
+    if "delivered" in vials:
+        delivered = r.datetime(vials["delivered"], "vials.delivered")
 
     plan = _parse_plan(r, doc.get("plan", {}), calibration, [t.name for t in tumors], {t.name for t in tumors if t.treated})
 
@@ -402,6 +428,7 @@ def parse_case(source: str | Mapping[str, Any], file: str | None = None) -> Case
         calibration=calibration,
         vials_gbq=vial_set,
         plan=plan,
+        delivered=delivered,
         correlations=correlations,
         rules=rules,
         text=text,
@@ -492,7 +519,62 @@ def _parse_plan(r: _Reader, raw: Any, calibration: _dt.datetime, tumor_names: li
     acceptable = r.number(p.get("acceptable_success", 0.5), "plan.acceptable_success")
     if not 0 < acceptable <= 1:
         raise r.fail("plan.acceptable_success", "must be in (0, 1]")
-    return Plan(vial, treatment, hours, risk, tz, proc, success, index, tol, acceptable)
+    days = _weekdays(r, p.get("treatment_days", list(WEEKDAYS[:5])), "plan.treatment_days")
+    clinic = None
+    if "clinic_hours" in p:
+        raw_h = p["clinic_hours"]
+        if not (isinstance(raw_h, list) and len(raw_h) == 2):
+            raise r.fail("plan.clinic_hours", 'expected two local clock times, e.g. ["08:00", "17:00"]')
+        clinic = tuple(_clock(r, x, f"plan.clinic_hours[{k}]") for k, x in enumerate(raw_h))
+        if clinic[1] <= clinic[0]:
+            raise r.fail("plan.clinic_hours", "the end must be after the start")
+    holidays = _dates(r, p.get("holidays", []), "plan.holidays")
+    lead = r.number(p.get("min_lead_time_h", 0.0), "plan.min_lead_time_h")
+    if not 0 <= lead <= MAX_HOURS:
+        raise r.fail("plan.min_lead_time_h", f"must be in [0, {MAX_HOURS:g}] h")
+    return Plan(vial, treatment, hours, risk, tz, proc, success, index, tol, acceptable, days, clinic, holidays, lead)
+
+
+def _weekdays(r: _Reader, raw: Any, field: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise r.fail(field, f"expected a non-empty list of weekday names ({', '.join(WEEKDAYS)})")
+    out = []
+    for k, x in enumerate(raw):
+        name = r.string(x, f"{field}[{k}]")
+        day = next((d for d, full in enumerate(_FULL_DAYS) if name.lower() in (full, full[:3])), None)
+        if day is None:
+            raise r.fail(f"{field}[{k}]", f"not a weekday: {name!r} (use {', '.join(WEEKDAYS)})")
+        if day in out:
+            raise r.fail(f"{field}[{k}]", f"{name!r} given twice")
+        out.append(day)
+    return tuple(sorted(out))
+
+
+def _clock(r: _Reader, raw: Any, field: str) -> _dt.time:
+    s = r.string(raw, field)
+    try:
+        t = _dt.time.fromisoformat(s)
+    except ValueError:
+        raise r.fail(field, f"expected a clock time like \"08:00\", got {s!r}") from None
+    if t.tzinfo is not None:
+        raise r.fail(field, "give a local clock time without an offset (the zone is plan.site_timezone)")
+    return t
+
+
+def _dates(r: _Reader, raw: Any, field: str) -> tuple[_dt.date, ...]:
+    if not isinstance(raw, list):
+        raise r.fail(field, "expected a list of dates, e.g. [2026-12-25, \"2027-01-01\"]")
+    out = []
+    for k, x in enumerate(raw):
+        if isinstance(x, str):
+            try:
+                x = _dt.date.fromisoformat(x)
+            except ValueError:
+                raise r.fail(f"{field}[{k}]", f"not an ISO date: {x!r}") from None
+        if isinstance(x, _dt.datetime) or not isinstance(x, _dt.date):
+            raise r.fail(f"{field}[{k}]", "expected a date (local to the site), e.g. 2026-12-25")
+        out.append(x)
+    return tuple(sorted(set(out)))
 
 
 def _parse_correlations(r: _Reader, raw: Any, tumors, has_whole: bool, specs: dict) -> tuple:

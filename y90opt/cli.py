@@ -119,7 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--storage", default=None, help="Optuna storage: a path (SQLite) or an RDB URL; lets a study resume")
     sp.add_argument("--study-name", default=None, help="Optuna study name (with --storage)")
     sp.add_argument("--vial-range", default=None, metavar="MIN:MAX:STEP", help="candidate vials as a range in GBq, e.g. 3:20:0.5")
-    sp.add_argument("--hours-range", default=None, metavar="MIN:MAX:STEP", help="candidate times in hours after calibration, e.g. 72:216:1")
+    sp.add_argument("--hours-range", default=None, metavar="MIN:MAX:STEP", help="candidate times in hours after calibration, e.g. 72:216:1 (kept only where the clinic calendar admits them)")
+    sp.add_argument("--any-time", action="store_true", help="keep candidate times outside the clinic calendar (treatment days, holidays, clinic hours)")
+    sp.add_argument("--fixed-date", action="store_true", help="the treatment is fixed at [plan].treatment: choose the vial and its calibration week")
+    sp.add_argument("--calibration-weeks", type=_positive_int, default=2, metavar="W",
+                    help="with --fixed-date: vials of this many calibration weeks (default 2: this week's and last week's)")
+    sp.add_argument("--top", type=_positive_int, default=8, metavar="K", help="rows of each table in the text output (default 8; all in --json and the report)")
     sp.add_argument("--sensitivity-samples", type=_sobol_samples, default=None, metavar="N",
                     help="also run the Sobol sensitivity analysis (N base samples) at the recommendation and add "
                     "its tornado figures to the report (with --out)")
@@ -226,7 +231,7 @@ def cmd_simulate(args) -> int:
     from . import api
 
     case = api.load_case(args.case)
-    out_path = _output_path(args.output, ".nc")
+    out_path = _output_path(args.output, ".nc", [args.case])
     res = api.simulate(case, samples=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype,
                        keep_samples=args.keep_samples, progress=not args.json)
     return _emit(res, out_path, args.json)
@@ -238,13 +243,14 @@ def cmd_plan(args) -> int:
     from .textout import dumps
 
     case = api.load_case(args.case)
-    out_dir = _output_dir(args.out)
+    out_dir = _output_dir(args.out, [args.case] + ([args.storage] if args.storage and os.path.exists(args.storage) else []))
     res = api.plan(
         case, samples=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype, risk=args.risk,
         optuna_trials=args.optuna_trials, storage=args.storage, study_name=args.study_name,
         vial_range=_range_arg(args.vial_range, "--vial-range", positive=True),
         hours_range=_range_arg(args.hours_range, "--hours-range", maximum=MAX_HOURS),
         sensitivity_samples=args.sensitivity_samples, acceptable_success=args.acceptable_success,
+        any_time=args.any_time, fixed_date=args.fixed_date, calibration_weeks=args.calibration_weeks,
         progress=not args.json,
     )
     if out_dir:
@@ -252,7 +258,7 @@ def cmd_plan(args) -> int:
     if args.json:
         print(dumps(res.summary))
     else:
-        print(res.text())
+        print(res.text(top=args.top))
         if out_dir:
             print(f"\nresults written to {out_dir}")
     return 0
@@ -262,7 +268,7 @@ def cmd_sensitivity(args) -> int:
     from . import api
 
     case = api.load_case(args.case)
-    out_path = _output_path(args.output, ".nc")
+    out_path = _output_path(args.output, ".nc", [args.case])
     res = api.sensitivity(case, samples=args.samples, seed=args.seed, chunk=args.chunk, dtype=args.dtype,
                           bootstrap=args.bootstrap, progress=not args.json)
     return _emit(res, out_path, args.json)
@@ -323,7 +329,9 @@ def cmd_report(args) -> int:
         if why:
             print(f"note: {used} left out of the report: {why} (name one with --sensitivity)", file=sys.stderr)
             used = None
-    path = write_report(ds, default_report_dir(args.results, args.out), sensitivity=sens)
+    inputs = [args.results] + ([args.sensitivity] if args.sensitivity else [])
+    out_dir = _output_dir(default_report_dir(args.results, args.out), inputs, PLAN_OUTPUTS[2:])
+    path = write_report(ds, out_dir, sensitivity=sens)
     print(f"report written to {path}" + (f" (sensitivity from {used})" if used else ""))
     return 0
 
@@ -338,23 +346,60 @@ COMMANDS = {
 }
 
 
-def _output_path(path: str | None, suffix: str) -> str | None:
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _output_path(path: str | None, suffix: str, inputs: Sequence[str] = (), flag: str = "-o") -> str | None:
+    """A file the command will write: its folder exists, its suffix matches the format, it is no input."""
     if path is None:
         return None
+    if not path.strip():
+        raise BadInput(f"{flag}: an empty path")
+    if not path.lower().endswith(suffix):
+        raise BadInput(f"{flag}: {path}: the results are written as NetCDF: give a name ending in {suffix}")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise BadInput(f"{path}: output directory {parent} does not exist")
     if os.path.isdir(path):
         raise BadInput(f"{path}: is a directory (expected a file name ending in {suffix})")
+    for src in inputs:
+        if os.path.exists(path) and _same_file(path, src):
+            raise BadInput(f"{flag}: {path}: is an input of this command; an output never replaces an input")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise BadInput(f"{flag}: {path}: exists and cannot be written")
+    if not os.access(parent, os.W_OK):
+        raise BadInput(f"{flag}: {path}: the folder {parent} cannot be written")
     return path
 
 
-def _output_dir(path: str | None) -> str | None:
+#: The files ``plan --out DIR`` writes.
+PLAN_OUTPUTS = ("plan.nc", "sensitivity.nc", "report.html", "report_heatmap.png", "report_doses.png",
+                "report_curves.png")
+
+
+def _output_dir(path: str | None, inputs: Sequence[str] = (), outputs: Sequence[str] = PLAN_OUTPUTS) -> str | None:
+    """A folder the command will write into (made if missing): none of the files it writes is an input."""
     if path is None:
         return None
+    if not path.strip():
+        raise BadInput("--out: an empty path")
     if os.path.exists(path) and not os.path.isdir(path):
         raise BadInput(f"{path}: exists and is not a directory")
-    os.makedirs(path, exist_ok=True)
+    for src in inputs:
+        for name in outputs:
+            target = os.path.join(path, name)
+            if os.path.exists(target) and _same_file(target, src):
+                raise BadInput(f"--out: {target} is an input of this command; an output never replaces an input")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"--out: {path}: cannot be made ({e.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise BadInput(f"--out: {path}: cannot be written")
     return path
 
 

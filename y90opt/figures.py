@@ -104,7 +104,8 @@ def _zone(ds) -> str:
 def heatmap_figure(ds, path: str) -> str:
     """P(all primary targets met) on the vial × treatment-time grid; infeasible cells hatched; the
     recommendation (or, when nothing is feasible, the least risky candidate) outlined."""
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import PathPatch, Rectangle
+    from matplotlib.path import Path
 
     ps = ds["p_success"].values.astype(float)
     feas = ds["feasible"].values.astype(bool)
@@ -120,17 +121,28 @@ def heatmap_figure(ds, path: str) -> str:
         cb = fig.colorbar(im, ax=ax, pad=0.01)
         cb.set_label("P(all primary targets met) (probability, 0-1)")
         small = nv * nt <= MAX_ANNOTATED_CELLS
-        for a in range(nv):
-            for b in range(nt):
-                if not feas[a, b]:
-                    ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, facecolor=(1, 1, 1, 0.55), edgecolor="#555555",
-                                           hatch="///" if small else None, linewidth=0.0))
-                if small:
+        # infeasible cells: one hatched patch made of every such cell (its hatch is drawn in screen units, so it
+        # stays visible at any grid size, where per-cell hatches vanish once cells are a few pixels wide); the
+        # pale veil keeps the colour readable beneath
+        cells = [Path([(b - 0.5, a - 0.5), (b + 0.5, a - 0.5), (b + 0.5, a + 0.5), (b - 0.5, a + 0.5), (b - 0.5, a - 0.5)],
+                      [Path.MOVETO, Path.LINETO, Path.LINETO, Path.LINETO, Path.CLOSEPOLY])
+                 for a in range(nv) for b in range(nt) if not feas[a, b]]
+        if cells:
+            ax.add_patch(PathPatch(Path.make_compound_path(*cells), facecolor=(1, 1, 1, 0.45), edgecolor="#444444",
+                                   hatch="///", linewidth=0.0, zorder=3))
+        if small:
+            for a in range(nv):
+                for b in range(nt):
                     colour = "white" if ps[a, b] < 0.55 and feas[a, b] else "black"
                     ax.text(b, a, f"{ps[a, b]:.2f}", ha="center", va="center", fontsize=8.5, color=colour,
                             fontweight="bold" if (a, b) == (i0, j0) else "normal")
-        ax.add_patch(Rectangle((j0 - 0.5, i0 - 0.5), 1, 1, fill=False, edgecolor="#D55E00" if ok else "#CC79A7",
-                               linewidth=3.0, zorder=5))
+        mark = "#D55E00" if ok else "#CC79A7"
+        ax.add_patch(Rectangle((j0 - 0.5, i0 - 0.5), 1, 1, fill=False, edgecolor=mark, linewidth=3.0, zorder=5))
+        if not small:  # a cell a few pixels wide: a crosshair and a ring find it at any grid size
+            ax.axhline(i0, color=mark, linewidth=0.9, linestyle="--", zorder=4)
+            ax.axvline(j0, color=mark, linewidth=0.9, linestyle="--", zorder=4)
+            ax.plot([j0], [i0], marker="o", markersize=14, markerfacecolor="none", markeredgecolor=mark,
+                    markeredgewidth=2.5, zorder=6)
         step_t = max(1, int(math.ceil(nt / 10)))
         step_v = max(1, int(math.ceil(nv / 20)))
         ticks = _time_ticks(ds)
@@ -173,7 +185,7 @@ def dose_figure(ds, path: str, nominal: dict[str, float] | None = None) -> str:
                         label="5th-95th percentile")
                 ax.plot([p50, p50], [-0.23, 0.23], color="#08306b", linewidth=2.8, solid_capstyle="butt",
                         label="median")
-                ax.text(1.01, 0.5, f"{p05:.3g} / {p50:.3g} / {p95:.3g}", transform=ax.transAxes, va="center",
+                ax.text(1.01, 0.5, f"{_reading(p05)} / {_reading(p50)} / {_reading(p95)}", transform=ax.transAxes, va="center",
                         ha="left", fontsize=8.5)
             hi = max(top + [1e-9]) * 1.12
             if nominal and q in nominal:
@@ -291,24 +303,34 @@ def tornado_figure(result: Any, output: str, path: str) -> str:
     order = np.argsort(span, kind="stable")  # largest at the top
     unit = str(sub["output_units"].values)
     d = len(order)
-    fig = Figure(figsize=(8.0, 1.2 + 0.45 * d), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    plo, phi = (f"p{100 * q:02.0f}" for q in sensitivity.OAT_QUANTILES)
-    for y, j in enumerate(order):
-        ax.barh(y, lo[j] - base, left=base, color="tab:blue", label=f"input at its {plo}" if y == 0 else None)
-        ax.barh(y, hi[j] - base, left=base, color="tab:orange", label=f"input at its {phi}" if y == 0 else None)
-    labels = []
-    for j in order:
-        s = sub.isel(input=j)
-        iu = str(s["input_units"].values)
-        iu = "" if iu == "1" else f" {iu}"
-        labels.append(f"{s['input'].values} ({float(s['input_low']):.3g} to {float(s['input_high']):.3g}{iu})")
-    ax.set_yticks(range(d), labels)
-    ax.axvline(base, color="black", linewidth=1.0, label=f"nominal {base:.4g} {unit}")
-    ax.set_xlabel(f"{output} ({unit})")
-    ax.set_ylabel("input (its p05 to p95)")
-    ax.set_title(f"{sensitivity.output_long_name(output)}\none input at a time, others nominal", loc="left", fontsize=10)
-    ax.legend(loc="best", fontsize="small")
-    fig.savefig(path)
+    name = output.removeprefix("dose_gy.")
+    title = quantity_label(name) if output.startswith("dose_gy.") else sensitivity.output_long_name(output)
+    with _rc():
+        fig = Figure(figsize=(8.0, 1.4 + 0.55 * d), dpi=DPI, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        plo, phi = (f"{100 * q:.0f}th" for q in sensitivity.OAT_QUANTILES)
+        for y, j in enumerate(order):
+            ax.barh(y, lo[j] - base, left=base, color="#0072B2", label=f"input at its {plo} percentile" if y == 0 else None)
+            ax.barh(y, hi[j] - base, left=base, color="#E69F00", label=f"input at its {phi} percentile" if y == 0 else None)
+        labels = []
+        for j in order:
+            s = sub.isel(input=j)
+            iu = str(s["input_units"].values)
+            iu = "" if iu == "1" else f" {iu}"
+            labels.append(f"{sensitivity.input_long_name(str(s['input'].values))}\n"
+                          f"({float(s['input_low']):.3g} to {float(s['input_high']):.3g}{iu})")
+        ax.set_yticks(range(d), labels)
+        ax.axvline(base, color="black", linewidth=1.0, label=f"nominal: {_reading(base)} {unit}")
+        ax.set_xlabel(f"{title} ({unit})")
+        ax.set_title(f"{title}: one input at a time (5th to 95th percentile), the others at their measured values",
+                     loc="left", fontsize=10, wrap=True)
+        ax.legend(loc="best")
+        fig.savefig(path, dpi=DPI, metadata={"Software": None} if str(path).endswith(".png") else None)
     return path
+
+
+def _reading(x: float) -> str:
+    """A number for reading on a figure: no scientific notation for doses."""
+    ax = abs(x)
+    return f"{x:.0f}" if ax >= 100 else f"{x:.1f}" if ax >= 10 else f"{x:.2f}" if ax >= 1 else f"{x:.3g}"

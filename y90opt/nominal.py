@@ -161,7 +161,7 @@ def dose_text(case: Case, out: dict[str, Any]) -> str:
                 ("injected (after residual)", act["injected"], "GBq"),
                 ("to the liver", act["liver"], "GBq"),
                 ("to the lungs", act["lung"], "GBq"),
-                ("spheres", out["spheres"], ""),
+                ("spheres", f"{out['spheres'] / 1e6:.2f} million", ""),
                 (f"activity per sphere ({conv.bq_per_sphere_at_calibration:g} Bq at calibration)", out["activity_per_sphere_bq"], "Bq"),
             ],
             header=("activity", "value", "unit"),

@@ -364,20 +364,21 @@ def planning_rule(rows: Sequence[tuple[float, float, float, float]], tol: float)
     cross-check is independent of it.
 
     Args:
-        rows: ``(vial_gbq, hours, p_success, worst_margin)`` per candidate; ``worst_margin`` is the largest
-            constraint value (≤ 0: feasible).
+        rows: ``(vial_gbq, hours, p_success, worst_margin[, not_preferred])`` per candidate; ``worst_margin``
+            is the largest constraint value (≤ 0: feasible); ``not_preferred`` (0 or 1, default 0) is 0 on the
+            scenario's preferred days.
         tol: tie tolerance on P(success).
 
     Returns:
         ``(k, p_max)``: the index of the chosen row (best feasible P; rows within ``tol`` of it are tied and go
-        to the smaller vial, then the earlier time) and the best feasible P. With no feasible row: the least
+        to a preferred day, then the smaller vial, then the earlier time) and the best feasible P. With no feasible row: the least
         risky row (smallest worst margin, same tie order) and ``None``.
     """
     feasible = [k for k, r in enumerate(rows) if r[3] <= 0.0]
     if feasible:
         p_max = max(rows[k][2] for k in feasible)
         tied = [k for k in feasible if rows[k][2] >= p_max - tol]
-        return min(tied, key=lambda k: (rows[k][0], rows[k][1])), p_max
+        return min(tied, key=lambda k: (rows[k][4] if len(rows[k]) > 4 else 0, rows[k][0], rows[k][1])), p_max
     m_min = min(r[3] for r in rows)
     tied = [k for k, r in enumerate(rows) if r[3] <= m_min + MARGIN_ATOL]
     return min(tied, key=lambda k: (rows[k][0], rows[k][1])), None
@@ -502,11 +503,13 @@ def optuna_search(
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
     rows = []
+    preferred = [bool(getattr(c, "preferred", False)) for c in getattr(space, "times", ())]
     for t in complete:
         ij = _index_of(t, sp, search)
         if ij is not None:
             rows.append((float(sp.vials[ij[0]]), float(sp.hours[ij[1]]), float(t.value),
-                         max(t.constraints.values(), default=0.0)))
+                         max(t.constraints.values(), default=0.0),
+                         0 if (preferred and preferred[ij[1]]) else 1))
     k, p_max = planning_rule(rows, tol)
     best = {
         "vial_gbq": rows[k][0],

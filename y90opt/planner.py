@@ -30,6 +30,7 @@ from .case import Case, CaseError
 from .chance import limit_margins
 from .errors import InputError
 from .outcomes import RuleTable, active_rules, compile_rules, rule_rows
+from .plan_summary import TOP, plan_text, summarize_plan
 from .simulation import sort_rows, sorted_quantiles
 
 #: Points of the P-versus-activity curve stored with every plan.
@@ -37,9 +38,11 @@ CURVE_POINTS = 241
 
 @dataclasses.dataclass(frozen=True)
 class CandidateTime:
-    hours: float
-    local: str  # ISO datetime at the site
+    hours: float  # after the calibration of the vial this candidate uses
+    local: str  # ISO datetime of the treatment at the site
     label: str  # e.g. "Wed 2026-12-09 12:00"
+    preferred: bool = False  # on one of the scenario's preferred days (ties go to these first)
+    calibration: str = ""  # ISO datetime of the vial's calibration ("" = the case's [vials].calibration)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +51,9 @@ class DecisionSpace:
     times: tuple[CandidateTime, ...]
     vial_source: str
     time_source: str
+    excluded: tuple[tuple[str, str], ...] = ()  # (time label, why the clinic calendar left it out)
+    mode: str = "time"  # "time": candidate treatment times; "calibration": a fixed treatment, candidate vial weeks
+    calendar: str = ""  # the calendar, in words
 
     @property
     def hours(self) -> np.ndarray:
@@ -62,33 +68,46 @@ def _label(when: _dt.datetime) -> str:
     return when.strftime("%a %Y-%m-%d %H:%M %Z").strip()
 
 
-def candidate_time(case: Case, hours: float) -> CandidateTime:
-    when = (case.calibration + _dt.timedelta(hours=float(hours))).astimezone(case.site_zone())
-    return CandidateTime(float(hours), when.isoformat(), _label(when))
+def _preferred(window, hours: float) -> bool:
+    from .scenarios import DAY_TOLERANCE_H
+
+    return any(abs(hours - p) <= DAY_TOLERANCE_H for p in window.preferred_h)
+
+
+def candidate_time(case: Case, hours: float, window=None, calibration: _dt.datetime | None = None) -> CandidateTime:
+    cal = case.calibration if calibration is None else calibration
+    when = (cal + _dt.timedelta(hours=float(hours))).astimezone(case.site_zone())
+    label = _label(when)
+    if calibration is not None:
+        label = f"vial calibrated {_label(cal.astimezone(case.site_zone()))}"
+    return CandidateTime(float(hours), when.isoformat(), label,
+                         preferred=window is not None and _preferred(window, float(hours)),
+                         calibration=cal.isoformat() if calibration is not None else "")
 
 
 def default_times(case: Case, window) -> tuple[CandidateTime, ...]:
-    """Each weekday in the site's time zone whose date lies in the scenario window, at the site's procedure
-    time (or the calibration's clock time), kept only where it lies within the window's day tolerance
-    (:data:`y90opt.rules.DAY_TOLERANCE_H`: the window's edges name days, not clock times).
+    """Each treatment day of the clinic (default Monday to Friday, in the site's time zone) whose date lies
+    in the scenario window, not a holiday, at the site's procedure time (or the calibration's clock time),
+    kept only where it lies within the window's day tolerance (:data:`y90opt.scenarios.DAY_TOLERANCE_H`: the
+    window's edges name days, not clock times) and not before the vial can be used.
 
     Without ``site_timezone`` the calibration's UTC offset is the site's clock: give the IANA zone for
     daylight-saving changes between calibration and treatment."""
+    from .clinic import Calendar
     from .scenarios import DAY_TOLERANCE_H
 
-    zone = case.site_zone()
-    cal_local = case.calibration.astimezone(zone)
+    cal = Calendar.from_case(case)
+    zone = cal.zone
     first = (case.calibration + _dt.timedelta(hours=window.start_h)).astimezone(zone).date()
     last = (case.calibration + _dt.timedelta(hours=window.end_h)).astimezone(zone).date()
-    clock = case.plan.procedure_time or cal_local.timetz().replace(tzinfo=None)
     out = []
     day = first
     while day <= last:
-        if day.weekday() < 5:
-            when = _dt.datetime.combine(day, clock).replace(tzinfo=zone)
-            h = physics.hours_between(case.calibration, when)
-            if h >= 0 and window.contains(h, DAY_TOLERANCE_H):
-                out.append(CandidateTime(h, when.isoformat(), _label(when)))
+        when = _dt.datetime.combine(day, cal.clock).replace(tzinfo=zone)
+        h = physics.hours_between(case.calibration, when)
+        if h >= 0 and window.contains(h, DAY_TOLERANCE_H) and Calendar.excludes(
+                dataclasses.replace(cal, clinic_hours=None), when) is None:
+            out.append(CandidateTime(h, when.isoformat(), _label(when), preferred=_preferred(window, h)))
         day += _dt.timedelta(days=1)
     return tuple(out)
 
@@ -99,21 +118,73 @@ def _expand(r: tuple[float, float, float]) -> tuple[float, ...]:
     return tuple(float(x) for x in np.round(lo + step * np.arange(k), 10))
 
 
-def decision_space(case: Case, window, vial_range=None, hours_range=None) -> DecisionSpace:
+#: Calibration weeks a fixed-date plan considers by default: this week's vial and last week's.
+CALIBRATION_WEEKS = 2
+
+
+def decision_space(case: Case, window, vial_range=None, hours_range=None, *, any_time: bool = False,
+                   fixed_treatment: bool = False, calibration_weeks: int = CALIBRATION_WEEKS) -> DecisionSpace:
+    """The candidates: vials (the case's catalogue, or a range) × treatment times.
+
+    Times are the clinic's treatment days in the scenario window by default, else the case's list or a
+    command-line range, each kept only where the clinic calendar admits it (:mod:`y90opt.clinic`) unless
+    ``any_time``. With ``fixed_treatment`` the treatment is ``[plan].treatment`` and the candidates are the
+    vials calibrated that week and the ``calibration_weeks - 1`` weeks before (a week older, a week more
+    decayed: a larger vial from last week is a candidate as much as this week's)."""
+    from .clinic import Calendar
+
     if vial_range is not None:
         vials, vsrc = _expand(vial_range), "range (command line)"
     else:
-        vials, vsrc = case.vials_gbq.values, {"default": "standard catalogue", "list": "case list", "range": "case range"}[case.vials_gbq.spec]
+        vials, vsrc = case.vials_gbq.values, {"default": "standard catalogue", "list": "case list", "range": "case range",
+                                              "custom": "custom activities (0.5 GBq steps; unconfirmed)"}[case.vials_gbq.spec]
+    calendar = Calendar.from_case(case)
+    if fixed_treatment:
+        if case.plan.treatment is None:
+            raise CaseError(case.path, "plan.treatment", "missing (the fixed treatment date of --fixed-date)")
+        if calibration_weeks < 1 or calibration_weeks > 8:
+            raise InputError(f"--calibration-weeks: expected 1 to 8, got {calibration_weeks}")
+        times, excluded = [], []
+        for k in range(calibration_weeks):
+            cal = case.calibration - _dt.timedelta(days=7 * k)
+            c = candidate_time(case, physics.hours_between(cal, case.plan.treatment), window, calibration=cal)
+            why = Calendar.from_case(case, cal).excludes(case.plan.treatment)
+            if why and why.startswith("before"):
+                excluded.append((c.label, why))
+            else:
+                times.append(c)
+        if not times:
+            raise CaseError(case.path, "plan.treatment", "the fixed treatment is before any candidate vial can be used")
+        return DecisionSpace(tuple(vials), tuple(times), vsrc, f"fixed treatment, vials of {calibration_weeks} calibration weeks",
+                             tuple(excluded), "calibration", calendar.describe())
     if hours_range is not None:
-        times, tsrc = tuple(candidate_time(case, h) for h in _expand(hours_range)), "range (command line)"
+        raw, tsrc, field = _expand(hours_range), "range (command line)", "--hours-range"
     elif case.plan.hours_after_calibration is not None:
-        times = tuple(candidate_time(case, h) for h in case.plan.hours_after_calibration.values)
-        tsrc = f"case {case.plan.hours_after_calibration.spec}"
+        raw, tsrc, field = (case.plan.hours_after_calibration.values, f"case {case.plan.hours_after_calibration.spec}",
+                            "plan.hours_after_calibration")
     else:
-        times, tsrc = default_times(case, window), "weekdays in the scenario window"
+        times = default_times(case, window)
+        if not times:
+            raise CaseError(case.path, "plan.hours_after_calibration",
+                            f"no candidate treatment time: the scenario window holds no treatment day ({calendar.describe()})")
+        return DecisionSpace(tuple(vials), times, vsrc, "treatment days in the scenario window", (), "time",
+                             calendar.describe())
+    times, excluded = [], []
+    for h in raw:
+        c = candidate_time(case, h, window)
+        why = calendar.excludes(_dt.datetime.fromisoformat(c.local))
+        if why is not None and (not any_time or why.startswith("before")):
+            excluded.append((c.label, why))
+        else:
+            times.append(c)
     if not times:
-        raise CaseError(case.path, "plan.hours_after_calibration", "no candidate treatment time (the window holds no weekday)")
-    return DecisionSpace(tuple(vials), times, vsrc, tsrc)
+        reasons = sorted({why for _, why in excluded})
+        msg = f"no candidate treatment time is in the clinic calendar ({calendar.describe()}): " + "; ".join(reasons)
+        if field.startswith("--"):
+            raise InputError(f"{case.path}: {field}: {msg}")
+        raise CaseError(case.path, field, msg)
+    return DecisionSpace(tuple(vials), tuple(times), vsrc, tsrc + ("" if not any_time else ", any time"),
+                         tuple(excluded), "time", calendar.describe())
 
 
 def _query(s, dtype, side: str) -> np.ndarray:
@@ -291,14 +362,23 @@ def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: 
     return ev, factors, n_invalid
 
 
-def choose(p_success: np.ndarray, p_limits: np.ndarray, vials, hours, risk: float, tol: float) -> dict[str, Any]:
-    """The planning rule on a (V, T) grid. Returns indices of the recommendation and the reasons."""
+#: The planning rule's order among tied candidates, in words (printed with every plan).
+TIE_RULE = ("candidates within the tie tolerance of the best P(all primary targets) are tied; ties go to the "
+            "scenario's preferred days first (e.g. week 1 Wednesday), then the smaller vial, then the earlier time")
+
+
+def choose(p_success: np.ndarray, p_limits: np.ndarray, vials, hours, risk: float, tol: float,
+           preferred=None) -> dict[str, Any]:
+    """The planning rule on a (V, T) grid. Returns indices of the recommendation and the reasons.
+
+    ``preferred`` (T,) marks the times on the scenario's preferred days; ties go to them first
+    (:data:`TIE_RULE`)."""
+    pref = np.zeros(len(hours), bool) if preferred is None else np.asarray(preferred, bool)
     feasible = np.all(limit_margins(p_limits, risk) <= 0, axis=-1) if p_limits.shape[-1] else np.ones(p_success.shape, bool)
     if feasible.any():
         best = p_success[feasible].max()
         tied = feasible & (p_success >= best - tol)
-        # ties: the smaller vial, then the earlier time
-        order = sorted(zip(*np.nonzero(tied), strict=True), key=lambda ij: (vials[ij[0]], hours[ij[1]]))
+        order = sorted(zip(*np.nonzero(tied), strict=True), key=lambda ij: (not pref[ij[1]], vials[ij[0]], hours[ij[1]]))
         i, j = order[0]
         return {"feasible": True, "index": (int(i), int(j)), "feasible_mask": feasible, "best_p": float(best)}
     # least risky: maximise the smallest P(limit kept); ties to the smaller vial, earlier time
@@ -314,16 +394,22 @@ class PlanResult:
     dataset: Any
     summary: dict[str, Any]
 
-    def text(self) -> str:
-        return plan_text(self.summary)
+    def text(self, top: int = TOP) -> str:
+        """The readable answer (status, order, doses at the choice, alternatives), tables cut to ``top`` rows."""
+        return plan_text(self.summary, top)
 
     def recommended_case(self, case: Case) -> Case:
-        """The case with its ``[plan]`` decision set to the recommendation (or the least risky candidate)."""
+        """The case with its ``[plan]`` decision set to the recommendation (or the least risky candidate):
+        the vial, its calibration (another week's in a fixed-date plan) and the treatment time."""
         a = self.dataset.attrs
         h = float(a["recommended_hours_after_calibration"])
-        treatment = case.calibration + _dt.timedelta(hours=h)
+        j = int(a["recommended_index_time"])
+        cal = case.calibration
+        if "time_calibration" in self.dataset:
+            cal = _dt.datetime.fromisoformat(str(self.dataset["time_calibration"].values[j]))
+        treatment = cal + _dt.timedelta(hours=h)
         plan = dataclasses.replace(case.plan, vial_gbq=float(a["recommended_vial_gbq"]), treatment=treatment)
-        return dataclasses.replace(case, plan=plan)
+        return dataclasses.replace(case, plan=plan, calibration=cal)
 
 
 #: Peak memory of :func:`build_evaluator` per value it keeps, in copies of those values, with a margin. On the
@@ -370,16 +456,24 @@ def plan_case(
     vial_range=None,
     hours_range=None,
     progress: bool = False,
+    any_time: bool = False,
+    fixed_treatment: bool = False,
+    calibration_weeks: int = CALIBRATION_WEEKS,
 ) -> PlanResult:
-    """Choose vial and treatment time for ``case`` (exact enumeration, cross-checked by Optuna)."""
+    """Choose vial and treatment time for ``case`` (exact enumeration, cross-checked by Optuna).
+
+    ``any_time`` keeps candidate times the clinic calendar would leave out; ``fixed_treatment`` keeps the
+    treatment at ``[plan].treatment`` and chooses the vial among ``calibration_weeks`` calibration weeks
+    (:func:`decision_space`)."""
     engine.enable_x64_if(dtype)
     if risk is not None and not 0 < risk < 1:
-            raise InputError(f"--risk: must be in (0, 1), got {risk}")
+        raise InputError(f"--risk: must be in (0, 1), got {risk}")
     risk = case.plan.risk if risk is None else risk
     ar = active_rules(case, strict=True)
     model = engine.Model.from_case(case)
     rt = compile_rules(ar, model.quantities)
-    space = decision_space(case, ar.scenario.window, vial_range, hours_range)
+    space = decision_space(case, ar.scenario.window, vial_range, hours_range, any_time=any_time,
+                           fixed_treatment=fixed_treatment, calibration_weeks=calibration_weeks)
     from .simulation import EXACT_QUANTILE_LIMIT
 
     chunk = chunk or engine.default_chunk()
@@ -404,7 +498,38 @@ def plan_case(
     ds.attrs["rules_judged"] = json.dumps(rule_rows(ar))
     ds.attrs["acceptable_success"] = case.plan.acceptable_success
     ds.attrs["advisories"] = json.dumps(_advisories_at(case, model, rt, space, result))
+    ds.attrs["reproduce"] = reproduce_command(
+        case, n=n, seed=seed, dtype=dtype, risk=risk, optuna_trials=trials, storage=storage, study_name=study_name,
+        vial_range=vial_range, hours_range=hours_range, any_time=any_time, fixed_treatment=fixed_treatment,
+        calibration_weeks=calibration_weeks)
     return PlanResult(ds, summarize_plan(ds))
+
+
+def reproduce_command(case: Case, *, n: int, seed: int, dtype: str, risk: float, optuna_trials: int,
+                      storage=None, study_name=None, vial_range=None, hours_range=None, any_time=False,
+                      fixed_treatment=False, calibration_weeks=CALIBRATION_WEEKS) -> str:
+    """The complete ``y90opt plan`` command line that gives these results again (every flag that matters)."""
+    import shlex
+
+    def rng(r) -> str:
+        return ":".join(f"{x:g}" for x in r)
+
+    parts = ["y90opt", "plan", case.path, "--samples", str(n), "--seed", str(seed), "--dtype", dtype,
+             "--risk", f"{risk:g}", "--acceptable-success", f"{case.plan.acceptable_success:g}",
+             "--optuna-trials", str(optuna_trials)]
+    if vial_range is not None:
+        parts += ["--vial-range", rng(vial_range)]
+    if hours_range is not None:
+        parts += ["--hours-range", rng(hours_range)]
+    if any_time:
+        parts.append("--any-time")
+    if fixed_treatment:
+        parts += ["--fixed-date", "--calibration-weeks", str(calibration_weeks)]
+    if storage is not None:
+        parts += ["--storage", str(storage)]
+    if study_name is not None:
+        parts += ["--study-name", str(study_name)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _factor_quantiles(model, rt, factors, n_valid, n, seed, chunk, dtype) -> dict[str, Any]:
@@ -435,23 +560,6 @@ def _advisories_at(case, model, rt, space, result) -> list[dict[str, str]]:
     return nominal_advisories(case, nominal, active_rules(case, strict=True))
 
 
-def pareto_front(p_success: np.ndarray, p_limits: np.ndarray) -> list[tuple[int, int]]:
-    """Candidates not dominated in (P(targets met), P(worst limit kept)): the trade-off a vial size buys.
-
-    One sweep in order of decreasing P(targets) (ties: larger worst-limit probability first) keeps each
-    candidate whose worst-limit probability beats every one before it; equal points are kept once (the first:
-    the smaller vial, the earlier time)."""
-    worst = p_limits.min(axis=-1) if p_limits.shape[-1] else np.ones_like(p_success)
-    a, b = p_success.ravel(), worst.ravel()
-    order = np.lexsort((np.arange(a.size), -b, -a))
-    front, best_b = [], -np.inf
-    for k in order:
-        if b[k] > best_b:
-            front.append(np.unravel_index(k, p_success.shape))
-            best_b = b[k]
-    return [(int(i), int(j)) for i, j in front]
-
-
 def evaluate_space(case, space: DecisionSpace, ev: Evaluator, risk: float) -> dict[str, Any]:
     """Exact P(targets), P(each limit), P(joint) and the planning rule's choice on every candidate."""
     vials = np.asarray(space.vials_gbq)
@@ -460,7 +568,7 @@ def evaluate_space(case, space: DecisionSpace, ev: Evaluator, risk: float) -> di
     ps = ev.p_success(s)
     pl = ev.p_limits(s)
     pj = ev.p_joint(s)
-    ch = choose(ps, pl, vials, hours, risk, case.plan.tie_tolerance)
+    ch = choose(ps, pl, vials, hours, risk, case.plan.tie_tolerance, [t.preferred for t in space.times])
     return {"s": s, "p_success": ps, "p_limits": pl, "p_joint": pj, "choice": ch}
 
 
@@ -501,6 +609,12 @@ def plan_dataset(case, model, rt, space, ev, factor_q, result, risk, n, seed, dt
         "hours_after_calibration": ("time", hours, {"units": "h"}),
         "time_local": ("time", np.array([t.local for t in space.times], dtype=object)),
         "time_label": ("time", np.array([t.label for t in space.times], dtype=object)),
+        "time_preferred": ("time", np.array([t.preferred for t in space.times], dtype=np.int8),
+                           {"long_name": "on one of the scenario's preferred days"}),
+        "time_calibration": ("time", np.array([
+            (_dt.datetime.fromisoformat(t.calibration) if t.calibration else case.calibration)
+            .astimezone(case.site_zone()).isoformat() for t in space.times], dtype=object),
+            {"long_name": "calibration of the candidate's vial (site time)"}),
         "limit": list(ev.limit_labels),
         "rule": list(rt.labels),
         "rule_kind": ("rule", np.array(rt.kinds, dtype=object)),
@@ -524,6 +638,10 @@ def plan_dataset(case, model, rt, space, ev, factor_q, result, risk, n, seed, dt
         "site_timezone": str(case.plan.site_timezone or case.calibration.tzinfo),
         "vial_source": space.vial_source,
         "time_source": space.time_source,
+        "decision_mode": space.mode,
+        "clinic_calendar": space.calendar,
+        "excluded_times": json.dumps([list(x) for x in space.excluded]),
+        "tie_rule": TIE_RULE,
         "valid_sample_count": ev.n,
         "unphysical_sample_count": n_invalid,
         "rules_not_evaluated": ", ".join(rt.not_evaluated),
@@ -534,204 +652,3 @@ def plan_dataset(case, model, rt, space, ev, factor_q, result, risk, n, seed, dt
         extra["optuna"] = __import__("json").dumps(optuna_info)
     attrs = provenance(case, seed=seed, n=n, dtype=dtype, command="plan", extra=extra)
     return build_dataset(dv, coords, attrs)
-
-
-def summarize_plan(ds) -> dict[str, Any]:
-    """The pinned ``plan --json`` structure (``feasible``, ``recommended``), derived from the Dataset."""
-    import json
-
-    a = ds.attrs
-    feasible = bool(a["feasible"])
-    i, j = int(a["recommended_index_vial"]), int(a["recommended_index_time"])
-    vials = ds["vial"].values
-    limits = [str(x) for x in ds["limit"].values]
-    risk = float(a["risk"])
-    # pull every array once: building candidates must not index the Dataset per value
-    hours = ds["hours_after_calibration"].values
-    local = ds["time_local"].values
-    s_arr = ds["vial_at_treatment"].values
-    ps = ds["p_success"].values
-    pj = ds["p_joint"].values
-    pl = ds["p_limit"].values
-    feas = ds["feasible"].values.astype(bool)
-    dose_cols = [(k, str(q)) for k, q in enumerate(ds["quantity"].values) if str(ds["unit"].values[k]) == "Gy"]
-    dq = {p: ds[f"dose_{p}"].values for p in ("p05", "p50", "p95")} if "dose_p50" in ds else None
-
-    def cand(ii, jj) -> dict[str, Any]:
-        d = {
-            "vial_gbq": float(vials[ii]),
-            "hours_after_calibration": float(hours[jj]),
-            "treatment_local": str(local[jj]),
-            "vial_at_treatment_gbq": float(s_arr[ii, jj]),
-            "p_success": float(ps[ii, jj]),
-            "p_joint": float(pj[ii, jj]),
-            "p_limits": {lab: float(pl[ii, jj, k]) for k, lab in enumerate(limits)},
-            "feasible": bool(feas[ii, jj]),
-        }
-        if dq is not None:
-            d["dose_gy"] = {q: {p: float(dq[p][ii, jj, k]) for p in ("p05", "p50", "p95")} for k, q in dose_cols}
-        return d
-
-    rec = cand(i, j)
-    conv = json.loads(a["conventions"])
-    vial_cal = float(vials[i])
-    h = rec["hours_after_calibration"]
-    rec_out = {
-        "vial_gbq": vial_cal,
-        "hours_after_calibration": h,
-        "vial_mci": physics.gbq_to_mci(vial_cal),
-        "calibration": a["calibration"],
-        "treatment_local": rec["treatment_local"],
-        "vial_at_treatment_gbq": rec["vial_at_treatment_gbq"],
-        "spheres": vial_cal * 1e9 / conv["bq_per_sphere_at_calibration"],
-        "activity_per_sphere_bq": conv["bq_per_sphere_at_calibration"] * physics.decay_factor(h, conv["half_life_h"]),
-        "p_success": rec["p_success"],
-        "p_limits": rec["p_limits"],
-    }
-    order = np.dstack(np.unravel_index(np.argsort(-ps, axis=None, kind="stable"), ps.shape))[0]
-    ranked = [cand(int(a_), int(b_)) for a_, b_ in order[:10]]
-    best_feasible_p = rec["p_success"] if feasible else -1.0
-    better = [(int(a_), int(b_)) for a_, b_ in order if ps[a_, b_] > best_feasible_p and not feas[a_, b_]][:10]
-    rejected = []
-    for a_, b_ in better:
-        c = cand(a_, b_)
-        margins = limit_margins(pl[a_, b_], risk)
-        c["ruled_out_by"] = [lab for lab, m in zip(limits, margins, strict=True) if m > 0]
-        rejected.append(c)
-    acceptable = float(a.get("acceptable_success", 0.5))
-    out: dict[str, Any] = {
-        "case": a["case_name"],
-        "scenario": a["scenario"],
-        "status": plan_status(feasible, rec["p_success"], acceptable),
-        "acceptable_success": acceptable,
-        "feasible": feasible,
-        "recommended": rec_out if feasible else None,
-        "risk": risk,
-        "tie_tolerance": float(a["tie_tolerance"]),
-        "success_definition": a["success_definition"],
-        "samples": int(a["sample_count"]),
-        "seed": int(a["seed"]),
-        "dtype": a["dtype"],
-        "backend": a["backend"],
-        "candidates": int(ps.size),
-        "vials_gbq": [float(v) for v in vials],
-        "hours_after_calibration": [float(x) for x in ds["hours_after_calibration"].values],
-        "ranked": ranked,
-        "rejected_better": rejected,
-        "conventions": conv,
-        "case_sha256": a["case_sha256"],
-    }
-    out["tradeoff"] = [
-        {k: c[k] for k in ("vial_gbq", "hours_after_calibration", "p_success", "p_limits", "feasible")}
-        for c in (cand(a_, b_) for a_, b_ in pareto_front(ps, pl))
-    ]
-    out["rules"] = json.loads(a.get("rules_judged", "[]"))
-    out["advisories"] = json.loads(a.get("advisories", "[]"))
-    out["rules_not_evaluated"] = [x for x in str(a.get("rules_not_evaluated", "")).split(", ") if x]
-    if not feasible:
-        worst_limit = min(rec["p_limits"], key=lambda k: rec["p_limits"][k])
-        out["least_risky"] = rec_out
-        out["binding_limit"] = worst_limit
-        out["relax"] = _relax_text(ds, worst_limit, rec, risk)
-    if "optuna" in a:
-        out["optuna"] = json.loads(a["optuna"])
-    return out
-
-
-#: The plan statuses of ``plan --json`` (design document, "Plan status").
-STATUSES = ("ok", "low-success", "infeasible")
-
-
-def plan_status(feasible: bool, p_success: float, acceptable_success: float) -> str:
-    """``"infeasible"`` when no candidate keeps every limit; ``"ok"`` when the recommendation's P(all primary
-    targets met) reaches ``acceptable_success``; ``"low-success"`` otherwise (feasible, but the targets are
-    unlikely to be met: never to be shown as a success)."""
-    if not feasible:
-        return "infeasible"
-    return "ok" if p_success >= acceptable_success else "low-success"
-
-
-def _relax_text(ds, limit: str, rec: dict, risk: float) -> str:
-    curve = ds["curve_p_limit"].sel(limit=limit).values
-    grid = ds["activity"].values
-    ok = grid[curve >= 1 - risk]
-    p = rec["p_limits"][limit]
-    msg = (f"limit {limit!r} is kept with P = {p:.3f} < {1 - risk:.3f} even at the least risky candidate "
-           f"({rec['vial_gbq']:g} GBq, {rec['hours_after_calibration']:.0f} h)")
-    if ok.size:
-        msg += f"; it would need at most {ok.max():.3g} GBq at treatment (a smaller vial, a later day)"
-        if 1 - p < 0.5:
-            msg += f", or a larger risk (--risk {min(1 - p + 1e-3, 0.5):.3f})"
-    else:
-        msg += "; no activity keeps it: revisit the inputs (e.g. the lung shunt or a prior lung dose)"
-    return msg
-
-
-def plan_text(summary: dict[str, Any]) -> str:
-    from .textout import table
-
-    lines = [
-        f"case {summary['case']!r}  scenario {summary['scenario']}",
-        f"{summary['samples']} samples, seed {summary['seed']}, {summary['dtype']} on {summary['backend']}; "
-        f"{summary['candidates']} candidates; each limit kept with P ≥ {1 - summary['risk']:.3g}; "
-        f"success = {summary['success_definition']}",
-        "conventions: K = {dose_constant_gy_kg_per_gbq:g} Gy·kg/GBq, T½ = {half_life_h:g} h, density "
-        "{tissue_density_g_per_ml:g} g/mL, {bq_per_sphere_at_calibration:g} Bq per sphere at calibration".format(**summary["conventions"]),
-        "",
-    ]
-    status = summary.get("status")
-    if status == "low-success":
-        r = summary["recommended"]
-        lines += [f"STATUS: LOW CHANCE OF SUCCESS: P(all primary targets met) = {r['p_success']:.3f} at the best "
-                  f"candidate that keeps every limit, below the acceptable {summary['acceptable_success']:g}; "
-                  "the targets are unlikely to be reached with these inputs", ""]
-    elif status == "infeasible":
-        lines += ["STATUS: INFEASIBLE: no candidate keeps every limit", ""]
-    elif status == "ok":
-        lines += [f"STATUS: ok (P(all primary targets met) ≥ {summary['acceptable_success']:g})", ""]
-    if summary["feasible"]:
-        r = summary["recommended"]
-        lines += [
-            "RECOMMENDATION" if status != "low-success" else "BEST FEASIBLE CANDIDATE (low chance of success)",
-            f"  order   {r['vial_gbq']:g} GBq vial ({r['vial_mci']:.0f} mCi) calibrated {r['calibration']}",
-            f"  treat   {r['treatment_local']}  ({r['hours_after_calibration']:.1f} h after calibration, "
-            f"{r['vial_at_treatment_gbq']:.3g} GBq in the vial)",
-            f"  spheres {r['spheres']:.3g}, {r['activity_per_sphere_bq']:.0f} Bq per sphere at treatment",
-            f"  P(all targets met) = {r['p_success']:.3f}; " + ", ".join(f"P({k}) = {v:.3f}" for k, v in r["p_limits"].items()),
-        ]
-    else:
-        lines += ["NO FEASIBLE CANDIDATE", f"  binding limit: {summary['binding_limit']}", f"  {summary['relax']}"]
-    lines.append("")
-    limits = list(summary["ranked"][0]["p_limits"]) if summary["ranked"] else []
-    rows = [
-        (c["vial_gbq"], round(c["hours_after_calibration"], 1), c["treatment_local"][:16], f"{c['p_success']:.3f}",
-         *[f"{c['p_limits'][k]:.3f}" for k in limits],
-         "yes" if c["feasible"] else "no")
-        for c in summary["ranked"]
-    ]
-    lines.append("best candidates by P(targets):")
-    lines.append(table(rows, header=("vial GBq", "h", "local time", "P(targets)", *[f"P({k})" for k in limits], "feasible"),
-                       align="rrl" + "r" * (1 + len(limits)) + "l"))
-    if summary["rejected_better"]:
-        lines.append("")
-        for c in summary["rejected_better"][:5]:
-            lines.append(f"ruled out: {c['vial_gbq']:g} GBq at {c['hours_after_calibration']:.0f} h "
-                         f"(P(targets) {c['p_success']:.3f}) by {', '.join(c['ruled_out_by'])}")
-    if summary.get("tradeoff"):
-        lines.append("")
-        lines.append("trade-off (no other candidate is better on both P(targets) and the worst P(limit kept)):")
-        lines.append(table(
-            [(c["vial_gbq"], round(c["hours_after_calibration"], 1), f"{c['p_success']:.3f}",
-              f"{min(c['p_limits'].values()) if c['p_limits'] else 1.0:.3f}", "yes" if c["feasible"] else "no")
-             for c in summary["tradeoff"]],
-            header=("vial GBq", "h", "P(targets)", "worst P(limit)", "feasible"), align="rrrrl"))
-    if summary.get("rules_not_evaluated"):
-        lines.append("not evaluated (quantity not available for this case): " + ", ".join(summary["rules_not_evaluated"]))
-    for adv in summary.get("advisories", []):
-        lines.append(f"advisory [{adv['code']}]: {adv['message']}")
-    if "optuna" in summary:
-        o = summary["optuna"]
-        lines.append("")
-        lines.append(f"Optuna cross-check: {o['trials']} trials, best {o['best']}; "
-                     f"{'matches' if o.get('matches_exact') else 'DOES NOT match'} the exact optimum")
-    return "\n".join(lines)

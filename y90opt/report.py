@@ -1,7 +1,7 @@
 """The plan report: figures and one self-contained HTML page, derived from a plan Dataset.
 
 Everything shown comes from the Dataset written by ``y90opt plan`` (:func:`y90opt.planner.plan_dataset`) or
-from the summary derived from it (:func:`y90opt.planner.summarize_plan`); nothing here computes a dose.
+from the summary derived from it (:func:`y90opt.plan_summary.summarize_plan`); nothing here computes a dose.
 Three library calls add context that the Dataset does not hold as numbers: the case is re-parsed from the
 stored case text (its inputs and their uncertainty), the scenario's rules are reloaded (with the case's
 overrides), and the nominal doses and advisories at the recommendation come from
@@ -68,8 +68,19 @@ ALTERNATIVES_BELOW = 5
 # --- public API --------------------------------------------------------------------------------------------
 
 
+def _data_uri(path: str) -> str:
+    """A PNG file as a ``data:`` URI, so that the page carries its figures (opens offline, e-mailed alone)."""
+    import base64
+
+    with open(path, "rb") as fh:
+        return "data:image/png;base64," + base64.b64encode(fh.read()).decode("ascii")
+
+
 def write_report(ds, out_dir: str | os.PathLike, sensitivity=None) -> str:
     """Write the figures and ``report.html`` for a plan Dataset into ``out_dir``; return the page's path.
+
+    The page is self-contained: every figure is embedded in it (PNG data URIs), so ``report.html`` alone
+    opens anywhere, offline. The PNG files are also written beside it, for slides and documents.
 
     Args:
         ds: the Dataset of ``y90opt plan`` (:attr:`y90opt.planner.PlanResult.dataset`, or read from plan.nc).
@@ -88,7 +99,7 @@ def write_report(ds, out_dir: str | os.PathLike, sensitivity=None) -> str:
     sens = None
     if sensitivity is not None:
         sens = _sensitivity_section(ds, sensitivity, out_dir)
-    page = render_html(ds, ctx, {k: os.path.basename(v) for k, v in figures.items()}, sens)
+    page = render_html(ds, ctx, {k: _data_uri(v) for k, v in figures.items()}, sens)
     path = os.path.join(out_dir, "report.html")
     tmp = path + ".part"
     with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
@@ -191,7 +202,7 @@ def report_from_netcdf(path: str | os.PathLike, out_dir: str | os.PathLike | Non
 def _context(ds) -> dict[str, Any]:
     """Summary, case, rules, nominal doses and advisories at the recommendation (or the least risky
     candidate). The case part degrades to notes when the stored case cannot be re-parsed."""
-    from .planner import summarize_plan
+    from .plan_summary import summarize_plan
 
     summary = summarize_plan(ds)
     a = ds.attrs
@@ -256,7 +267,7 @@ def _sensitivity_section(ds, sensitivity, out_dir: str) -> dict[str, Any]:
             fname = TORNADO_PNG.format(_safe(q))
             with _rc():
                 tornado_figure(sds, name, os.path.join(out_dir, fname))
-            figs.append((q, fname))
+            figs.append((q, _data_uri(os.path.join(out_dir, fname))))
     rows = []
     if "success" in outputs:
         sub = sds.sel(output="success")
@@ -296,6 +307,13 @@ p { margin: 6px 0; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: 14px 18px; background: var(--panel); }
 .card.ok { border-left: 6px solid var(--ok); }
 .card.bad { border-left: 6px solid var(--bad); }
+.card.warn { border-left: 6px solid var(--warn); background: #fff8e6; }
+.card.warn .prob { color: var(--warn); }
+.status { border-radius: 8px; padding: 10px 16px; margin: 8px 0 14px; font-size: 15px; }
+.status b { font-size: 17px; letter-spacing: .02em; }
+.status.ok { border: 2px solid var(--ok); background: #e9f6ef; }
+.status.low-success { border: 2px solid var(--warn); background: #fff3d6; }
+.status.infeasible { border: 2px solid var(--bad); background: #fdf0ef; }
 .card h3 { margin-top: 0; font-size: 13px; text-transform: uppercase; letter-spacing: .06em; color: var(--muted); }
 .big { font-size: 30px; font-weight: 700; line-height: 1.15; }
 .big small { font-size: 17px; font-weight: 600; color: var(--muted); }
@@ -306,7 +324,7 @@ p { margin: 6px 0; }
 .card.bad .prob { color: var(--bad); }
 table { border-collapse: collapse; width: 100%; margin: 6px 0 10px; font-size: 13.5px; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: var(--panel); font-weight: 600; overflow-wrap: anywhere; }
+th { background: var(--panel); font-weight: 600; overflow-wrap: normal; word-break: normal; hyphens: manual; }
 td.verdict { min-width: 15em; }
 td.verdict b { white-space: nowrap; }
 .scroll { overflow-x: auto; }
@@ -454,9 +472,14 @@ def _recommendation(ds, ctx, figures: dict[str, str]) -> str:
     feasible = bool(s["feasible"])
     r = s["recommended"] if feasible else s["least_risky"]
     label = str(ds["time_label"].values[j])
-    out = ["<h2>Recommendation</h2>"]
-    cls = "ok" if feasible else "bad"
-    head = "Order and schedule" if feasible else "No feasible plan: the least risky candidate"
+    status = s.get("status", "ok" if feasible else "infeasible")
+    words = {"ok": "ok", "low-success": "LOW CHANCE OF SUCCESS", "infeasible": "INFEASIBLE"}[status]
+    out = ["<h2>Recommendation</h2>",
+           f'<div class="status {status}" data-key="status" data-value="{esc(status)}"><b>Status: {words}.</b> '
+           f'{esc(s.get("status_reason", ""))}</div>']
+    cls = {"ok": "ok", "low-success": "warn", "infeasible": "bad"}[status]
+    head = {"ok": "Order and schedule", "low-success": "Best feasible candidate: a low chance of success",
+            "infeasible": "No feasible plan: the least risky candidate"}[status]
     out.append(f'<div class="cards"><div class="card {cls}"><h3>{head}</h3>')
     out.append(
         f'<div class="big">{_num("recommended-vial-gbq", r["vial_gbq"], fmt="g")} GBq vial '
@@ -467,7 +490,8 @@ def _recommendation(ds, ctx, figures: dict[str, str]) -> str:
     out.append('<dl class="kv">')
     kv = [
         ("vial calibration", f'<span data-key="calibration">{esc(_when(r["calibration"]))}</span>'),
-        ("treatment", f'<span data-key="recommended-treatment-local">{esc(r["treatment_local"])}</span> · '
+        ("treatment", f'<span data-key="recommended-treatment-local" data-value="{esc(r["treatment_local"])}">'
+         f'{esc(_when(r["treatment_local"]))}</span> · '
          f'{_num("recommended-hours", r["hours_after_calibration"], fmt=".1f")} h after calibration'),
         ("vial at treatment", f'{_num("recommended-vial-at-treatment-gbq", r["vial_at_treatment_gbq"], fmt=".3g")} GBq '
          f'({physics.gbq_to_mci(r["vial_at_treatment_gbq"]):.0f} mCi)'),
@@ -483,7 +507,9 @@ def _recommendation(ds, ctx, figures: dict[str, str]) -> str:
     out.append("</dl></div>")
     # probabilities card
     p = r["p_success"]
-    out.append(f'<div class="card {cls}"><h3>{"Chance of success" if feasible else "Probabilities at this candidate"}</h3>')
+    ptitle = {"ok": "Chance of success", "low-success": "Chance of success: LOW",
+              "infeasible": "Probabilities at this candidate"}[status]
+    out.append(f'<div class="card {cls}"><h3>{ptitle}</h3>')
     out.append(f'<div class="prob">{_num("recommended-p-success", p)}</div>'
                f'<div class="muted">P(all primary targets met) ± {_se(p, n):.3f} (Monte Carlo SE); '
                f'{esc(s["success_definition"])}</div>')
@@ -508,7 +534,7 @@ def _recommendation(ds, ctx, figures: dict[str, str]) -> str:
         'alt="dose distributions at the recommendation" class="w900">'
         "<figcaption>Bar: 5th to 95th percentile over the input uncertainty; thick tick: median; diamond: nominal "
         "(every input at its measured value). Green dashed: targets (minimum doses); green dotted: secondary targets; "
-        "red: limits (maximum doses).</figcaption></figure>")
+        "orange solid: limits (maximum doses).</figcaption></figure>")
     out.append(_dose_table(ds, ctx))
     return "".join(out)
 
@@ -550,6 +576,7 @@ def _same_vial_schedule(ds, ctx) -> str:
     """The recommended vial on every candidate day: what changes if the procedure moves."""
     i, j0 = ctx["index"]
     risk = float(ds.attrs["risk"])
+    acceptable = float(ds.attrs.get("acceptable_success", 0.5))
     limits = [str(x) for x in ds["limit"].values]
     rows = []
     for j in range(ds.sizes["time"]):
@@ -557,12 +584,20 @@ def _same_vial_schedule(ds, ctx) -> str:
         fails = [lab for k, lab in enumerate(limits) if pl[k] < 1 - risk - 1e-12]
         rows.append(((esc(_short_time(ds, j)), "nw"), f"{float(ds['hours_after_calibration'].values[j]):.1f}",
                      f"{float(ds['vial_at_treatment'].values[i, j]):.3g}", _p(ds["p_success"].values[i, j]),
-                     '<span class="tag ok">feasible</span>' if not fails else
-                     f'<span class="tag bad">fails {esc(", ".join(fails))}</span>'))
+                     _verdict(fails, float(ds["p_success"].values[i, j]), acceptable)))
     vial = float(ds["vial"].values[i])
     return (f"<h3>If the day changes: the {vial:g} GBq vial on each candidate day</h3>"
             + _table((f"treatment ({esc(_zone(ds))})", "h after calibration", "vial at treatment GBq", "P(targets)", ""), rows,
                      (False, True, True, True, False), row_class=lambda r: "rec" if r == j0 else ""))
+
+
+def _verdict(fails: list[str], p_success: float, acceptable: float) -> str:
+    """A candidate's badge: green only when every limit is kept AND the targets are likely (the status rule)."""
+    if fails:
+        return f'<span class="tag bad">fails {esc(", ".join(fails))}</span>'
+    if p_success < acceptable:
+        return f'<span class="tag warn">limits kept; P(targets) below {acceptable:g}</span>'
+    return '<span class="tag ok">limits kept; targets likely</span>'
 
 
 def _choice_section(ds, ctx, figures: dict[str, str]) -> str:
@@ -605,11 +640,14 @@ def _candidate_table(ds, ctx, shown: list[tuple[int, int]], rank: dict[tuple[int
     for a_, b_ in shown:
         fails = [lab for k, lab in enumerate(limits) if pl[a_, b_, k] < 1 - risk - 1e-12]
         if (a_, b_) == (i0, j0):
-            why = '<span class="tag ok">recommended</span>' if feasible_plan else '<span class="tag bad">least risky</span>'
+            status = s.get("status", "ok")
+            why = ('<span class="tag ok">recommended</span>' if status == "ok" else
+                   '<span class="tag warn">best feasible: low P(targets)</span>' if status == "low-success" else
+                   '<span class="tag bad">least risky</span>')
         elif fails:
             why = "ruled out by " + ", ".join(f"<b>{esc(lab)}</b>" for lab in fails)
         elif feasible_plan and ps[a_, b_] >= best - tol:
-            why = f"tied (within {tol:g}): the smaller vial, then the earlier time wins"
+            why = f"tied (within {tol:g}): the preferred day, then the smaller vial, then the earlier time wins"
         elif feasible_plan:
             why = f"lower P(targets) ({ps[a_, b_] - best:+.3f})"
         else:
@@ -776,7 +814,8 @@ def _optuna(s) -> str:
             return "–"
         return f"{float(d['vial_gbq']):g} GBq at {float(d.get('hours_after_calibration', float('nan'))):.1f} h"
 
-    lines = [f"<p data-key='optuna-matches' data-value='{esc(repr(match))}'>{tag}</p>", "<dl class='kv'>"]
+    lines = [f"<p data-key='optuna-matches' data-value='{esc(repr(match))}'>{tag}</p>",
+             f"<p data-key='optuna-sentence'>{esc(o.get('sentence', ''))}</p>", "<dl class='kv'>"]
     kv = [
         ("Optuna's best", pick(o.get("best"))
          + (f", P(targets) = {float(o['best_p_success']):.3f}" if o.get("best_p_success") is not None else "")),
@@ -801,8 +840,10 @@ def _sensitivity_html(sens: dict[str, Any]) -> str:
     out = ["<h2>Sensitivity</h2>"]
     where = ""
     if "vial_gbq" in a:
-        where = (f" at the case's own decision ({float(a['vial_gbq']):g} GBq, "
-                 f"{float(a.get('hours_after_calibration', float('nan'))):.0f} h after calibration)")
+        at_rec = sens.get("at_recommendation", True)
+        where = (f" at {'the recommendation' if at_rec else 'the decision of the sensitivity file'} "
+                 f"({float(a['vial_gbq']):g} GBq, {float(a.get('hours_after_calibration', float('nan'))):.0f} h after "
+                 "calibration)")
     out.append(f"<p>Which measured input drives each dose{esc(where)}: each input at its 5th and 95th percentile, "
                "the others at their measured values.</p>")
     if a.get("method"):
@@ -844,14 +885,12 @@ def _provenance(ds) -> str:
         ("results created", esc(a.get("created", ""))),
     ]
     toml = str(a.get("case_toml", ""))
-    cli = [k for k in ("vial_source", "time_source") if "command line" in str(a.get(k, ""))]
-    ranges = " with the same <code>--vial-range</code> / <code>--hours-range</code>" if cli else ""
+    command = a.get("reproduce") or (f"y90opt plan {a.get('case_path', 'CASE')} --samples {int(a['sample_count'])} "
+                                     f"--seed {int(a['seed'])} --dtype {a.get('dtype', 'float32')} --risk {float(a['risk']):g}")
     return ("<h2>Provenance</h2>" + _table(("", ""), rows)
             + f"<details><summary>The case file as planned</summary><pre>{esc(toml)}</pre></details>"
-            + f"<p class='muted'>Rebuild this page: <code>y90opt report plan.nc</code>. Reproduce the results: "
-            f"<code>y90opt plan {esc(a.get('case_path', 'CASE'))} --samples {int(a['sample_count'])} "
-            f"--seed {int(a['seed'])} --dtype {esc(a.get('dtype', 'float32'))} --risk {float(a['risk']):g}</code>"
-            f"{ranges}.</p>")
+            + "<p class='muted'>Rebuild this page: <code>y90opt report plan.nc</code>. Reproduce the results "
+            f"(with the case file above): <code data-key='reproduce'>{esc(command)}</code></p>")
 
 
 def _footer(a) -> str:

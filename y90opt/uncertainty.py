@@ -424,12 +424,19 @@ def check_support(spec: Spec, support: str) -> None:
         ok = {"positive": v > 0, "nonnegative": v >= 0, "fraction": 0 <= v < 1}[support]
         if not ok:
             what = {"positive": "> 0", "nonnegative": "≥ 0", "fraction": "in [0, 1)"}[support]
-            raise SpecError(f"value {v:g} must be {what}")
+            raise SpecError(f"value {v:g} must be {what}{_percent_hint(v, support)}")
         return
     mass = spec.outside(low, high)
     if mass > SUPPORT_TOLERANCE:
         rng = "[0, 1)" if support == "fraction" else "(0, ∞)"
         raise SpecError(
             f"{100 * mass:.3g} % of this distribution lies outside {rng}; "
-            "narrow it or truncate it with min/max (dist = \"normal\")"
+            "narrow it or truncate it with min/max (dist = \"normal\")" + _percent_hint(spec.nominal, support)
         )
+
+
+def _percent_hint(v: float, support: str) -> str:
+    """A fraction written as a percentage (4 for 4 %) gets the value it probably meant."""
+    if support == "fraction" and 1 <= v <= 100:
+        return f"; fractions are written from 0 to 1: did you mean {v / 100:g} (i.e. {v:g} %)?"
+    return ""
