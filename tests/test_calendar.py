@@ -69,7 +69,7 @@ def test_a_range_keeps_only_clinic_hours_and_never_a_holiday(case_text, zone, ca
     assert any("holiday" in x["reason"] for x in excluded) and any("not a treatment day" in x["reason"] for x in excluded)
     # literal times on request: the same range with --any-time keeps the weekend hours too
     literal = y90opt.plan(case, samples=1000, optuna_trials=0, hours_range=(0, 400, 1), any_time=True)
-    assert literal.dataset.sizes["time"] == 401
+    assert literal.dataset.sizes["time"] == 361  # every hour up to the vial's usable life (360 h)
 
 
 def test_a_range_starting_at_calibration_never_recommends_the_calibration_moment(case_text):

@@ -15,6 +15,7 @@ import hashlib
 import math
 import re
 import tomllib
+import warnings
 import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 from . import physics, scenarios
 from .errors import InputError
 from .physics import Conventions
-from .uncertainty import Fixed, Spec, SpecError, check_support, is_biased, parse_spec
+from .uncertainty import Fixed, Spec, SpecError, check_samplable, check_support, is_biased, parse_spec
 
 
 class CaseError(InputError):
@@ -92,6 +93,8 @@ class Case:
     correlations: tuple[tuple[str, str, float], ...]
     rules: Mapping[str, Any]
     text: str
+    custom_conventions: tuple[str, ...] = ()  # conventions outside their cited range (allowed by custom = true)
+    usable_life_h: float = physics.USABLE_LIFE_H
 
     @property
     def sha256(self) -> str:
@@ -159,7 +162,7 @@ _LIVER = {"perfused_volume_ml", "whole_liver_volume_ml"}
 _TUMOR = {"name", "volume_ml", "tn_ratio", "treated"}
 _LUNG = {"shunt_fraction", "mass_kg", "prior_dose_gy"}
 _DELIVERY = {"residual_fraction", "activity_factor"}
-_VIALS = {"calibration", "activities_gbq", "catalogue", "delivered"}
+_VIALS = {"calibration", "activities_gbq", "catalogue", "delivered", "usable_life_h"}
 #: ``[vials] catalogue`` names. "custom": 3-20 GBq in 0.5 GBq steps. Widely reported for TheraSphere but not
 #: confirmed in the package insert we cite (which lists the six standard activities): check with the supplier.
 CATALOGUES = {"standard": "standard", "custom": "custom (3-20 GBq in 0.5 GBq steps; unconfirmed: check with the supplier)"}
@@ -184,6 +187,10 @@ _PLAN = {
 }
 _SUCCESS = ("all-tumors", "index-tumor", "mass-weighted")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+#: Largest prior lung dose [Gy] a case may give (ten times the usual 50 Gy cumulative limit).
+MAX_PRIOR_LUNG_GY = 500.0
+#: Most tumours a case may list (each is a compartment of the model and a column of every result).
+MAX_TUMORS = 200
 #: Largest candidate set a range may expand to (keeps a typo such as step = 0.0001 from exhausting memory).
 MAX_CANDIDATES = 100_000
 #: Latest candidate treatment time [h after calibration] (a Y-90 vial has decayed 10⁻⁴⁷ by then).
@@ -224,8 +231,13 @@ class _Reader:
 
     def spec(self, raw: Any, field: str, support: str) -> Spec:
         try:
-            spec = parse_spec(raw)
-            check_support(spec, support)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a library's numerical warning is this field's error, never noise
+                spec = parse_spec(raw)
+                check_samplable(spec)
+                check_support(spec, support)
+        except RuntimeWarning as e:
+            raise self.fail(field, f"cannot be evaluated numerically ({e}): check its values") from None
         except SpecError as e:
             msg = str(e)
             sub, sep, rest = msg.partition(": ")
@@ -276,6 +288,10 @@ class _Reader:
         raise self.fail(field, "expected a list of numbers or a { min, max, step } table")
 
 
+#: Largest case file read (bytes): a case is a few kB; anything larger is not a case (or an endless stream).
+MAX_CASE_BYTES = 1 << 20
+
+
 def parse_case(source: str | Mapping[str, Any], file: str | None = None) -> Case:
     """Parse and validate a case from TOML text or from a mapping of the same structure.
 
@@ -289,7 +305,16 @@ def parse_case(source: str | Mapping[str, Any], file: str | None = None) -> Case
     (the text is what every result hashes and keeps). Raises :class:`CaseError` (one line, file and field).
     """
     file = "<case>" if file is None else str(file)
+    try:
+        return _parse_case(source, file)
+    except RecursionError:
+        raise CaseError(file, "", "the file's structure is nested too deeply to be a case") from None
+
+
+def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
     r = _Reader(file)
+    if isinstance(source, str) and len(source) > MAX_CASE_BYTES:
+        raise CaseError(file, "", f"larger than {MAX_CASE_BYTES // 1024} kB: not a case file")
     if isinstance(source, Mapping):
         doc, text = _document_from_mapping(source, file)
     elif isinstance(source, str):
@@ -306,12 +331,25 @@ def parse_case(source: str | Mapping[str, Any], file: str | None = None) -> Case
     scenario = r.string(doc["scenario"], "scenario")
     _check_scenario_id(r, scenario)
 
-    conv_raw = r.table(doc.get("conventions", {}), "conventions", set(physics.CONVENTION_FIELDS))
+    conv_raw = r.table(doc.get("conventions", {}), "conventions", set(physics.CONVENTION_FIELDS) | {"custom"})
+    custom = conv_raw.get("custom", False)
+    if not isinstance(custom, bool):
+        raise r.fail("conventions.custom", "expected true or false")
     conv_kwargs = {}
+    outside: list[str] = []
     for k, v in conv_raw.items():
+        if k == "custom":
+            continue
         x = r.number(v, f"conventions.{k}")
-        if x <= 0:
-            raise r.fail(f"conventions.{k}", "must be > 0")
+        lo, hi = physics.CONVENTION_HARD_RANGES[k]
+        if not lo <= x <= hi:
+            raise r.fail(f"conventions.{k}", f"{x:g} is outside [{lo:g}, {hi:g}]")
+        lo, hi = physics.CONVENTION_RANGES[k]
+        if not lo <= x <= hi:
+            if not custom:
+                raise r.fail(f"conventions.{k}", f"{x:g} is outside the cited range [{lo:g}, {hi:g}]; set "
+                             "custom = true in [conventions] to use it anyway (every output then flags it)")
+            outside.append(f"{k} = {x:g} (cited range {lo:g}-{hi:g})")
         conv_kwargs[k] = x
     conventions = Conventions(**conv_kwargs)
 
@@ -324,6 +362,8 @@ def parse_case(source: str | Mapping[str, Any], file: str | None = None) -> Case
     tumors_raw = doc.get("tumors", [])
     if not isinstance(tumors_raw, list):
         raise r.fail("tumors", "expected an array of tables ([[tumors]])")
+    if len(tumors_raw) > MAX_TUMORS:
+        raise r.fail("tumors", f"{len(tumors_raw)} tumours (at most {MAX_TUMORS})")
     tumors: list[Tumor] = []
     seen: set[str] = set()
     for i, traw in enumerate(tumors_raw):
@@ -351,8 +391,8 @@ def parse_case(source: str | Mapping[str, Any], file: str | None = None) -> Case
     lsf = r.spec(lung["shunt_fraction"], "lung.shunt_fraction", "fraction")
     lung_mass = r.spec(lung.get("mass_kg", physics.LUNG_MASS_KG), "lung.mass_kg", "positive")
     prior = r.number(lung.get("prior_dose_gy", 0.0), "lung.prior_dose_gy")
-    if prior < 0:
-        raise r.fail("lung.prior_dose_gy", "must be ≥ 0")
+    if not 0 <= prior <= MAX_PRIOR_LUNG_GY:
+        raise r.fail("lung.prior_dose_gy", f"must be in [0, {MAX_PRIOR_LUNG_GY:g}] Gy")
 
     delivery = r.table(doc.get("delivery", {}), "delivery", _DELIVERY)
     residual = r.spec(delivery.get("residual_fraction", 0.0), "delivery.residual_fraction", "fraction")
@@ -372,11 +412,24 @@ def parse_case(source: str | Mapping[str, Any], file: str | None = None) -> Case
                     else Candidates(tuple(float(x) for x in np.arange(3.0, 20.0 + 1e-9, 0.5)), "custom"))
     else:
         vial_set = Candidates(physics.STANDARD_VIALS_GBQ, "default")
+    if max(vial_set.values) > physics.MAX_VIAL_GBQ:
+        raise r.fail("vials.activities_gbq", f"{max(vial_set.values):g} GBq is beyond any vial (at most "
+                     f"{physics.MAX_VIAL_GBQ:g} GBq): check the units")
     delivered = None
     if "delivered" in vials:
         delivered = r.datetime(vials["delivered"], "vials.delivered")
+    usable = r.number(vials.get("usable_life_h", physics.USABLE_LIFE_H), "vials.usable_life_h")
+    if not 0 < usable <= MAX_HOURS:
+        raise r.fail("vials.usable_life_h", f"must be in (0, {MAX_HOURS:g}] h")
 
     plan = _parse_plan(r, doc.get("plan", {}), calibration, [t.name for t in tumors], {t.name for t in tumors if t.treated})
+    if plan.treatment is not None and physics.hours_between(calibration, plan.treatment) > usable:
+        h = physics.hours_between(calibration, plan.treatment)
+        raise r.fail("plan.treatment", f"{h:.0f} h after the vial's calibration, beyond its usable life "
+                     f"({usable:g} h; [vials] usable_life_h sets another)")
+    if plan.hours_after_calibration is not None and max(plan.hours_after_calibration.values) > usable:
+        raise r.fail("plan.hours_after_calibration", f"times must be within the vial's usable life ({usable:g} h "
+                     "after calibration; [vials] usable_life_h sets another)")
 
     # geometry: nominal tumours must fit inside the perfused territory, the whole liver must contain it
     v_p = perfused.nominal
@@ -432,6 +485,8 @@ def parse_case(source: str | Mapping[str, Any], file: str | None = None) -> Case
         correlations=correlations,
         rules=rules,
         text=text,
+        custom_conventions=tuple(outside),
+        usable_life_h=usable,
     )
     return case
 
@@ -472,6 +527,9 @@ def _parse_plan(r: _Reader, raw: Any, calibration: _dt.datetime, tumor_names: li
         vial = r.number(p["vial_gbq"], "plan.vial_gbq")
         if vial <= 0:
             raise r.fail("plan.vial_gbq", "must be > 0")
+        if vial > physics.MAX_VIAL_GBQ:
+            raise r.fail("plan.vial_gbq", f"{vial:g} GBq is beyond any vial (at most {physics.MAX_VIAL_GBQ:g} GBq): "
+                         "check the units")
     treatment = None
     if "treatment" in p:
         treatment = r.datetime(p["treatment"], "plan.treatment")
@@ -619,7 +677,11 @@ def load_case(path: str | Path) -> Case:
     """Read and validate a case file. Raises :class:`CaseError`."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, "rb") as fh:
+            data = fh.read(MAX_CASE_BYTES + 1)
+        if len(data) > MAX_CASE_BYTES:
+            raise CaseError(str(path), "", f"larger than {MAX_CASE_BYTES // 1024} kB: not a case file")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise CaseError(str(path), "", "no such file") from None
     except IsADirectoryError:

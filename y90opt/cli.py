@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from ._version import __version__
@@ -157,7 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("simulate", "plan", "sensitivity"):
         _compile_cache()
     try:
-        return int(COMMANDS[args.command](args) or 0)
+        with warnings.catch_warnings():
+            # numerical warnings of the libraries never reach the user: a non-finite sample is counted and
+            # reported by the engine itself (and stops the run above its threshold)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return int(COMMANDS[args.command](args) or 0)
     except InputError as e:
         print(f"y90opt: {_one_line(str(e))}", file=sys.stderr)
         return 2

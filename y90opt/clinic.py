@@ -30,6 +30,7 @@ class Calendar:
     clinic_hours: tuple[_dt.time, _dt.time] | None
     holidays: tuple[_dt.date, ...]
     earliest: _dt.datetime  # the vial's arrival or the minimum lead time after calibration, whichever is later
+    latest: _dt.datetime | None = None  # the end of the vial's usable life
 
     @classmethod
     def from_case(cls, case: Case, calibration: _dt.datetime | None = None) -> Calendar:
@@ -39,13 +40,16 @@ class Calendar:
         earliest = cal + _dt.timedelta(hours=case.plan.min_lead_time_h)
         if case.delivered is not None and case.delivered > earliest:
             earliest = case.delivered
-        return cls(zone, case.plan.treatment_days, clock, case.plan.clinic_hours, case.plan.holidays, earliest)
+        latest = cal + _dt.timedelta(hours=case.usable_life_h)
+        return cls(zone, case.plan.treatment_days, clock, case.plan.clinic_hours, case.plan.holidays, earliest, latest)
 
     def excludes(self, when: _dt.datetime) -> str | None:
         """Why the calendar does not admit ``when`` (an aware datetime), or None when it does."""
         local = when.astimezone(self.zone)
         if when < self.earliest:
             return "before the vial can be used (delivery or minimum lead time)"
+        if self.latest is not None and when > self.latest:
+            return "after the vial's usable life ([vials] usable_life_h)"
         if local.weekday() not in self.days:
             return f"not a treatment day ({WEEKDAYS[local.weekday()]})"
         if local.date() in self.holidays:

@@ -263,7 +263,9 @@ class Model:
         for i, name in enumerate(self.case.tumor_names):
             by_name[f"tumors.{name}"] = u.tumors[:, i]
         f = jnp.stack([by_name[q] for q in self.quantities], axis=-1) * act[:, None]
-        valid = u.normal_mass_kg > 0
+        # a sample whose factors are not all finite (an overflow in the run's dtype) is never counted as a
+        # success or a failure: it is invalid, counted, and stops the run above MAX_INVALID_FRACTION
+        valid = (u.normal_mass_kg > 0) & jnp.all(jnp.isfinite(f), axis=-1)
         if self.case.has_whole_liver:
             # the whole liver must hold the perfused territory and the untreated tumours
             untreated = 1.0 - x.tumor_treated
@@ -520,11 +522,47 @@ def sample_inputs(model: Model, n: int, seed: int, dtype: str = "float32") -> di
     return {k: np.asarray(v) for k, v in model.input_columns(z).items()}
 
 
-def check_invalid(n_invalid: int, n: int, file: str, limit: float = MAX_INVALID_FRACTION) -> None:
-    if n and n_invalid / n > limit:
-        raise UnphysicalSamplesError(
-            f"{file}: tumors: {n_invalid} of {n} samples ({100 * n_invalid / n:.3g} %) have tumours larger than "
-            f"their territory (normal liver mass ≤ 0; at most {100 * limit:g} % tolerated): reduce the volume "
-            "uncertainties or correlate the tumour and perfused volumes"
-        )
+def check_invalid(n_invalid: int, n: int, file: str, limit: float = MAX_INVALID_FRACTION, model: Model | None = None,
+                  seed: int = 0) -> None:
+    """Stop a run whose share of invalid samples exceeds ``limit``, naming the cause (the field to change) from
+    a diagnosis of the sampled inputs when ``model`` is given."""
+    if not n or n_invalid / n <= limit:
+        return
+    share = f"{n_invalid} of {n} samples ({100 * n_invalid / n:.3g} %; at most {100 * limit:g} % tolerated)"
+    if model is not None:
+        field, why = diagnose_invalid(model, seed)
+        raise UnphysicalSamplesError(f"{file}: {field}: {share} are unphysical: {why}")
+    raise UnphysicalSamplesError(
+        f"{file}: tumors: {share} have tumours larger than their territory, a whole liver smaller than the perfused "
+        "territory, or doses that overflow: reduce the volume uncertainties or correlate the volumes"
+    )
+
+
+def diagnose_invalid(model: Model, seed: int, n: int = 1 << 15) -> tuple[str, str]:
+    """Which geometry fails most often in the sampled inputs: (the field to change, the cause with its share)."""
+    x = sample_inputs(model, n, seed, "float64" if _x64() else "float32")
+    case = model.case
+    perfused = x["liver.perfused_volume_ml"]
+    treated = sum((x[f"tumors.{t.name}.volume_ml"] for t in case.tumors if t.treated), np.zeros_like(perfused))
+    untreated = sum((x[f"tumors.{t.name}.volume_ml"] for t in case.tumors if not t.treated), np.zeros_like(perfused))
+    causes = [("tumors", "the treated tumours are larger than the perfused territory",
+               float(np.mean(treated >= perfused)),
+               "reduce the volume uncertainties or correlate the tumour and perfused volumes")]
+    if case.has_whole_liver:
+        whole = x["liver.whole_liver_volume_ml"]
+        causes.append(("liver.whole_liver_volume_ml",
+                       "the whole liver is smaller than the perfused territory and the untreated tumours",
+                       float(np.mean(whole < perfused + untreated)),
+                       "check the whole-liver volume, or correlate it with the perfused volume"))
+    for path, v in x.items():
+        causes.append((path, "its samples are not finite in the run's precision", float(np.mean(~np.isfinite(v))),
+                       "narrow its spread or use --dtype float64"))
+    field, what, p, fix = max(causes, key=lambda c: c[2])
+    return field, f"{what} in {100 * p:.3g} % of the samples: {fix}"
+
+
+def _x64() -> bool:
+    import jax
+
+    return bool(jax.config.jax_enable_x64)
 

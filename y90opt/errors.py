@@ -10,8 +10,17 @@ from __future__ import annotations
 __all__ = ["InputError"]
 
 
+#: Longest message an error carries: a quoted value is shortened in the middle beyond it (a 10 kB value in a
+#: case file must not become a 10 kB line).
+MAX_MESSAGE = 600
+
+
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    line = " ".join(str(text).split())
+    if len(line) > MAX_MESSAGE:
+        half = MAX_MESSAGE // 2 - 3
+        line = f"{line[:half]} [...] {line[-half:]}"
+    return line
 
 
 class InputError(ValueError):

@@ -88,6 +88,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from . import physics
 from .chance import MARGIN_ATOL, limit_margins
+from .errors import InputError
 
 #: Constraint values within this of zero count as zero (float noise in (1 − risk) − k/n).
 #: Inner-sampler redraws before :class:`WithoutReplacement` falls back (see there).
@@ -128,6 +129,58 @@ def storage_url(storage: str | os.PathLike | None) -> str | None:
     if "://" in text:
         return text
     return "sqlite:///" + os.path.abspath(text)
+
+
+@contextlib.contextmanager
+def reserved_storage(storage: str | os.PathLike | None, file: str = "--storage"):
+    """Check, before any computation, that ``storage`` can hold a study, and hold it for this process.
+
+    A path (SQLite): its folder must exist and be writable, an existing file must be an SQLite database, and a
+    lock file beside it (``<db>.lock``, an advisory ``flock``) is held for the duration, so that a second
+    process planning with the same database is refused with a clear line instead of corrupting the study
+    (two writers would double the trials or fail with ``UpdateFinishedTrialError``). A run killed with
+    SIGKILL leaves no lock behind (the kernel releases it): the next run resumes. An RDB URL must connect.
+    Raises :class:`~y90opt.errors.InputError` naming the storage."""
+    from .errors import InputError
+
+    if storage is None or isinstance(storage, optuna.storages.BaseStorage):
+        yield
+        return
+    text = os.fspath(storage)
+    if not text.strip():
+        raise InputError(f"{file}: an empty path")
+    lock = None
+    if "://" not in text:
+        path = os.path.abspath(text)
+        folder = os.path.dirname(path)
+        if os.path.isdir(path):
+            raise InputError(f"{file}: {text}: is a directory (give a database file, e.g. study.db)")
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise InputError(f"{file}: {text}: the folder {folder} does not exist or cannot be written")
+        if os.path.exists(path):
+            with open(path, "rb") as fh:
+                head = fh.read(16)
+            if head and head != b"SQLite format 3\x00":
+                raise InputError(f"{file}: {text}: exists and is not an SQLite database")
+        import fcntl
+
+        lock = open(path + ".lock", "a+")  # noqa: SIM115 - held until the study is done
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise InputError(f"{file}: {text}: another y90opt process is planning with this database now; "
+                             "wait for it to finish (then this study resumes) or use another --storage") from None
+    try:
+        with _quiet_optuna():
+            try:
+                optuna.storages.RDBStorage(storage_url(text))
+            except Exception as e:  # noqa: BLE001 - any driver's failure to open is bad input here
+                raise InputError(f"{file}: {text}: cannot be opened as an Optuna storage ({type(e).__name__})") from None
+        yield
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def _open_storage(storage) -> tuple[optuna.storages.BaseStorage, str | None]:
@@ -443,15 +496,15 @@ def optuna_search(
         st, url = _open_storage(storage)
         probe = optuna.create_study(storage=st, study_name=name, direction="maximize", load_if_exists=True)
         if probe.direction != StudyDirection.MAXIMIZE:
-            raise ValueError(f"study {name!r} in {url} does not maximise P(success)")
+            raise InputError(f"--study-name: study {name!r} in {url} does not maximise P(success); use another --study-name")
         recorded = probe.user_attrs.get(_FINGERPRINT_ATTR)
         key = {"plan": fp, "search": search}
         if recorded is None:
             if probe.trials:
-                raise ValueError(f"study {name!r} in {url} holds trials of unknown origin")
+                raise InputError(f"--study-name: study {name!r} in {url} holds trials of unknown origin; use another --study-name")
             probe.set_user_attr(_FINGERPRINT_ATTR, key)
         elif recorded != key:
-            raise ValueError(f"study {name!r} in {url} was run for another plan or search; use another --study-name")
+            raise InputError(f"--study-name: study {name!r} in {url} was run for another plan or search; use another --study-name")
         failed = _fail_orphans(st, name)
         existing = optuna.load_study(study_name=name, storage=st).get_trials(deepcopy=False)
         resumed = sum(t.state == TrialState.COMPLETE for t in existing)

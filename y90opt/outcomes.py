@@ -288,6 +288,11 @@ def nominal_advisories(
             "code": "rule-not-evaluated",
             "message": f"{ne.kind} {ne.id!r} ({ne.quantity}) not evaluable: {ne.reason} (give {ne.field})",
         })
+    if case.custom_conventions:
+        out.append({
+            "code": "custom-conventions",
+            "message": "conventions outside their cited ranges (custom = true): " + "; ".join(case.custom_conventions),
+        })
     if case.biased_inputs:
         out.append({
             "code": "bias",

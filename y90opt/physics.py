@@ -74,6 +74,34 @@ class Conventions:
 #: The field names a case's ``[conventions]`` table may set.
 CONVENTION_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Conventions))
 
+#: The range of each convention around its cited values (the alternatives quoted above, with a margin): a
+#: value outside is a typo or a unit error unless the case says ``custom = true`` in ``[conventions]``, and
+#: then every output flags it.
+CONVENTION_RANGES: dict[str, tuple[float, float]] = {
+    "dose_constant_gy_kg_per_gbq": (48.0, 52.0),     # 49.38 (AAPM), 49.67 (EANM), 50 (DSC, IFU)
+    "half_life_h": (63.5, 64.7),                     # 64.05 (ENSDF), 64.1 (insert), 64.2 (older insert)
+    "tissue_density_g_per_ml": (0.95, 1.10),          # 1.03, 1.05
+    "bq_per_sphere_at_calibration": (1000.0, 5000.0),  # 1250-2500 quoted
+}
+
+#: Hard bounds even a custom convention must respect (beyond them the arithmetic itself breaks down).
+CONVENTION_HARD_RANGES: dict[str, tuple[float, float]] = {
+    "dose_constant_gy_kg_per_gbq": (1.0, 1000.0),
+    "half_life_h": (1.0, 10000.0),
+    "tissue_density_g_per_ml": (0.1, 10.0),
+    "bq_per_sphere_at_calibration": (1.0, 1e6),
+}
+
+#: Largest vial activity [GBq] a case may name: ten times the largest standard vial (20 GBq). A larger number
+#: is not a product (a unit error: MBq for GBq, say).
+MAX_VIAL_GBQ: float = 200.0
+
+#: A vial's usable life after calibration [h], used to refuse treatments that no vial could serve. The
+#: package insert we cite states no expiry; 15 days covers every scenario window (at most 216 h, 9 days)
+#: and the fixed-date plans of the previous week's vial with margin. Unconfirmed: a case may set its own with
+#: ``[vials] usable_life_h``.
+USABLE_LIFE_H: float = 360.0
+
 
 def energy_per_gbq_j(half_life_h: float = HALF_LIFE_H, mean_beta_mev: float = MEAN_BETA_ENERGY_MEV) -> float:
     """Energy [J] released by the complete decay of 1 GBq of Y-90: A · τ · Ē, τ = T½ / ln 2.

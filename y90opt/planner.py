@@ -149,7 +149,7 @@ def decision_space(case: Case, window, vial_range=None, hours_range=None, *, any
             cal = case.calibration - _dt.timedelta(days=7 * k)
             c = candidate_time(case, physics.hours_between(cal, case.plan.treatment), window, calibration=cal)
             why = Calendar.from_case(case, cal).excludes(case.plan.treatment)
-            if why and why.startswith("before"):
+            if why and why.startswith(("before", "after the vial")):
                 excluded.append((c.label, why))
             else:
                 times.append(c)
@@ -173,7 +173,7 @@ def decision_space(case: Case, window, vial_range=None, hours_range=None, *, any
     for h in raw:
         c = candidate_time(case, h, window)
         why = calendar.excludes(_dt.datetime.fromisoformat(c.local))
-        if why is not None and (not any_time or why.startswith("before")):
+        if why is not None and (not any_time or why.startswith(("before", "after the vial"))):
             excluded.append((c.label, why))
         else:
             times.append(c)
@@ -322,7 +322,7 @@ def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: 
         def gather(k):  # the chunks' padding lies past column n
             return jnp.sort(jnp.concatenate([o[k] for o in outs], axis=1)[:, :n], axis=1)
 
-        engine.check_invalid(n_invalid, n, model.case.path)
+        engine.check_invalid(n_invalid, n, model.case.path, model=model, seed=seed)
         rows = gather(0)
         factors = gather(3) if keep_factors else None
     else:
@@ -342,7 +342,7 @@ def build_evaluator(model, rt: RuleTable, n: int, seed: int, chunk: int, dtype: 
                 factors[:, a : a + size] = np.asarray(part[3])[:, :size]
             n_valid += int(part[1])
             n_invalid += int(part[2])
-        engine.check_invalid(n_invalid, n, model.case.path)
+        engine.check_invalid(n_invalid, n, model.case.path, model=model, seed=seed)
         sort_rows(rows)
         if keep_factors:
             sort_rows(factors)
@@ -474,18 +474,32 @@ def plan_case(
     rt = compile_rules(ar, model.quantities)
     space = decision_space(case, ar.scenario.window, vial_range, hours_range, any_time=any_time,
                            fixed_treatment=fixed_treatment, calibration_weeks=calibration_weeks)
-    from .simulation import EXACT_QUANTILE_LIMIT
+    from . import simulation  # read at call time: the limit is a module setting
 
     chunk = chunk or engine.default_chunk()
-    keep = n <= EXACT_QUANTILE_LIMIT
+    keep = n <= simulation.EXACT_QUANTILE_LIMIT
+    trials = optuna_trials if optuna_trials is not None else min(200, max(1, space.size // 2))
+    if trials > 0 and storage is not None:
+        from .optimise import reserved_storage
+
+        with reserved_storage(storage):  # checked and held before any sampling
+            return _plan(case, ar, model, rt, space, n, seed, chunk, dtype, risk, trials, storage, study_name,
+                         vial_range, hours_range, progress, any_time, fixed_treatment, calibration_weeks, keep)
+    return _plan(case, ar, model, rt, space, n, seed, chunk, dtype, risk, trials, storage, study_name, vial_range,
+                 hours_range, progress, any_time, fixed_treatment, calibration_weeks, keep)
+
+
+def _plan(case, ar, model, rt, space, n, seed, chunk, dtype, risk, trials, storage, study_name, vial_range,
+          hours_range, progress, any_time, fixed_treatment, calibration_weeks, keep) -> PlanResult:
     on_device = engine.on_accelerator()
+    from . import simulation
+
     check_memory(case, n, 3 + len(rt.labels), dtype, on_device=on_device, factor_rows=len(model.quantities),
-                 factor_limit=EXACT_QUANTILE_LIMIT)
+                 factor_limit=simulation.EXACT_QUANTILE_LIMIT)
     ev, factors, n_invalid = build_evaluator(model, rt, n, seed, chunk, dtype, keep_factors=keep, on_device=on_device)
     factor_q = _factor_quantiles(model, rt, factors, ev.n, n, seed, chunk, dtype)
     result = evaluate_space(case, space, ev, risk)
     optuna_info = None
-    trials = optuna_trials if optuna_trials is not None else min(200, max(1, space.size // 2))
     if trials > 0:
         from .optimise import optuna_search
 

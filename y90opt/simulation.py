@@ -137,7 +137,7 @@ def simulate_case(
             n_invalid += int(np.sum(bad))
             oks.append(m)
         _close(bar)
-        engine.check_invalid(n_invalid, n, case.path)
+        engine.check_invalid(n_invalid, n, case.path, model=model, seed=seed)
         all_d = np.concatenate(doses)  # kept in the run's dtype; statistics accumulate in float64
         stats = _exact_stats(all_d, rt)
         stats["quantile_method"] = "exact (all samples)"
@@ -145,7 +145,7 @@ def simulate_case(
     else:
         stats, n_invalid = _streaming_stats(model, n, seed, s, b, rt, chunk, dtype, bar)
         _close(bar)
-        engine.check_invalid(n_invalid, n, case.path)
+        engine.check_invalid(n_invalid, n, case.path, model=model, seed=seed)
         all_d = None
     stats["n_invalid"] = n_invalid
     ds = _dataset(case, model, rt, stats, hours, s, n, seed, dtype, all_d if keep_samples else None)

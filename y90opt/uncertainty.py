@@ -348,6 +348,8 @@ def parse_spec(raw: Any) -> Spec:
     if not isinstance(raw, dict):
         raise SpecError(f"expected a number or a table, got {type(raw).__name__}")
     dist = raw.get("dist")
+    if dist is not None and not isinstance(dist, str):
+        raise SpecError(f"dist: expected a distribution name (a string), got {type(dist).__name__}")
     if dist is not None and dist not in _ALLOWED:
         raise SpecError(f"dist: unknown distribution {dist!r}; expected one of lognormal, normal, uniform, triangular")
     allowed = _ALLOWED[dist] | {"bias_factor", "bias_shift"}
@@ -413,6 +415,66 @@ def parse_spec(raw: Any) -> Spec:
 
 #: Probability mass allowed outside an input's physical support before a spec is rejected.
 SUPPORT_TOLERANCE = 1e-6
+
+#: Largest magnitude an input may reach at its extreme samples: no measured volume (mL), ratio, fraction or
+#: mass (kg) comes near it, so a larger value is a unit error, and beyond it float32 arithmetic in the dose
+#: model would overflow (float32 holds up to 3.4·10³⁸; doses multiply such values by activities and K).
+MAX_MAGNITUDE = 1e9
+#: The extreme standard normal variate the sampler can reach in practice (Φ(−8.5) ≈ 10⁻¹⁷).
+Z_EXTREME = 8.5
+#: Smallest spread, relative to the value, that float32 samples can carry (its resolution is 6·10⁻⁸): a
+#: narrower distribution is the value itself and must be written as a plain number.
+MIN_RELATIVE_SPREAD = 1e-6
+
+
+def _extremes(base) -> tuple[float, float]:
+    """The values at z = ∓:data:`Z_EXTREME` (closed forms; a quantile function at Φ(8.5) would round to 1)."""
+    if isinstance(base, LogNormal):
+        return base.median * math.exp(-Z_EXTREME * base.sigma_ln), base.median * math.exp(Z_EXTREME * base.sigma_ln)
+    if isinstance(base, Normal):
+        return (max(base.low, base.mean - Z_EXTREME * base.sd), min(base.high, base.mean + Z_EXTREME * base.sd))
+    if isinstance(base, Uniform):
+        return base.low, base.high
+    if isinstance(base, Triangular):
+        return base.low, base.high
+    raise ValueError(f"unknown distribution {type(base).__name__}")
+
+
+def check_samplable(spec: Spec) -> None:
+    """Raise :class:`SpecError` unless every sample of ``spec`` is finite and meaningful in float32 and float64:
+    its extreme quantiles (|z| ≤ :data:`Z_EXTREME`) stay within :data:`MAX_MAGNITUDE`, and a spread, when
+    given, is not so narrow that it vanishes (:data:`MIN_RELATIVE_SPREAD`). Numerical warnings of the
+    libraries become this error, never a message on the user's terminal."""
+    import warnings
+
+    if isinstance(spec, Fixed):
+        if abs(spec.value) > MAX_MAGNITUDE:
+            raise SpecError(f"value {spec.value:.3g} is beyond any measurement (at most {MAX_MAGNITUDE:g}): check the units")
+        return
+    base = spec.base if isinstance(spec, Biased) else spec
+    if isinstance(base, Normal) and base.sd > MAX_MAGNITUDE:
+        raise SpecError(f"sd: {base.sd:.3g} is beyond any measurement (at most {MAX_MAGNITUDE:g}): check the units")
+    if isinstance(base, Normal):
+        scale = max(abs(base.mean), abs(base.low) if math.isfinite(base.low) else 0.0,
+                    abs(base.high) if math.isfinite(base.high) else 0.0)
+        if base.sd < MIN_RELATIVE_SPREAD * scale:
+            raise SpecError(f"sd: {base.sd:.3g} is below the resolution of the mean {base.mean:g}: the input is exact; "
+                            "write it as a plain number")
+    if isinstance(base, LogNormal) and base.sigma_ln < MIN_RELATIVE_SPREAD:
+        raise SpecError("cv: too small to sample: the input is exact; write it as a plain number")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            lo, hi = _extremes(base)
+    except (ArithmeticError, ValueError, RuntimeWarning) as e:
+        raise SpecError(f"cannot be sampled: {e}") from None
+    if isinstance(spec, Biased):
+        lo, hi = sorted((lo * spec.factor + spec.shift, hi * spec.factor + spec.shift))
+    if not (math.isfinite(lo) and math.isfinite(hi)) or max(abs(lo), abs(hi)) > MAX_MAGNITUDE:
+        raise SpecError(f"its samples reach {lo:.3g} to {hi:.3g}, beyond any measurement (at most {MAX_MAGNITUDE:g} "
+                        "in magnitude): check the units and the spread")
+    if isinstance(base, Uniform | Triangular) and (hi - lo) < MIN_RELATIVE_SPREAD * max(abs(lo), abs(hi)):
+        raise SpecError("max: the range is too narrow to sample: the input is exact; write it as a plain number")
 
 
 def check_support(spec: Spec, support: str) -> None:
