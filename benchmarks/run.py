@@ -682,6 +682,38 @@ class Bench:
                 f"{est['device_kind']}, {est['sms']} SMs); memory bound if materialised "
                 f"{fmt_rate(est['memory_bound_if_materialised_samples_per_s'])}samples/s")
 
+    def startup(self) -> None:
+        """Whole processes, interleaved, warm compile cache: the bare JAX floor (import jax.numpy and one op)
+        against `y90opt dose` and `y90opt plan --samples 1e5 --json` (the default Optuna cross-check counted),
+        minimum of the repeats. The ratios are the figures of merit (targets: dose ≤ 1.5, plan ≤ 2.5)."""
+        import subprocess
+        import sys
+        import tempfile
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        example = os.path.join(root, "configs", "examples", "multifocal-unilobar.toml")
+        env = dict(os.environ, Y90OPT_CACHE_DIR=tempfile.mkdtemp(prefix="y90opt-bench-cache-"))
+        cmds = {
+            "jax_floor": [sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"],
+            "dose": [sys.executable, "-m", "y90opt.cli", "dose", example, "--json"],
+            "plan_1e5": [sys.executable, "-m", "y90opt.cli", "plan", example, "--samples", "100000", "--json"],
+        }
+        for argv in cmds.values():  # warm: the persistent compile cache and the OS file cache
+            subprocess.run(argv, env=env, capture_output=True, check=True)
+        reps = 3 if self.a.quick else 5
+        times: dict[str, list[float]] = {k: [] for k in cmds}
+        for _ in range(reps):
+            for name, argv in cmds.items():
+                t0 = time.perf_counter()
+                subprocess.run(argv, env=env, capture_output=True, check=True)
+                times[name].append(time.perf_counter() - t0)
+        best = {k: min(v) for k, v in times.items()}
+        out = {"seconds_min": best, "seconds_all": times, "load_average": timing.load_average(),
+               "dose_over_floor": best["dose"] / best["jax_floor"], "plan_over_floor": best["plan_1e5"] / best["jax_floor"]}
+        self.res["sections"]["startup"] = out
+        log(f"startup: floor {best['jax_floor']:.2f} s, dose {best['dose']:.2f} s (×{out['dose_over_floor']:.2f}), "
+            f"plan 1e5 {best['plan_1e5']:.2f} s (×{out['plan_over_floor']:.2f}); load {out['load_average']}")
+
     def chunk_sweep(self) -> None:
         """GPU only: throughput at one large N for several chunk sizes."""
         import jax
@@ -727,6 +759,9 @@ class Bench:
             if self.has_gpu:
                 with self.section("model_jax_gpu_float32"):
                     self.model_only("float32", "gpu")
+        if on("startup"):
+            with self.section("startup"):
+                self.startup()
         if on("plan"):
             with self.section("plan"):
                 self.plan()
@@ -989,7 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true", help="require a GPU: GPU sizes, chunk sweep; CPU figures up to 1e7")
     ap.add_argument("--table", metavar="JSON", help="print the short table of a saved run and exit")
     ap.add_argument("--markdown", metavar="JSON", help="print the tables of a saved run as Markdown and exit")
-    ap.add_argument("--sections", help="comma list: forward,ceilings,model,plan,naive,optuna,sobol,memory,chunks")
+    ap.add_argument("--sections", help="comma list: forward,ceilings,model,startup,plan,naive,optuna,sobol,memory,chunks")
     ap.add_argument("--sizes", nargs="*", help="forward sample counts (e.g. 1e4 1e6)")
     ap.add_argument("--max-n", type=float, help="drop forward sizes above this")
     ap.add_argument("--chunk", type=int, help="JAX chunk on CPU (default engine.DEFAULT_CHUNK)")

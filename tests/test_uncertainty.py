@@ -92,3 +92,25 @@ def test_truncated_normal_float32_stays_in_support():
     assert float(x.min()) >= 0.0 and float(x.max()) <= 0.5
     assert Uniform(0, 1).from_z(z).dtype == jnp.float32
     assert Triangular(0, 0.5, 1).from_z(z).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("raw", [
+    {"value": 0.06, "cv": 0.3},
+    {"value": 0.06, "cv": 1.5},
+    {"dist": "normal", "mean": 0.03, "sd": 0.036, "min": 0.0, "max": 0.5},
+    {"dist": "normal", "mean": 0.05, "sd": 0.03},
+    {"dist": "normal", "mean": 0.9, "sd": 0.2, "min": 0.5, "max": 1.5},
+    {"dist": "uniform", "min": -0.1, "max": 0.4},
+    {"dist": "triangular", "min": -0.05, "mode": 0.1, "max": 1.2},
+    {"dist": "triangular", "min": 0.0, "mode": 0.0, "max": 0.9},
+    {"dist": "normal", "mean": 0.1, "sd": 0.05, "bias_factor": 0.8, "bias_shift": -0.02},
+])
+@pytest.mark.parametrize("support", [(0.0, 1.0), (0.0, math.inf)])
+def test_closed_form_outside_mass_equals_scipy(raw, support):
+    """The mass outside a support is computed in closed form (parsing imports no scipy.stats): it equals
+    scipy's cdf + sf of the same law."""
+    spec = parse_spec(raw)
+    d = spec.scipy()
+    low, high = support
+    expected = float(d.cdf(low) + (d.sf(high) if math.isfinite(high) else 0.0))
+    assert spec.outside(low, high) == pytest.approx(expected, rel=1e-9, abs=1e-15)

@@ -19,7 +19,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .case import Case
 from .case import load_case as _load_case
@@ -27,8 +27,10 @@ from .case import parse_case as _parse_case
 from .errors import InputError
 from .nominal import DoseResult, dose_case
 from .planner import PlanResult as _PlanResult
-from .sensitivity_analysis import SensitivityResult
-from .simulation import SimulationResult
+
+if TYPE_CHECKING:  # loaded by the functions that return them (scipy.special and the rest on first use)
+    from .sensitivity_analysis import SensitivityResult
+    from .simulation import SimulationResult
 
 __all__ = [
     "DoseResult",
@@ -53,6 +55,19 @@ MAX_KEPT_SAMPLES = 10_000_000
 MIN_SOBOL_SAMPLES = 64
 
 CaseLike = Case | str | os.PathLike
+
+
+def __getattr__(name: str):
+    """The result classes of simulate and sensitivity, loaded on first use."""
+    if name == "SimulationResult":
+        from .simulation import SimulationResult
+
+        return SimulationResult
+    if name == "SensitivityResult":
+        from .sensitivity_analysis import SensitivityResult
+
+        return SensitivityResult
+    raise AttributeError(f"module 'y90opt.api' has no attribute {name!r}")
 
 
 def load_case(path: str | os.PathLike) -> Case:

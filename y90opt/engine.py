@@ -465,6 +465,7 @@ def run_chunks(
     chunk: int | None = None,
     dtype: str = "float32",
     progress: Callable[[int], None] | None = None,
+    whole_blocks: bool = False,
 ) -> Iterator:
     """Yield ``reducer(F, valid, in_range, *args)`` for each chunk of the n samples.
 
@@ -473,11 +474,14 @@ def run_chunks(
     :data:`LOOKAHEAD` further chunks are dispatched before a result is yielded, so the device does not wait
     for the caller; ``progress(size)`` is called after the caller has taken each result. So an error in
     dispatching chunk k reaches the caller when it asks for chunk k − LOOKAHEAD, and a caller that stops early
-    has had up to LOOKAHEAD chunks computed for nothing.
+    has had up to LOOKAHEAD chunks computed for nothing. With ``whole_blocks`` every chunk is a whole number of
+    random blocks (:data:`BLOCK`; the last one padded), so no block is split between chunks.
     """
     import jax.numpy as jnp
 
     chunk = max(1, min(chunk or default_chunk(), n))
+    if whole_blocks:  # chunks of whole random blocks (a reducer that keeps per-block results needs them)
+        chunk = -(-chunk // BLOCK) * BLOCK
     key = make_key(seed)
     fn = _jit_chunk_fn(model, chunk, dtype, reducer, _aligned(n, chunk))
     dt = jnp.dtype(dtype)

@@ -73,17 +73,32 @@ def decision_activity(case: Case) -> tuple[float, float]:
     return case.decision("`dose` and `simulate`")
 
 
-def _moment_reducer(f, valid, in_range, s, b, cols, thr, signs, primary, limit, lo, hi):
-    """Per chunk: counts, sums, sums of squares, rule counts, success counts, histograms."""
+def _pairwise_sum(x):
+    """Sum over axis 1 (a power of two long) by halving: elementwise additions only, in a fixed tree, so the
+    result of every block is bit-identical whatever the number of blocks in the call (a library reduction
+    may group its additions differently for different array shapes)."""
+    import jax
+
+    while x.shape[1] > 1:
+        # a + b, one addition per element; the barrier keeps XLA from merging the steps into one reduction
+        x = jax.lax.optimization_barrier(x.reshape(x.shape[0], 2, x.shape[1] // 2, *x.shape[2:]).sum(axis=1))
+    return x[:, 0]
+
+
+def _moment_reducer(f, valid, in_range, s, b, cols, thr, signs, primary, limit, lo, hi, shift):
+    """Per chunk: per-block counts and sums of (d − shift) and (d − shift)², rule and success counts,
+    histograms, minima and maxima. The chunk is a whole number of the engine's random blocks, and the sums are
+    kept per block, so that the run's statistics do not depend on how the samples are cut into chunks."""
     import jax.numpy as jnp
 
+    from .engine import BLOCK
+
     ok = valid & in_range
-    w = ok.astype(f.dtype)
     d = s * f + b
-    cnt = jnp.maximum(jnp.sum(w), 1.0)
-    sums = jnp.sum(jnp.where(ok[:, None], d, 0.0), axis=0)
-    centred = jnp.where(ok[:, None], d - sums / cnt, 0.0)
-    sq = jnp.sum(centred * centred, axis=0)  # M2 about the chunk mean (combined with Chan's formula)
+    x = jnp.where(ok[:, None], d - shift, 0.0).reshape(-1, BLOCK, d.shape[1])
+    block_count = jnp.sum(ok.reshape(-1, BLOCK), axis=1)
+    block_s1 = _pairwise_sum(x)
+    block_s2 = _pairwise_sum(x * x)
     margins = signs * (d[:, cols] - thr)
     sat = (margins <= 0) & ok[:, None]
     rule_counts = jnp.sum(sat, axis=0)
@@ -98,7 +113,7 @@ def _moment_reducer(f, valid, in_range, s, b, cols, thr, signs, primary, limit, 
     flat = idx + jnp.arange(q, dtype=jnp.int32)[None, :] * (nb + 2)
     hist = jnp.zeros(q * (nb + 2), jnp.int32).at[flat.ravel()].add(jnp.repeat(ok.astype(jnp.int32), q))
     return (
-        jnp.sum(ok), jnp.sum(in_range & ~valid), sums, sq, rule_counts,
+        jnp.sum(ok), jnp.sum(in_range & ~valid), block_count, block_s1, block_s2, rule_counts,
         jnp.sum(success), jnp.sum(limits_ok), hist.reshape(q, nb + 2), jnp.min(jnp.where(ok[:, None], d, jnp.inf), 0),
         jnp.max(jnp.where(ok[:, None], d, -jnp.inf), 0),
     )
@@ -178,28 +193,32 @@ def _streaming_stats(model, n, seed, s, b, rt: RuleTable, chunk, dtype, bar):
     pos = d[d > 0]
     lo = np.log(pos.min() / 4.0) if pos.size else -30.0
     hi = np.log(d.max() * 4.0) if pos.size else 1.0
-    args = (s, b, rt.cols, rt.thresholds, rt.signs, rt.is_primary, rt.is_limit, lo, hi)
-    tot = None
-    mean = m2 = None
-    for part in engine.run_chunks(model, n, seed, _moment_reducer, args, chunk, dtype, bar):
-        part = [np.asarray(x).astype(np.float64) if np.asarray(x).dtype.kind == "f" else np.asarray(x).astype(np.int64) for x in part]
-        nb = float(part[0])
-        mb = part[2] / max(nb, 1.0)
-        if tot is None:
-            tot, mean, m2 = part, mb, part[3]
-            continue
-        na = float(tot[0])
-        delta = mb - mean
-        if na + nb > 0:  # Chan et al. parallel update of mean and M2
-            mean = mean + delta * nb / (na + nb)
-            m2 = m2 + part[3] + delta**2 * na * nb / (na + nb)
-        for i in (0, 1, 4, 5, 6, 7):
-            tot[i] = tot[i] + part[i]
-        tot[8] = np.minimum(tot[8], part[8])
-        tot[9] = np.maximum(tot[9], part[9])
-    count, n_invalid, _, _, rule_counts, success, limits, hist, dmin, dmax = tot
-    count = int(count)
-    var = m2 / max(count - 1, 1)
+    shift = d.mean(axis=0) if d.size else np.zeros(len(b))  # sums of (d − shift)²: no cancellation
+    args = (s, b, rt.cols, rt.thresholds, rt.signs, rt.is_primary, rt.is_limit, lo, hi, shift)
+    # whole random blocks per chunk, so no block is ever split between chunks (the chunk size stays a
+    # performance setting: the statistics below are the same for any chunk)
+    block = engine.BLOCK
+    chunk = max(block, -(-(chunk or engine.default_chunk()) // block) * block)
+    count = n_invalid = success = limits = 0
+    rule_counts = hist = dmin = dmax = None
+    s1 = s2 = np.zeros(len(b))
+    for part in engine.run_chunks(model, n, seed, _moment_reducer, args, chunk, dtype, bar, whole_blocks=True):
+        ok_n, bad_n, bc, b1, b2, rc, su, li, h, mn, mx = (np.asarray(x) for x in part)
+        count += int(ok_n)
+        n_invalid += int(bad_n)
+        success += int(su)
+        limits += int(li)
+        rule_counts = rc.astype(np.int64) if rule_counts is None else rule_counts + rc
+        hist = h.astype(np.int64) if hist is None else hist + h
+        dmin = mn.astype(np.float64) if dmin is None else np.minimum(dmin, mn)
+        dmax = mx.astype(np.float64) if dmax is None else np.maximum(dmax, mx)
+        # the blocks' sums added one block after another in the order of the blocks: a left fold, the same
+        # operations in the same order whatever the chunk size (np.cumsum is sequential)
+        keep = bc > 0
+        s1 = np.cumsum(np.vstack([s1, b1[keep].astype(np.float64)]), axis=0)[-1]
+        s2 = np.cumsum(np.vstack([s2, b2[keep].astype(np.float64)]), axis=0)[-1]
+    mean = shift + s1 / max(count, 1)
+    var = np.maximum(s2 - s1 * s1 / max(count, 1), 0.0) / max(count - 1, 1)
     edges = lo + (hi - lo) * np.arange(HIST_BINS + 1) / HIST_BINS
     quantiles = np.stack([[_hist_quantile(hist[j], edges, p, dmin[j], dmax[j]) for j in range(hist.shape[0])] for p in QUANTILES])
     return {

@@ -24,7 +24,23 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats
+
+
+def _stats():
+    """scipy.stats on first use: it takes about a second to import, and parsing a case needs none of it."""
+    from scipy import stats
+
+    return stats
+
+
+def _phi(x: float) -> float:
+    """Standard normal CDF, accurate in both tails (erfc)."""
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _sf(x: float) -> float:
+    """Standard normal survival function."""
+    return 0.5 * math.erfc(x / math.sqrt(2.0))
 
 
 class SpecError(ValueError):
@@ -44,7 +60,7 @@ class Fixed:
         return self.value
 
     def scipy(self):
-        return stats.uniform(loc=self.value, scale=0.0)
+        return _stats().uniform(loc=self.value, scale=0.0)
 
     def from_z(self, z):
         import jax.numpy as jnp
@@ -83,7 +99,7 @@ class LogNormal:
         return self.median
 
     def scipy(self):
-        return stats.lognorm(s=self.sigma_ln, scale=self.median)
+        return _stats().lognorm(s=self.sigma_ln, scale=self.median)
 
     def from_z(self, z):
         import jax.numpy as jnp
@@ -97,8 +113,9 @@ class LogNormal:
         return f"lognormal(median {self.median:g}, CV {100 * self.cv:.3g} %)"
 
     def outside(self, low: float, high: float) -> float:
-        d = self.scipy()
-        return float(d.cdf(low) + d.sf(high))
+        below = 0.0 if low <= 0 else _phi((math.log(low) - math.log(self.median)) / self.sigma_ln)
+        above = 0.0 if high == math.inf else _sf((math.log(high) - math.log(self.median)) / self.sigma_ln)
+        return below + above
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +141,10 @@ class Normal:
 
     def scipy(self):
         if not self.truncated:
-            return stats.norm(loc=self.mean, scale=self.sd)
+            return _stats().norm(loc=self.mean, scale=self.sd)
         a = (self.low - self.mean) / self.sd
         b = (self.high - self.mean) / self.sd
-        return stats.truncnorm(a, b, loc=self.mean, scale=self.sd)
+        return _stats().truncnorm(a, b, loc=self.mean, scale=self.sd)
 
     def from_z(self, z):
         import jax.numpy as jnp
@@ -136,8 +153,8 @@ class Normal:
         if not self.truncated:
             return self.mean + self.sd * z
         dt = jnp.result_type(z)
-        pa = float(stats.norm.cdf((self.low - self.mean) / self.sd))
-        pb = float(stats.norm.cdf((self.high - self.mean) / self.sd))
+        pa = _phi((self.low - self.mean) / self.sd)
+        pb = _phi((self.high - self.mean) / self.sd)
         u = pa + ndtr(z) * (pb - pa)
         tiny = float(np.finfo(np.dtype(dt)).tiny)
         u = jnp.clip(u, max(pa, tiny), min(pb, 1.0 - float(np.finfo(np.dtype(dt)).epsneg)))
@@ -160,8 +177,17 @@ class Normal:
         return s
 
     def outside(self, low: float, high: float) -> float:
-        d = self.scipy()
-        return float(d.cdf(low) + d.sf(high))
+        za, zb = (self.low - self.mean) / self.sd, (self.high - self.mean) / self.sd
+        pa, pb = _phi(za), _phi(zb)
+        mass = pb - pa  # of the untruncated law on [low bound, high bound]
+        if not mass > 0:  # bounds far out in one tail: the closed form underflows, the library does not
+            d = self.scipy()
+            return float(d.cdf(low) + d.sf(high))
+
+        def cdf(x: float) -> float:
+            return min(1.0, max(0.0, (_phi((x - self.mean) / self.sd) - pa) / mass))
+
+        return cdf(low) + (0.0 if high == math.inf else 1.0 - cdf(high))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +202,7 @@ class Uniform:
         return 0.5 * (self.low + self.high)
 
     def scipy(self):
-        return stats.uniform(loc=self.low, scale=self.high - self.low)
+        return _stats().uniform(loc=self.low, scale=self.high - self.low)
 
     def from_z(self, z):
         from jax.scipy.special import ndtr
@@ -190,8 +216,8 @@ class Uniform:
         return f"uniform[{self.low:g}, {self.high:g}]"
 
     def outside(self, low: float, high: float) -> float:
-        d = self.scipy()
-        return float(d.cdf(low) + d.sf(high))
+        w = self.high - self.low
+        return min(1.0, max(0.0, (low - self.low) / w)) + min(1.0, max(0.0, (self.high - high) / w))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +234,7 @@ class Triangular:
 
     def scipy(self):
         width = self.high - self.low
-        return stats.triang(c=(self.mode - self.low) / width, loc=self.low, scale=width)
+        return _stats().triang(c=(self.mode - self.low) / width, loc=self.low, scale=width)
 
     def from_z(self, z):
         import jax.numpy as jnp
@@ -228,8 +254,18 @@ class Triangular:
         return f"triangular(min {self.low:g}, mode {self.mode:g}, max {self.high:g})"
 
     def outside(self, low: float, high: float) -> float:
-        d = self.scipy()
-        return float(d.cdf(low) + d.sf(high))
+        a, c, b = self.low, self.mode, self.high
+
+        def cdf(x: float) -> float:
+            if x <= a:
+                return 0.0
+            if x >= b:
+                return 1.0
+            if x <= c:
+                return (x - a) ** 2 / ((b - a) * (c - a))
+            return 1.0 - (b - x) ** 2 / ((b - a) * (b - c))
+
+        return cdf(low) + (0.0 if high == math.inf else 1.0 - cdf(high))
 
 
 Distribution = Fixed | LogNormal | Normal | Uniform | Triangular
@@ -273,8 +309,8 @@ class Biased:
         return f"{self.base.describe()} with bias {' '.join(parts)} (research)"
 
     def outside(self, low: float, high: float) -> float:
-        d = self.scipy()
-        return float(d.cdf(low) + d.sf(high))
+        return self.base.outside((low - self.shift) / self.factor,
+                                 math.inf if high == math.inf else (high - self.shift) / self.factor)
 
 
 class _AffineScipy:
