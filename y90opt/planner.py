@@ -489,6 +489,19 @@ def plan_case(
                  hours_range, progress, any_time, fixed_treatment, calibration_weeks, keep)
 
 
+def _preload(*modules: str) -> None:
+    """Import ``modules`` in a background thread (a cold import of Optuna or xarray takes 0.3-0.5 s that the
+    sampling can hide). The import lock makes a later import in the main thread wait for it, never repeat it."""
+    import importlib
+    import sys
+    import threading
+
+    todo = [m for m in modules if m not in sys.modules]
+    if todo:
+        threading.Thread(target=lambda: [importlib.import_module(m) for m in todo], daemon=True,
+                         name="y90opt-preload").start()
+
+
 def _plan(case, ar, model, rt, space, n, seed, chunk, dtype, risk, trials, storage, study_name, vial_range,
           hours_range, progress, any_time, fixed_treatment, calibration_weeks, keep) -> PlanResult:
     on_device = engine.on_accelerator()
@@ -496,6 +509,10 @@ def _plan(case, ar, model, rt, space, n, seed, chunk, dtype, risk, trials, stora
 
     check_memory(case, n, 3 + len(rt.labels), dtype, on_device=on_device, factor_rows=len(model.quantities),
                  factor_limit=simulation.EXACT_QUANTILE_LIMIT)
+    if trials > 0:  # Optuna and xarray load while the samples are drawn (JAX releases the interpreter meanwhile)
+        _preload("optuna", "xarray")
+    else:
+        _preload("xarray")
     ev, factors, n_invalid = build_evaluator(model, rt, n, seed, chunk, dtype, keep_factors=keep, on_device=on_device)
     factor_q = _factor_quantiles(model, rt, factors, ev.n, n, seed, chunk, dtype)
     result = evaluate_space(case, space, ev, risk)
