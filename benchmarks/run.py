@@ -714,6 +714,40 @@ class Bench:
         log(f"startup: floor {best['jax_floor']:.2f} s, dose {best['dose']:.2f} s (×{out['dose_over_floor']:.2f}), "
             f"plan 1e5 {best['plan_1e5']:.2f} s (×{out['plan_over_floor']:.2f}); load {out['load_average']}")
 
+    def sensitivity_scale(self) -> None:
+        """`y90opt sensitivity --samples N` (bootstrap on) against `y90opt simulate` of the same N·(d + 2) model
+        evaluations, whole processes with a warm compile cache, each in its own child so that its peak RSS is
+        its own. Targets: time ratio ≤ 2 at 10⁵ and 10⁶ base samples, peak ≤ 1.5 GB at 10⁶."""
+        import subprocess
+        import sys
+        import tempfile
+
+        path = os.path.join(tempfile.mkdtemp(prefix="y90opt-bench-"), "bench.toml")
+        with open(path, "w") as fh:
+            fh.write(npp.BENCH_CASE)
+        d = self.model.n_dims
+        env = dict(os.environ, Y90OPT_CACHE_DIR=tempfile.mkdtemp(prefix="y90opt-bench-cache-"))
+        probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+                 "subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+                 "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+        def run(argv):
+            subprocess.run(argv, env=env, capture_output=True, check=True)  # warm the compile cache
+            out = subprocess.run([sys.executable, "-c", probe, *argv], env=env, capture_output=True, check=True, text=True)
+            wall, rss_kb = out.stdout.split()
+            return float(wall), int(rss_kb) * 1024
+
+        res = {}
+        for n in ([10**5] if self.a.quick else [10**5, 10**6]):
+            sens = run([sys.executable, "-m", "y90opt.cli", "sensitivity", path, "--samples", str(n), "--json"])
+            sim = run([sys.executable, "-m", "y90opt.cli", "simulate", path, "--samples", str(n * (d + 2)), "--json"])
+            res[str(n)] = {"sensitivity_s": sens[0], "sensitivity_peak_bytes": sens[1], "simulate_s": sim[0],
+                           "simulate_peak_bytes": sim[1], "evaluations": n * (d + 2), "ratio": sens[0] / sim[0]}
+            log(f"sensitivity N={n:.0e} ({n * (d + 2):.0e} evaluations): {sens[0]:.2f} s, peak {sens[1] / 2**20:.0f} MiB; "
+                f"simulate of as many: {sim[0]:.2f} s, peak {sim[1] / 2**20:.0f} MiB; ratio {sens[0] / sim[0]:.2f}")
+        self.res["sections"]["sensitivity_scale"] = {"by_base_samples": res, "inputs": d,
+                                                     "load_average": timing.load_average()}
+
     def chunk_sweep(self) -> None:
         """GPU only: throughput at one large N for several chunk sizes."""
         import jax
@@ -774,6 +808,9 @@ class Bench:
         if on("sobol", not self.a.quick):
             with self.section("sobol"):
                 self.sobol()
+        if on("sensitivity"):
+            with self.section("sensitivity_scale"):
+                self.sensitivity_scale()
         if self.has_gpu and on("chunks", self.a.gpu):
             with self.section("gpu_chunk_sweep"):
                 self.chunk_sweep()
@@ -1024,7 +1061,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true", help="require a GPU: GPU sizes, chunk sweep; CPU figures up to 1e7")
     ap.add_argument("--table", metavar="JSON", help="print the short table of a saved run and exit")
     ap.add_argument("--markdown", metavar="JSON", help="print the tables of a saved run as Markdown and exit")
-    ap.add_argument("--sections", help="comma list: forward,ceilings,model,startup,plan,naive,optuna,sobol,memory,chunks")
+    ap.add_argument("--sections", help="comma list: forward,ceilings,model,startup,plan,naive,optuna,sobol,sensitivity,memory,chunks")
     ap.add_argument("--sizes", nargs="*", help="forward sample counts (e.g. 1e4 1e6)")
     ap.add_argument("--max-n", type=float, help="drop forward sizes above this")
     ap.add_argument("--chunk", type=int, help="JAX chunk on CPU (default engine.DEFAULT_CHUNK)")

@@ -57,12 +57,15 @@ from .sobol import (
     DEFAULT_LEVEL,
     METHOD,
     METHOD_DEPENDENT,
+    METHOD_STREAMING,
+    STREAM_ABOVE,
     DependentEstimate,
     SobolEstimate,
     evaluate_design,
     saltelli_design,
     sobol_from_samples,
     sobol_indices_dependent,
+    sobol_streaming,
 )
 
 #: Percentiles of the one-at-a-time view.
@@ -337,7 +340,9 @@ def sensitivity_case(
     dependent = bool(case.correlations)
     total = 4 * n * d if dependent else n * (d + 2)
     per_design = 4 * n if dependent else total
-    check_sobol_memory(case, per_design, d, len(fn.outputs), 4 if dependent else d + 2)
+    streaming = not dependent and n > STREAM_ABOVE  # bounded memory: sums per batch, not the design
+    if not streaming:
+        check_sobol_memory(case, per_design, d, len(fn.outputs), 4 if dependent else d + 2)
     chunk = max(1, min(chunk or default_chunk(), per_design))
 
     report = _reporter(progress)
@@ -353,6 +358,12 @@ def sensitivity_case(
             "ST = independent total index E[V(Y|X~i)]/V (Mara et al. 2015; Kucherenko et al. 2012); "
             "ST_full and S1_independent are also given"
         )
+    elif streaming:
+        design_ss, boot_ss = np.random.SeedSequence(seed).spawn(2)
+        est = sobol_streaming(fn, d, n, chunk=chunk, bootstrap=bootstrap, level=level, progress=report,
+                              seeds=(design_ss, boot_ss))
+        dep = None
+        method, dependence = METHOD_STREAMING, "independent (the case declares no correlations)"
     else:
         design_ss, boot_ss = np.random.SeedSequence(seed).spawn(2)
         a, b = saltelli_design(n, d, design_ss)

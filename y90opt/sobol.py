@@ -37,6 +37,12 @@ from scipy import special
 DEFAULT_BOOTSTRAP = 200
 DEFAULT_LEVEL = 0.95
 
+#: Above this many base samples an analysis streams (:func:`sobol_streaming`): memory stays bounded and the
+#: intervals come from a bootstrap over batches of rows instead of over rows.
+STREAM_ABOVE = 1 << 17
+#: Batches of base rows a streaming analysis keeps sums for (the units its bootstrap resamples).
+STREAM_BATCHES = 128
+
 #: Bytes of bootstrap weights built at once (replicates are processed in groups below this size).
 _BOOTSTRAP_BLOCK_BYTES = 1 << 25
 
@@ -44,6 +50,13 @@ METHOD = (
     "Sobol' indices, independent inputs: Saltelli 2010 design (A, B, A_B^(i); N(d+2) evaluations) on "
     "scrambled Sobol' points mapped to standard normal variates; first order: Saltelli 2010 estimator; "
     "total: Jansen 1999 estimator; outputs centred; percentile row-bootstrap confidence intervals"
+)
+
+METHOD_STREAMING = (
+    "Sobol' indices, independent inputs: Saltelli 2010 design (A, B, A_B^(i); N(d+2) evaluations) on "
+    "scrambled Sobol' points mapped to standard normal variates, streamed (sums per batch of rows); first "
+    "order: Saltelli 2010 estimator; total: Jansen 1999 estimator; outputs centred; percentile bootstrap over "
+    f"{STREAM_BATCHES} batches of rows"
 )
 
 METHOD_DEPENDENT = (
@@ -241,6 +254,139 @@ def sobol_indices(
     a, b = saltelli_design(n, d, design_ss)
     f_a, f_b, f_ab = evaluate_design(func, a, b, min(chunk, n * (d + 2)), progress)
     return sobol_from_samples(f_a, f_b, f_ab, bootstrap, np.random.default_rng(boot_ss), level)
+
+
+def _design_chunks(n: int, d: int, seed: np.random.SeedSequence, rows: int):
+    """The Saltelli base matrices A and B in consecutive pieces of ``rows`` base rows: the same points as
+    :func:`saltelli_design` gives at once (one scrambled Sobol' sequence drawn on)."""
+    from scipy.stats import qmc
+
+    sampler = qmc.Sobol(2 * d, scramble=True, rng=np.random.default_rng(seed))
+    eps = np.finfo(np.float64).eps
+    for j0 in range(0, n, rows):
+        m = min(rows, n - j0)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*balance properties of Sobol.*", category=UserWarning)
+            u = sampler.random(m)
+        z = special.ndtri(np.clip(u, eps, 1.0 - eps))
+        yield j0, z[:, :d], z[:, d:]
+
+
+def sobol_streaming(
+    func: Callable[[np.ndarray], np.ndarray],
+    d: int,
+    n: int,
+    seed: int | np.random.SeedSequence = 0,
+    chunk: int = 1 << 16,
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+    level: float = DEFAULT_LEVEL,
+    progress: Callable[[int, int], None] | None = None,
+    batches: int = STREAM_BATCHES,
+    seeds: tuple[np.random.SeedSequence, np.random.SeedSequence] | None = None,
+) -> SobolEstimate:
+    """The estimators of :func:`sobol_from_samples` in one pass of bounded memory.
+
+    The design is drawn and evaluated a piece of base rows at a time (A, B and every A_B⁽ⁱ⁾ of those rows
+    together), and only sums are kept, per batch of base rows: Σf_A, Σf_B, Σf_A², Σf_B², Σf_B·Δᵢ, ΣΔᵢ,
+    ΣΔᵢ² with Δᵢ = f(A_B⁽ⁱ⁾) − f(A), in a frame shifted by the first piece's mean (no cancellation). The
+    centred terms of :func:`sobol_from_samples` are linear in these sums given the mean, so the indices are
+    the same estimators (equal within rounding). Intervals: a percentile bootstrap over the ``batches``
+    batches (each replicate reweights whole batches; with thousands of rows per batch the batch sums are
+    close to normal, and the interval estimates the row bootstrap's); ``*_se`` is its standard deviation.
+    Memory: O(chunk · K + batches · d · K), whatever n.
+    """
+    design_ss, boot_ss = seeds if seeds is not None else np.random.SeedSequence(seed).spawn(2)
+    batches = max(2, min(batches, n))
+    edges = np.linspace(0, n, batches + 1).round().astype(np.int64)
+    rows = max(1, chunk // (d + 2))
+    shift = None
+    acc = None  # per batch: [count, SA, SB, SAA, SBB, SBD (d), SD (d), SDD (d)] over K outputs
+    n_invalid = 0
+    done = 0
+    for j0, a, b in _design_chunks(n, d, design_ss, rows):
+        m = a.shape[0]
+        z = np.concatenate([a, b] + [np.where(np.arange(d)[None, :] == i, b, a) for i in range(d)])
+        if z.shape[0] < rows * (d + 2):  # the last piece is padded, so a jitted func compiles once
+            z = np.concatenate([z, np.repeat(z[-1:], rows * (d + 2) - z.shape[0], axis=0)])
+        y = np.asarray(func(z), dtype=np.float64)
+        y = (y[:, None] if y.ndim == 1 else y)[: m * (d + 2)].reshape(d + 2, m, -1)
+        f_a, f_b, f_ab = y[0], y[1], np.moveaxis(y[2:], 0, 1)
+        k = f_a.shape[1]
+        ok_a, ok_b, ok_ab = np.isfinite(f_a).all(1), np.isfinite(f_b).all(1), np.isfinite(f_ab).all(2)
+        n_invalid += int((~ok_a).sum() + (~ok_b).sum() + (~ok_ab).sum())
+        keep = ok_a & ok_b & ok_ab.all(1)
+        if shift is None:
+            shift = 0.5 * (f_a[keep].mean(0) + f_b[keep].mean(0)) if keep.any() else np.zeros(k)
+            acc = np.zeros((batches, 1 + 4 * k + 3 * d * k))
+        ya, yb = f_a - shift, f_b - shift
+        delta = f_ab - f_a[:, None, :]
+        # per row: [1, ya, yb, ya², yb², yb·Δ, Δ, Δ²] (1 + 4K + 3dK values), zero for a dropped row
+        row = np.concatenate([np.ones((m, 1)), ya, yb, ya * ya, yb * yb, (yb[:, None, :] * delta).reshape(m, -1),
+                              delta.reshape(m, -1), (delta * delta).reshape(m, -1)], axis=1)
+        row[~keep] = 0.0
+        which = np.searchsorted(edges, j0 + np.arange(m), side="right") - 1
+        np.add.at(acc, which, row)
+        done += m * (d + 2)
+        if progress is not None:
+            progress(done, n * (d + 2))
+    assert acc is not None and shift is not None
+    return _streaming_indices(acc, d, k, shift, n, n_invalid, bootstrap, np.random.default_rng(boot_ss), level)
+
+
+def _streaming_indices(acc, d, k, shift, n_base, n_invalid, bootstrap, rng, level) -> SobolEstimate:
+    """Indices (and batch-bootstrap intervals) from the per-batch sums of :func:`sobol_streaming`."""
+    def split(t):
+        cnt = t[..., 0]
+        o = 1
+        sa, sb, saa, sbb = (t[..., o + i * k : o + (i + 1) * k] for i in range(4))
+        o += 4 * k
+        sbd, sd, sdd = (t[..., o + i * d * k : o + (i + 1) * d * k].reshape(*t.shape[:-1], d, k) for i in range(3))
+        return cnt, sa, sb, saa, sbb, sbd, sd, sdd
+
+    cnt, sa, sb, saa, sbb, sbd, sd, sdd = split(acc.sum(axis=0))
+    n = float(cnt)
+    if n < 2:
+        raise ValueError("fewer than two usable rows in the Sobol' design")
+    mu = (sa + sb) / (2 * n)  # the mean of f(A) ∪ f(B), in the shifted frame
+
+    def terms(t):
+        """The sums of sobol_from_samples's per-row terms [t1 (dK), t2 (dK), sq (K), lin (K)], centred on mu."""
+        c, a_, b_, aa, bb, bd, d_, dd = split(t)
+        c = np.asarray(c)[..., None]
+        t1 = bd - mu * d_
+        t2 = 0.5 * dd
+        sq = 0.5 * (aa + bb) - mu * (a_ + b_) + c * mu * mu
+        lin = 0.5 * (a_ + b_) - c * mu
+        return np.concatenate([t1.reshape(*t.shape[:-1], d * k), t2.reshape(*t.shape[:-1], d * k), sq, lin], axis=-1)
+
+    def indices(sums, count):
+        m = sums / (count[..., None] if np.ndim(count) else count)
+        var = m[..., 2 * d * k : 2 * d * k + k] - m[..., 2 * d * k + k :] ** 2
+        v = np.where(var > 0, var, np.nan)[..., None, :]
+        s1 = m[..., : d * k].reshape(*m.shape[:-1], d, k) / v
+        st = m[..., d * k : 2 * d * k].reshape(*m.shape[:-1], d, k) / v
+        return s1, st, var
+
+    s1, st, var = indices(terms(acc.sum(axis=0)), n)
+    nan = np.full((k, d), np.nan)
+    s1_lo = s1_hi = st_lo = st_hi = s1_se = st_se = nan
+    if bootstrap > 0:
+        nb = acc.shape[0]
+        w = np.stack([np.bincount(rng.integers(0, nb, nb), minlength=nb) for _ in range(bootstrap)]).astype(np.float64)
+        rep = w @ acc  # (bootstrap, columns): each replicate reweights whole batches
+        bs1, bst, _ = indices(terms(rep), rep[:, 0])
+        alpha = 0.5 * (1.0 - level)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            s1_lo, s1_hi = np.nanquantile(bs1, [alpha, 1.0 - alpha], axis=0)
+            st_lo, st_hi = np.nanquantile(bst, [alpha, 1.0 - alpha], axis=0)
+            s1_se = np.nanstd(bs1, axis=0, ddof=1)
+            st_se = np.nanstd(bst, axis=0, ddof=1)
+        s1_lo, s1_hi, st_lo, st_hi, s1_se, st_se = (x.T for x in (s1_lo, s1_hi, st_lo, st_hi, s1_se, st_se))
+    return SobolEstimate(
+        S1=s1.T, ST=st.T, S1_lo=s1_lo, S1_hi=s1_hi, ST_lo=st_lo, ST_hi=st_hi, S1_se=s1_se, ST_se=st_se,
+        mean=mu + shift, variance=var, n_base=n_base, n_used=int(n), level=level, n_invalid=n_invalid,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
