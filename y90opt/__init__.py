@@ -12,7 +12,7 @@ normal liver and the lungs stay within their limits, given inputs measured with 
     y90opt.sensitivity(case, samples=8192, seed=1).summary   # Sobol' indices
 
 Functions: :func:`load_case`, :func:`parse_case`, :func:`dose`, :func:`simulate`, :func:`plan`,
-:func:`sensitivity`, :func:`list_scenarios`. Bad input raises :class:`InputError` (one line naming the file and
+:func:`sensitivity`, :func:`cohort`, :func:`list_scenarios`. Bad input raises :class:`InputError` (one line naming the file and
 the field). See ``docs/api.md``.
 
 Research software: every plan must be checked independently before clinical use.
@@ -26,6 +26,7 @@ from .errors import InputError
 __all__ = [
     "InputError",
     "__version__",
+    "cohort",
     "dose",
     "load_case",
     "parse_case",
@@ -35,7 +36,7 @@ __all__ = [
     "simulate",
 ]
 
-_API = {"dose", "list_scenarios", "load_case", "parse_case", "plan", "sensitivity", "simulate"}
+_API = {"cohort", "dose", "list_scenarios", "load_case", "parse_case", "plan", "sensitivity", "simulate"}
 
 
 def __getattr__(name: str):

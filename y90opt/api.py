@@ -43,6 +43,7 @@ __all__ = [
     "parse_case",
     "plan",
     "list_scenarios",
+    "cohort",
     "sensitivity",
     "simulate",
 ]
@@ -257,6 +258,46 @@ def plan(case: CaseLike, *, samples: int = 100_000, seed: int = 0, chunk: int | 
         out.sensitivity = sens
         out.summary["sensitivity"] = sens.summary
     return out
+
+
+def cohort(template: str | os.PathLike, patients: str | os.PathLike, out: str | os.PathLike, *,
+           samples: int = 100_000, seed: int = 0, optuna_trials: int | None = None, dtype: str = "float32",
+           executor: str = "local", address: str | None = None, workers: int = 1,
+           write_cases: str | os.PathLike | None = None, progress: bool = False):
+    """Plan every patient of a table (CSV: ``patient_id`` and case-path columns) from a template case.
+
+    Each patient's result equals :func:`plan` of its case with the same ``samples`` and ``seed``, whatever the
+    ``executor`` (``"local"`` processes or ``"dask"``: a scheduler at ``address``, else a LocalCluster) and the
+    number of ``workers``. ``out`` gets ``cohort.csv``, ``cohort.nc`` and one result per patient (an
+    interrupted run resumes). A bad row is reported as not run and never stops the others. Returns a result
+    with ``.rows``, ``.summary``, ``.dataset`` and ``.text()``.
+    """
+    from .cohorts import run_cohort
+
+    bar = None
+    if progress:
+        import sys
+
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc="patients", unit="patient", leave=False)
+
+    def report(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    try:
+        return run_cohort(os.fspath(template), os.fspath(patients), os.fspath(out), samples=_count(samples, "--samples"),
+                          seed=_seed(seed), dtype=_dtype(dtype),
+                          optuna_trials=None if optuna_trials is None else _count(optuna_trials, "--optuna-trials", 0),
+                          executor=executor, address=address, workers=_count(workers, "--workers"),
+                          write_cases=None if write_cases is None else os.fspath(write_cases), progress=report)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def list_scenarios() -> list[dict[str, Any]]:

@@ -137,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", metavar="OUT.nc", help="write the indices Dataset (NetCDF)")
     sp.add_argument("--bootstrap", type=_nonnegative_int, default=200, metavar="B", help="bootstrap resamples for confidence intervals")
 
+    sp = add("cohort", "plan every patient of a table from a template case (local processes or Dask)",
+             "y90opt cohort template.toml patients.csv --out cohort/ --workers 2")
+    sp.add_argument("template")
+    sp.add_argument("patients", metavar="PATIENTS.csv")
+    sp.add_argument("--out", metavar="DIR", required=True, help="cohort.csv, cohort.nc and one result per patient")
+    sp.add_argument("--samples", type=_positive_int, default=100_000, metavar="N", help="Monte Carlo samples per patient")
+    sp.add_argument("--seed", type=_seed, default=0, metavar="S", help="random seed (each patient: the same as plan --seed)")
+    sp.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    sp.add_argument("--optuna-trials", type=_nonnegative_int, default=None, metavar="T", help="Optuna trials per patient (plan's default; 0 skips)")
+    sp.add_argument("--executor", choices=("local", "dask"), default="local", help="local processes (default) or a Dask cluster")
+    sp.add_argument("--address", default=None, help="Dask scheduler address (default: a LocalCluster for the run)")
+    sp.add_argument("--workers", type=_positive_int, default=1, metavar="W", help="worker processes (default 1)")
+    sp.add_argument("--write-cases", metavar="DIR", default=None, help="also write each patient's case file")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+
     sp = add("scenarios", "the DSC 2022 scenario rules with their sources", "y90opt scenarios --json")
     sp.add_argument("--json", action="store_true", help="print JSON")
 
@@ -279,6 +294,21 @@ def cmd_sensitivity(args) -> int:
     return _emit(res, out_path, args.json)
 
 
+def cmd_cohort(args) -> int:
+    from . import api
+    from .textout import dumps
+
+    out_dir = _output_dir(args.out, [args.template, args.patients], ("cohort.csv", "cohort.nc"))
+    res = api.cohort(args.template, args.patients, out_dir, samples=args.samples, seed=args.seed, dtype=args.dtype,
+                     optuna_trials=args.optuna_trials, executor=args.executor, address=args.address,
+                     workers=args.workers, write_cases=args.write_cases, progress=not args.json)
+    for r in res.rows:
+        if r["status"] == "not-run":
+            print(f"y90opt: {r['reason']}", file=sys.stderr)
+    print(dumps(res.summary) if args.json else res.text())
+    return 0
+
+
 def cmd_scenarios(args) -> int:
     from . import api
     from .textout import dumps
@@ -347,6 +377,7 @@ COMMANDS = {
     "plan": cmd_plan,
     "sensitivity": cmd_sensitivity,
     "scenarios": cmd_scenarios,
+    "cohort": cmd_cohort,
     "report": cmd_report,
 }
 
