@@ -86,8 +86,10 @@ def test_a_shunt_in_percent_gets_the_hint(case_text, write_case, spec, meant):
 
 
 def test_sensitivity_refuses_a_design_that_cannot_fit(case_text, write_case, monkeypatch):
+    """Correlated inputs hold the whole design in memory (independent ones stream and never need this)."""
     monkeypatch.setattr(engine, "available_memory_bytes", lambda device=None: 64 * 2**20)  # 64 MiB free
-    path = write_case(case_text)
+    path = write_case(case_text + '\n[[correlations]]\ninputs = ["tumors.T1.volume_ml", "liver.perfused_volume_ml"]\n'
+                      "rho = 0.3\n")
     code, _, err = run_cli(["sensitivity", path, "--samples", "10000000", "--json"])
     _refused(code, err, "--samples", "use at most")
     fit = int(err.rsplit("use at most ", 1)[1].split()[0])

@@ -113,8 +113,12 @@ def test_a_long_offending_value_is_shortened(write_case):
 
 
 def test_sensitivity_refuses_an_impossible_sample_count_at_once(write_case):
+    """1e10 base samples: the streamed analysis would fit in memory but take days; the correlated one (held in
+    memory) cannot fit. Both are refused at once."""
     path = _case(write_case)
-    _refused(["sensitivity", path, "--samples", "10000000000"], "--samples", "use at most")
+    _refused(["sensitivity", path, "--samples", "10000000000"], "--samples", "at most")
+    corr = _case(write_case, extra='\n[[correlations]]\ninputs = ["tumors.T1.volume_ml", "liver.perfused_volume_ml"]\nrho = 0.3\n')
+    _refused(["sensitivity", corr, "--samples", "10000000000"], "--samples", "at most")
 
 
 def test_a_junk_storage_is_refused_before_any_work(write_case, tmp_path):

@@ -28,6 +28,7 @@ Numbers a check may read carry ``data-key`` and ``data-value`` attributes (``rep
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import html
@@ -279,7 +280,11 @@ def _sensitivity_section(ds, sensitivity, out_dir: str) -> dict[str, Any]:
         rows.sort(key=lambda r: -np.nan_to_num(r[3]))
     a = sds.attrs
     other = bool(a.get("case_sha256")) and str(a.get("case_sha256")) != str(ds.attrs.get("case_sha256"))
-    return {"figures": figs, "success_rows": rows, "other_case": other, "attrs": {k: a[k] for k in (
+    at_rec = True
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        at_rec = (abs(float(a["vial_gbq"]) - float(ds.attrs["recommended_vial_gbq"])) < 1e-9
+                  and abs(float(a["hours_after_calibration"]) - float(ds.attrs["recommended_hours_after_calibration"])) < 1e-6)
+    return {"figures": figs, "success_rows": rows, "other_case": other, "at_recommendation": at_rec, "attrs": {k: a[k] for k in (
         "method", "input_dependence", "samples", "seed", "vial_gbq", "hours_after_calibration", "case_sha256") if k in a}}
 
 

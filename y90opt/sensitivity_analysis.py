@@ -68,6 +68,10 @@ from .sobol import (
     sobol_streaming,
 )
 
+#: Most base samples an analysis takes: 10⁸ base samples are 10⁹ model evaluations for 8 inputs (about
+#: 15 minutes on a 2-core CPU); beyond it a run would take days whatever its memory.
+MAX_BASE_SAMPLES = 10**8
+
 #: Percentiles of the one-at-a-time view.
 OAT_QUANTILES: tuple[float, float] = (0.05, 0.95)
 
@@ -341,6 +345,12 @@ def sensitivity_case(
     total = 4 * n * d if dependent else n * (d + 2)
     per_design = 4 * n if dependent else total
     streaming = not dependent and n > STREAM_ABOVE  # bounded memory: sums per batch, not the design
+    if n > MAX_BASE_SAMPLES:
+        from .errors import InputError
+
+        raise InputError(f"{case.path}: --samples: at most {MAX_BASE_SAMPLES:.0e} base samples ({n:.3g} asked: "
+                         f"{n * (d + 2):.3g} model evaluations, days on a CPU); the indices' intervals shrink as "
+                         "1/sqrt(N), so 1e6 to 1e7 is ample")
     if not streaming:
         check_sobol_memory(case, per_design, d, len(fn.outputs), 4 if dependent else d + 2)
     chunk = max(1, min(chunk or default_chunk(), per_design))
