@@ -140,3 +140,13 @@ def test_custom_catalogue_and_calendar_fields_are_checked(case_text):
         with pytest.raises(y90opt.InputError) as e:
             y90opt.parse_case(case_text.replace("vial_gbq = 7", f"vial_gbq = 7\n{extra}"), "c.toml")
         assert e.value.field == field
+
+
+def test_fixed_date_last_weeks_vial_arrived_a_week_earlier(case_text):
+    """This week's vial arrives Thursday, after a Wednesday treatment; last week's (delivered a week earlier)
+    is on site: a fixed-date plan still offers it."""
+    text = case_text.replace('calibration = "2026-12-06T12:00:00-05:00"',
+                             'calibration = "2026-12-06T12:00:00-05:00"\ndelivered = "2026-12-10T08:00:00-05:00"')
+    fixed = y90opt.plan(y90opt.parse_case(text, "d.toml"), samples=2000, optuna_trials=0, fixed_date=True)
+    assert list(fixed.dataset["hours_after_calibration"].values) == pytest.approx([240.0])
+    assert fixed.summary["excluded_times"] and "before the vial" in fixed.summary["excluded_times"][0]["reason"]

@@ -120,3 +120,47 @@ def test_an_interrupted_run_resumes_without_redoing_finished_patients(table, tmp
     # another seed is another plan: nothing is reused
     other = y90opt.cohort(TEMPLATE, table, out, samples=SAMPLES, seed=9, optuna_trials=0)
     assert other.summary["resumed"] == 0
+
+
+def test_write_cases_never_replaces_an_input_and_counts_stay_honest(tmp_path):
+    """--write-cases into the template's own folder, with a patient named like the template, is refused;
+    --write-cases onto a file is exit 2; resumed not-run patients are not counted as run."""
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    template = folder / "P1.toml"
+    template.write_text(pathlib.Path(TEMPLATE).read_text())
+    table = tmp_path / "p.csv"
+    table.write_text("patient_id,liver.perfused_volume_ml\nP1,1000\n")
+    before = template.read_text()
+    code, _, err = run_cli(["cohort", str(template), str(table), "--out", str(tmp_path / "o"), "--samples", "500",
+                            "--optuna-trials", "0", "--write-cases", str(folder)])
+    assert code == 2 and "never replaces an input" in err and template.read_text() == before
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, _, err = run_cli(["cohort", TEMPLATE, str(table), "--out", str(tmp_path / "o"), "--samples", "500",
+                            "--optuna-trials", "0", "--write-cases", str(afile)])
+    assert code == 2 and "--write-cases" in err and afile.read_text() == "x"
+    # a patient whose plan refuses at run time (too many unphysical samples: a perfused territory barely larger
+    # than its tumours) is not-run on the first run and resumed as not-run, never counted as run
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patient_id,liver.perfused_volume_ml\nQ1,260\n")
+    counts = []
+    for _ in range(2):
+        res = y90opt.cohort(TEMPLATE, bad, tmp_path / "o2", samples=2000, optuna_trials=0)
+        assert res.rows[0]["status"] == "not-run", res.rows[0]
+        counts.append((res.summary["ran"], res.summary["not_run"]))
+    assert counts == [(0, 1), (0, 1)]
+
+
+def test_a_bad_dask_address_is_bad_input(table, tmp_path):
+    pytest.importorskip("dask.distributed")
+    code, _, err = run_cli(["cohort", TEMPLATE, table, "--out", str(tmp_path / "o"), "--executor", "dask",
+                            "--address", "bogus://x:1"])
+    assert code == 2 and "--address" in err and err.count("\n") == 1
+
+
+def test_a_table_saved_with_a_byte_order_mark(tmp_path):
+    p = tmp_path / "excel.csv"
+    p.write_bytes("\ufeffpatient_id,liver.perfused_volume_ml\nP1,1000\n".encode("utf-8"))
+    _, patients = read_patients(TEMPLATE, str(p))
+    assert patients[0].patient_id == "P1" and patients[0].text is not None

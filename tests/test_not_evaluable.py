@@ -65,6 +65,8 @@ def test_dose_and_simulate_work_without_a_tumour_under_every_scenario(scenario, 
     assert {ne["id"] for ne in d["rules_not_evaluable"]} == tumour_rules
     for ne in d["rules_not_evaluable"]:
         assert statuses[ne["id"]] == "not evaluable" and ne["reason"] and ne["field"] == "tumors"
+    if not any(r["kind"] == "target" and r["status"] != "not evaluable" for r in d["rules"]):
+        assert d["targets_met"] is None  # nothing to meet: undefined, never a vacuous true
     code, out, err = run_cli(["simulate", path, "--json", "--samples", "2000"])
     assert code == 0, err
     s = json.loads(out)

@@ -148,4 +148,5 @@ def test_two_processes_on_one_study_database(write_case, tmp_path):
     path = _case(write_case)
     with reserved_storage(db):
         _refused(["plan", path, "--samples", "500", "--storage", db], "--storage", "another y90opt process")
+        _refused(["plan", path, "--samples", "500", "--storage", "sqlite:///" + db], "--storage", "another y90opt process")
     assert run_cli(["plan", path, "--samples", "500", "--storage", db])[0] == 0

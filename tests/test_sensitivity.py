@@ -373,3 +373,12 @@ def test_sensitivity_streams_above_the_limit_with_the_same_indices(monkeypatch):
     assert "streamed" in streamed.attrs["method"]
     assert np.allclose(exact["S1"].values, streamed["S1"].values, atol=1e-9, equal_nan=True)
     assert np.allclose(exact["ST"].values, streamed["ST"].values, atol=1e-9, equal_nan=True)
+
+
+def test_streaming_sobol_does_not_depend_on_the_chunk():
+    from y90opt.sobol import sobol_streaming
+
+    a = sobol_streaming(_lognormal_product, 3, 10_000, seed=2, chunk=3000, bootstrap=20)
+    b = sobol_streaming(_lognormal_product, 3, 10_000, seed=2, chunk=65_536, bootstrap=20)
+    for field in ("S1", "ST", "S1_lo", "S1_hi", "ST_lo", "ST_hi"):
+        assert np.array_equal(getattr(a, field), getattr(b, field), equal_nan=True), field

@@ -52,6 +52,8 @@ __all__ = [
 MAX_SAMPLES = 10**12
 #: Largest run whose raw samples ``simulate(keep_samples=True)`` stores in the Dataset.
 MAX_KEPT_SAMPLES = 10_000_000
+#: Most bootstrap resamples of a Sobol' analysis (each is a weighted pass over the design's terms).
+MAX_BOOTSTRAP = 10_000
 #: Fewest base samples of a Sobol' analysis.
 MIN_SOBOL_SAMPLES = 64
 
@@ -177,6 +179,8 @@ def sensitivity(case: CaseLike, *, samples: int = 8192, seed: int = 0, chunk: in
     c = _case(case)
     n = _count(samples, "--samples", MIN_SOBOL_SAMPLES)
     b = _count(bootstrap, "--bootstrap", 0)
+    if b > MAX_BOOTSTRAP:
+        raise InputError(f"--bootstrap: at most {MAX_BOOTSTRAP} resamples (asked {b}); 200 give 95 % intervals")
     return sensitivity_case(c, n=n, seed=_seed(seed), chunk=_chunk(chunk), dtype=_dtype(dtype), bootstrap=b,
                             progress=progress)
 

@@ -38,8 +38,11 @@ class Calendar:
         zone = case.site_zone()
         clock = case.plan.procedure_time or case.calibration.astimezone(zone).timetz().replace(tzinfo=None)
         earliest = cal + _dt.timedelta(hours=case.plan.min_lead_time_h)
-        if case.delivered is not None and case.delivered > earliest:
-            earliest = case.delivered
+        # the case's vial arrives at [vials].delivered; a vial of an earlier calibration week arrived as many
+        # weeks earlier
+        delivered = None if case.delivered is None else case.delivered - (case.calibration - cal)
+        if delivered is not None and delivered > earliest:
+            earliest = delivered
         latest = cal + _dt.timedelta(hours=case.usable_life_h)
         return cls(zone, case.plan.treatment_days, clock, case.plan.clinic_hours, case.plan.holidays, earliest, latest)
 

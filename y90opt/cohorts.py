@@ -99,7 +99,7 @@ def read_patients(template_path: str, patients_path: str) -> tuple[str, list[Pat
     template = load_case(template_path)
     doc = tomllib.loads(template.text)
     try:
-        with open(patients_path, newline="", encoding="utf-8") as fh:
+        with open(patients_path, newline="", encoding="utf-8-sig") as fh:  # a BOM (spreadsheets write one) is no column
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
             rows = list(reader)
@@ -120,9 +120,9 @@ def read_patients(template_path: str, patients_path: str) -> tuple[str, list[Pat
             out.append(Patient(k, pid or f"row-{k}", None, f"{patients_path}: {where}: patient_id: {pid!r}: letters, "
                                "digits, '.', '-' and '_' only"))
             continue
-        if pid in seen:
-            raise InputError(patients_path, f"{where}: patient_id", f"{pid!r} repeats row {seen[pid]}")
-        seen[pid] = k
+        if pid.lower() in seen:  # ids name files: two that differ only in case collide on some file systems
+            raise InputError(patients_path, f"{where}: patient_id", f"{pid!r} repeats row {seen[pid.lower()]}")
+        seen[pid.lower()] = k
         try:
             text = _patient_text(doc, row, header, pid)
             parse_case(text, f"{patients_path}: {where}")
@@ -267,11 +267,7 @@ def run_cohort(template_path: str, patients_path: str, out_dir: str, *, samples:
     template_text, patients = read_patients(template_path, patients_path)
     os.makedirs(os.path.join(out_dir, "patients"), exist_ok=True)
     if write_cases:
-        os.makedirs(write_cases, exist_ok=True)
-        for p in patients:
-            if p.text is not None:
-                with open(os.path.join(write_cases, f"{p.patient_id}.toml"), "w", encoding="utf-8") as fh:
-                    fh.write(p.text)
+        _write_cases(write_cases, patients, [template_path, patients_path])
     options = {"n": samples, "seed": seed, "optuna_trials": optuna_trials, "dtype": dtype}
     rows: dict[str, dict] = {}
     todo = []
@@ -287,8 +283,10 @@ def run_cohort(template_path: str, patients_path: str, out_dir: str, *, samples:
         else:
             todo.append(p)
     total = len(todo)
+    ran = 0
     for k, row in enumerate(_execute(todo, patients_path, options, out_dir, executor, address, workers), start=1):
         rows[row["patient_id"]] = row
+        ran += row["status"] in ("ok", "low-success", "infeasible")
         if progress is not None:
             progress(k, total)
     ordered = [rows[p.patient_id] for p in patients]
@@ -301,7 +299,7 @@ def run_cohort(template_path: str, patients_path: str, out_dir: str, *, samples:
     write_netcdf(ds, os.path.join(out_dir, "cohort.nc"))
     summary = {
         "patients": len(ordered),
-        "ran": sum(r["status"] in ("ok", "low-success", "infeasible") for r in ordered) - resumed,
+        "ran": ran,
         "resumed": resumed,
         "not_run": sum(r["status"] == "not-run" for r in ordered),
         "failed": sum(r["status"] == "failed" for r in ordered),
@@ -312,6 +310,24 @@ def run_cohort(template_path: str, patients_path: str, out_dir: str, *, samples:
         "rows": ordered,
     }
     return CohortResult(ordered, ds, summary)
+
+
+def _write_cases(folder: str, patients: list[Patient], inputs: list[str]) -> None:
+    """Each patient's case as ``folder/<id>.toml``; never over an input, never into a file."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise InputError(f"--write-cases: {folder}: exists and is not a directory")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for p in patients:
+            if p.text is None:
+                continue
+            target = os.path.join(folder, f"{p.patient_id}.toml")
+            if any(os.path.exists(target) and os.path.samefile(target, src) for src in inputs):
+                raise InputError(f"--write-cases: {target} is an input of this command; an output never replaces an input")
+            with open(target, "w", encoding="utf-8") as fh:
+                fh.write(p.text)
+    except OSError as e:
+        raise InputError(f"--write-cases: {folder}: cannot be written ({e.strerror})") from None
 
 
 def _finished(out_dir: str, p: Patient, options: dict) -> dict | None:
@@ -356,8 +372,10 @@ def _execute(todo: list[Patient], file: str, options: dict, out_dir: str, execut
         else:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
             client = Client(cluster)
-    except OSError as e:
-        raise InputError(f"--address: {address}: cannot reach the Dask scheduler ({e})") from None
+    except (OSError, ValueError, TypeError) as e:
+        if cluster is not None:
+            cluster.close()
+        raise InputError(f"--address: {address}: cannot reach the Dask scheduler ({' '.join(str(e).split())})") from None
     try:
         futures = [client.submit(run_patient, *a, pure=False, key=f"y90opt-patient-{a[0]}-{_fingerprint(a[1], options)[:12]}")
                    for a in args]

@@ -139,7 +139,9 @@ def reserved_storage(storage: str | os.PathLike | None, file: str = "--storage")
     lock file beside it (``<db>.lock``, an advisory ``flock``) is held for the duration, so that a second
     process planning with the same database is refused with a clear line instead of corrupting the study
     (two writers would double the trials or fail with ``UpdateFinishedTrialError``). A run killed with
-    SIGKILL leaves no lock behind (the kernel releases it): the next run resumes. An RDB URL must connect.
+    SIGKILL leaves no lock held (the kernel releases it; the empty lock file stays): the next run resumes.
+    ``sqlite:///`` URLs are locked the same way; another RDB URL (a database server) must connect and is not
+    locked.
     Raises :class:`~y90opt.errors.InputError` naming the storage."""
     from .errors import InputError
 
@@ -150,21 +152,25 @@ def reserved_storage(storage: str | os.PathLike | None, file: str = "--storage")
     if not text.strip():
         raise InputError(f"{file}: an empty path")
     lock = None
-    if "://" not in text:
-        path = os.path.abspath(text)
+    sqlite_path = text[len("sqlite:///"):] if text.startswith("sqlite:///") else (None if "://" in text else text)
+    if sqlite_path is not None:
+        path = os.path.abspath(sqlite_path)
         folder = os.path.dirname(path)
         if os.path.isdir(path):
             raise InputError(f"{file}: {text}: is a directory (give a database file, e.g. study.db)")
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise InputError(f"{file}: {text}: the folder {folder} does not exist or cannot be written")
-        if os.path.exists(path):
-            with open(path, "rb") as fh:
-                head = fh.read(16)
-            if head and head != b"SQLite format 3\x00":
-                raise InputError(f"{file}: {text}: exists and is not an SQLite database")
         import fcntl
 
-        lock = open(path + ".lock", "a+")  # noqa: SIM115 - held until the study is done
+        try:
+            if os.path.exists(path):
+                with open(path, "rb") as fh:
+                    head = fh.read(16)
+                if head and head != b"SQLite format 3\x00":
+                    raise InputError(f"{file}: {text}: exists and is not an SQLite database")
+            lock = open(path + ".lock", "a+")  # noqa: SIM115 - held until the study is done
+        except OSError as e:
+            raise InputError(f"{file}: {text}: cannot be used ({e.strerror})") from None
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -174,9 +180,11 @@ def reserved_storage(storage: str | os.PathLike | None, file: str = "--storage")
     try:
         with _quiet_optuna():
             try:
-                optuna.storages.RDBStorage(storage_url(text))
+                probe = optuna.storages.RDBStorage(storage_url(text))
             except Exception as e:  # noqa: BLE001 - any driver's failure to open is bad input here
                 raise InputError(f"{file}: {text}: cannot be opened as an Optuna storage ({type(e).__name__})") from None
+            with contextlib.suppress(Exception):
+                probe.engine.dispose()  # the probe's connections; the search opens its own
         yield
     finally:
         if lock is not None:

@@ -224,11 +224,13 @@ def nominal_outcome(case: Case, nominal: dict[str, Any]) -> dict[str, Any]:
             "source": _source(ar.scenario, ne.id),
         })
     judged = [r for r in rows if r["status"] != "not evaluable"]
+    primary = [r for r in judged if r["kind"] == "target"]
     return {
         "rules": rows,
         "rules_not_evaluated": [ne.id for ne in ar.not_evaluable],
         "rules_not_evaluable": [ne.to_dict() for ne in ar.not_evaluable],
-        "targets_met": all(r["status"] == "met" for r in judged if r["kind"] == "target"),
+        # no primary target to meet: undefined (null), never a vacuous true
+        "targets_met": all(r["status"] == "met" for r in primary) if primary else None,
         "limits_kept": all(r["status"] == "kept" for r in judged if r["kind"] == "limit"),
         "advisories": nominal_advisories(case, nominal, ar),
     }

@@ -242,7 +242,8 @@ def _status_reason(out: dict, ps, feas, vials, hours, i: int, j: int, ruled_out)
     earlier = [jj for jj in range(len(hours)) if hours[jj] < hours[j] and not feas[i, jj]]
     if earlier:
         jj = max(earlier, key=lambda k: hours[k])
-        parts.append(f"an earlier day is ruled out by {', '.join(ruled_out(i, jj))} ({hours[jj]:.0f} h: "
+        what = "a newer vial (fewer hours of decay)" if out.get("decision_mode") == "calibration" else "an earlier day"
+        parts.append(f"{what} is ruled out by {', '.join(ruled_out(i, jj))} ({hours[jj]:.0f} h: "
                      f"P(targets) {ps[i, jj]:.3f})")
     best_any = float(ps.max())
     if best_any < out["acceptable_success"]:

@@ -42,6 +42,8 @@ DEFAULT_LEVEL = 0.95
 STREAM_ABOVE = 1 << 17
 #: Batches of base rows a streaming analysis keeps sums for (the units its bootstrap resamples).
 STREAM_BATCHES = 128
+#: Base rows drawn and folded into the sums at a time (fixed, so the result never depends on the chunk).
+STREAM_PIECE = 4096
 
 #: Bytes of bootstrap weights built at once (replicates are processed in groups below this size).
 _BOOTSTRAP_BLOCK_BYTES = 1 << 25
@@ -298,7 +300,9 @@ def sobol_streaming(
     design_ss, boot_ss = seeds if seeds is not None else np.random.SeedSequence(seed).spawn(2)
     batches = max(2, min(batches, n))
     edges = np.linspace(0, n, batches + 1).round().astype(np.int64)
-    rows = max(1, chunk // (d + 2))
+    # pieces of a fixed number of base rows (never the chunk): the shift (the first piece's mean) and the order
+    # in which rows are added to their batch do not depend on the chunk, so neither do the indices
+    rows = STREAM_PIECE
     shift = None
     acc = None  # per batch: [count, SA, SB, SAA, SBB, SBD (d), SD (d), SDD (d)] over K outputs
     n_invalid = 0
@@ -306,9 +310,9 @@ def sobol_streaming(
     for j0, a, b in _design_chunks(n, d, design_ss, rows):
         m = a.shape[0]
         z = np.concatenate([a, b] + [np.where(np.arange(d)[None, :] == i, b, a) for i in range(d)])
-        if z.shape[0] < rows * (d + 2):  # the last piece is padded, so a jitted func compiles once
-            z = np.concatenate([z, np.repeat(z[-1:], rows * (d + 2) - z.shape[0], axis=0)])
-        y = np.asarray(func(z), dtype=np.float64)
+        step = max(1, int(chunk))
+        y = np.concatenate([np.asarray(func(_padded(z[c0 : c0 + step], step)), dtype=np.float64)[: min(step, z.shape[0] - c0)]
+                            for c0 in range(0, z.shape[0], step)])
         y = (y[:, None] if y.ndim == 1 else y)[: m * (d + 2)].reshape(d + 2, m, -1)
         f_a, f_b, f_ab = y[0], y[1], np.moveaxis(y[2:], 0, 1)
         k = f_a.shape[1]
@@ -331,6 +335,11 @@ def sobol_streaming(
             progress(done, n * (d + 2))
     assert acc is not None and shift is not None
     return _streaming_indices(acc, d, k, shift, n, n_invalid, bootstrap, np.random.default_rng(boot_ss), level)
+
+
+def _padded(z: np.ndarray, size: int) -> np.ndarray:
+    """``z`` padded to ``size`` rows by repeating its last row (so a jitted func compiles once)."""
+    return z if z.shape[0] == size else np.concatenate([z, np.repeat(z[-1:], size - z.shape[0], axis=0)])
 
 
 def _streaming_indices(acc, d, k, shift, n_base, n_invalid, bootstrap, rng, level) -> SobolEstimate:
