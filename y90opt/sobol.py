@@ -162,6 +162,29 @@ def evaluate_design(
     return f[0], f[1], np.moveaxis(f[2:], 0, 1)
 
 
+def _indices_from_sums(sums: np.ndarray, count, d: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """S1 (..., d, K), ST (..., d, K) and the variance (..., K) from sums of the centred per-row terms
+    [t1 (dK), t2 (dK), sq (K), lin (K)] over ``count`` rows (a number, or one per leading index)."""
+    m = sums / (np.asarray(count, np.float64)[..., None] if np.ndim(count) else count)
+    var = m[..., 2 * d * k : 2 * d * k + k] - m[..., 2 * d * k + k :] ** 2
+    v = np.where(var > 0, var, np.nan)[..., None, :]
+    s1 = m[..., : d * k].reshape(*m.shape[:-1], d, k) / v
+    st = m[..., d * k : 2 * d * k].reshape(*m.shape[:-1], d, k) / v
+    return s1, st, var
+
+
+def _bootstrap_intervals(bs1: np.ndarray, bst: np.ndarray, level: float) -> tuple[np.ndarray, ...]:
+    """Percentile intervals and standard deviations (each (K, d)) of bootstrap replicates (B, d, K)."""
+    alpha = 0.5 * (1.0 - level)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices of zero-variance outputs
+        s1_lo, s1_hi = np.nanquantile(bs1, [alpha, 1.0 - alpha], axis=0)
+        st_lo, st_hi = np.nanquantile(bst, [alpha, 1.0 - alpha], axis=0)
+        s1_se = np.nanstd(bs1, axis=0, ddof=1)
+        st_se = np.nanstd(bst, axis=0, ddof=1)
+    return tuple(x.T for x in (s1_lo, s1_hi, st_lo, st_hi, s1_se, st_se))
+
+
 def sobol_from_samples(
     f_a: np.ndarray,
     f_b: np.ndarray,
@@ -200,15 +223,7 @@ def sobol_from_samples(
     lin = 0.5 * (ya + yb)
     terms = np.concatenate([t1, t2, sq, lin], axis=1)
 
-    def indices(sums: np.ndarray, count: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        m = sums / count
-        var = m[..., 2 * d * k : 2 * d * k + k] - m[..., 2 * d * k + k :] ** 2
-        v = np.where(var > 0, var, np.nan)[..., None, :]
-        s1 = m[..., : d * k].reshape(*m.shape[:-1], d, k) / v
-        st = m[..., d * k : 2 * d * k].reshape(*m.shape[:-1], d, k) / v
-        return s1, st, var
-
-    s1, st, var = indices(terms.sum(axis=0), n)
+    s1, st, var = _indices_from_sums(terms.sum(axis=0), n, d, k)
     nan = np.full((k, d), np.nan)
     s1_lo = s1_hi = st_lo = st_hi = s1_se = st_se = nan
     if bootstrap > 0:
@@ -221,15 +236,8 @@ def sobol_from_samples(
             rows = rng.integers(0, n, (g, n)) + n * np.arange(g)[:, None]
             w = np.bincount(rows.ravel(), minlength=g * n).reshape(g, n).astype(np.float64)
             reps.append(w @ terms)
-        bs1, bst, _ = indices(np.concatenate(reps), n)
-        alpha = 0.5 * (1.0 - level)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices of zero-variance outputs
-            s1_lo, s1_hi = np.nanquantile(bs1, [alpha, 1.0 - alpha], axis=0)
-            st_lo, st_hi = np.nanquantile(bst, [alpha, 1.0 - alpha], axis=0)
-            s1_se = np.nanstd(bs1, axis=0, ddof=1)
-            st_se = np.nanstd(bst, axis=0, ddof=1)
-        s1_lo, s1_hi, st_lo, st_hi, s1_se, st_se = (x.T for x in (s1_lo, s1_hi, st_lo, st_hi, s1_se, st_se))
+        bs1, bst, _ = _indices_from_sums(np.concatenate(reps), n, d, k)
+        s1_lo, s1_hi, st_lo, st_hi, s1_se, st_se = _bootstrap_intervals(bs1, bst, level)
     return SobolEstimate(
         S1=s1.T, ST=st.T, S1_lo=s1_lo, S1_hi=s1_hi, ST_lo=st_lo, ST_hi=st_hi, S1_se=s1_se, ST_se=st_se,
         mean=mean, variance=var, n_base=n_base, n_used=n, level=level, n_invalid=n_invalid,
@@ -368,30 +376,15 @@ def _streaming_indices(acc, d, k, shift, n_base, n_invalid, bootstrap, rng, leve
         lin = 0.5 * (a_ + b_) - c * mu
         return np.concatenate([t1.reshape(*t.shape[:-1], d * k), t2.reshape(*t.shape[:-1], d * k), sq, lin], axis=-1)
 
-    def indices(sums, count):
-        m = sums / (count[..., None] if np.ndim(count) else count)
-        var = m[..., 2 * d * k : 2 * d * k + k] - m[..., 2 * d * k + k :] ** 2
-        v = np.where(var > 0, var, np.nan)[..., None, :]
-        s1 = m[..., : d * k].reshape(*m.shape[:-1], d, k) / v
-        st = m[..., d * k : 2 * d * k].reshape(*m.shape[:-1], d, k) / v
-        return s1, st, var
-
-    s1, st, var = indices(terms(acc.sum(axis=0)), n)
+    s1, st, var = _indices_from_sums(terms(acc.sum(axis=0)), n, d, k)
     nan = np.full((k, d), np.nan)
     s1_lo = s1_hi = st_lo = st_hi = s1_se = st_se = nan
     if bootstrap > 0:
         nb = acc.shape[0]
         w = np.stack([np.bincount(rng.integers(0, nb, nb), minlength=nb) for _ in range(bootstrap)]).astype(np.float64)
         rep = w @ acc  # (bootstrap, columns): each replicate reweights whole batches
-        bs1, bst, _ = indices(terms(rep), rep[:, 0])
-        alpha = 0.5 * (1.0 - level)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            s1_lo, s1_hi = np.nanquantile(bs1, [alpha, 1.0 - alpha], axis=0)
-            st_lo, st_hi = np.nanquantile(bst, [alpha, 1.0 - alpha], axis=0)
-            s1_se = np.nanstd(bs1, axis=0, ddof=1)
-            st_se = np.nanstd(bst, axis=0, ddof=1)
-        s1_lo, s1_hi, st_lo, st_hi, s1_se, st_se = (x.T for x in (s1_lo, s1_hi, st_lo, st_hi, s1_se, st_se))
+        bs1, bst, _ = _indices_from_sums(terms(rep), rep[:, 0], d, k)
+        s1_lo, s1_hi, st_lo, st_hi, s1_se, st_se = _bootstrap_intervals(bs1, bst, level)
     return SobolEstimate(
         S1=s1.T, ST=st.T, S1_lo=s1_lo, S1_hi=s1_hi, ST_lo=st_lo, ST_hi=st_hi, S1_se=s1_se, ST_se=st_se,
         mean=mu + shift, variance=var, n_base=n_base, n_used=int(n), level=level, n_invalid=n_invalid,
