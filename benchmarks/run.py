@@ -748,6 +748,56 @@ class Bench:
         self.res["sections"]["sensitivity_scale"] = {"by_base_samples": res, "inputs": d,
                                                      "load_average": timing.load_average()}
 
+    def cohort(self) -> None:
+        """Patients per second: a plain loop of plan_case in this process (the baseline), then y90opt.cohort
+        with 1 and 2 local worker processes and on a Dask LocalCluster of 2 workers; the scheduling overhead
+        per patient is (wall − loop time of the same patients / workers) / patients. Each patient plans at
+        `--cohort-samples` with Optuna off."""
+        import tempfile
+
+        import y90opt
+        from y90opt.cohorts import read_patients
+        from y90opt.planner import plan_case
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        template = os.path.join(root, "configs", "examples", "multifocal-unilobar.toml")
+        n_pat = 8 if self.a.quick else 24
+        folder = tempfile.mkdtemp(prefix="y90opt-bench-cohort-")
+        table = os.path.join(folder, "patients.csv")
+        rng = np.random.default_rng(0)
+        with open(table, "w") as fh:
+            fh.write("patient_id,liver.perfused_volume_ml,tumors.T1.tn_ratio,lung.shunt_fraction\n")
+            for i in range(n_pat):
+                fh.write(f"P{i},{rng.uniform(800, 1200):.0f},{rng.uniform(2.0, 4.5):.2f},{rng.uniform(0.03, 0.1):.3f}\n")
+        samples = self.a.cohort_samples
+        _, patients = read_patients(template, table)
+        from y90opt.case import parse_case
+
+        cases = [parse_case(p.text, "bench") for p in patients]
+        plan_case(cases[0], n=samples, seed=0, optuna_trials=0)  # compile
+        t0 = time.perf_counter()
+        for c in cases:
+            plan_case(c, n=samples, seed=0, optuna_trials=0)
+        loop = time.perf_counter() - t0
+        out = {"patients": n_pat, "samples": samples, "loop_s": loop, "loop_patients_per_s": n_pat / loop}
+        log(f"cohort: plain loop {n_pat / loop:.2f} patients/s ({loop:.1f} s for {n_pat})")
+        for name, kw in (("local_1", {"workers": 1}), ("local_2", {"workers": 2}),
+                         ("dask_2", {"executor": "dask", "workers": 2})):
+            try:
+                t0 = time.perf_counter()
+                y90opt.cohort(template, table, os.path.join(folder, name), samples=samples, optuna_trials=0, **kw)
+                wall = time.perf_counter() - t0
+            except Exception as exc:  # noqa: BLE001 - dask may be absent: the other figures stand
+                out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            w = kw["workers"]
+            out[name] = {"wall_s": wall, "patients_per_s": n_pat / wall, "ratio_to_loop": loop / wall,
+                         "overhead_per_patient_s": (wall - loop / w) / n_pat}
+            log(f"cohort {name}: {n_pat / wall:.2f} patients/s (x{loop / wall:.2f} the loop), overhead "
+                f"{(wall - loop / w) / n_pat:.2f} s per patient (process start, import and compile included)")
+        out["load_average"] = timing.load_average()
+        self.res["sections"]["cohort"] = out
+
     def chunk_sweep(self) -> None:
         """GPU only: throughput at one large N for several chunk sizes."""
         import jax
@@ -811,6 +861,9 @@ class Bench:
         if on("sensitivity"):
             with self.section("sensitivity_scale"):
                 self.sensitivity_scale()
+        if on("cohort", not self.a.quick):
+            with self.section("cohort"):
+                self.cohort()
         if self.has_gpu and on("chunks", self.a.gpu):
             with self.section("gpu_chunk_sweep"):
                 self.chunk_sweep()
@@ -1061,7 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true", help="require a GPU: GPU sizes, chunk sweep; CPU figures up to 1e7")
     ap.add_argument("--table", metavar="JSON", help="print the short table of a saved run and exit")
     ap.add_argument("--markdown", metavar="JSON", help="print the tables of a saved run as Markdown and exit")
-    ap.add_argument("--sections", help="comma list: forward,ceilings,model,startup,plan,naive,optuna,sobol,sensitivity,memory,chunks")
+    ap.add_argument("--sections", help="comma list: forward,ceilings,model,startup,plan,naive,optuna,sobol,sensitivity,cohort,memory,chunks")
     ap.add_argument("--sizes", nargs="*", help="forward sample counts (e.g. 1e4 1e6)")
     ap.add_argument("--max-n", type=float, help="drop forward sizes above this")
     ap.add_argument("--chunk", type=int, help="JAX chunk on CPU (default engine.DEFAULT_CHUNK)")
@@ -1070,6 +1123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plan-n", type=int, default=PLAN_N)
     ap.add_argument("--naive-n", type=int, help="samples per candidate of the naive planner (default 1e5 quick, 1e6 full)")
     ap.add_argument("--sobol-n", type=int, default=1 << 14)
+    ap.add_argument("--cohort-samples", type=int, default=100_000, help="Monte Carlo samples per patient of the cohort section")
     ap.add_argument("--memory-n", nargs="*", default=["1e3", "1e5", "1e6", "3e6", "1e7", "1e8", "1e9"],
                     help="simulate sizes of the memory section (1e9 takes ≈ 9 min on the 2-core CPU)")
     ap.add_argument("--repeats", type=int, help="warm repeats per figure (default 5, quick 3; 1 at N ≥ 1e8 on CPU)")
