@@ -266,11 +266,9 @@ def hepatic_reserve(case: Case) -> float | None:
     return 1.0 - case.perfused_volume_ml.nominal / case.whole_liver_volume_ml.nominal
 
 
-def nominal_advisories(
-    case: Case, nominal: dict[str, Any], ar: ActiveRules | None = None, missing: list[str] | tuple = ()
-) -> list[dict[str, str]]:
-    """Advisories at the nominal inputs (printed, never applied). ``missing`` lists dose quantities the
-    model could not give beyond the rules ``ar`` already lists as not evaluable."""
+def nominal_advisories(case: Case, nominal: dict[str, Any], ar: ActiveRules | None = None) -> list[dict[str, str]]:
+    """Advisories at the nominal inputs (printed, never applied); rules the case cannot evaluate come from
+    ``ar.not_evaluable``."""
     ar = ar or active_rules(case)
     model_used = "partition" if any(t.treated for t in case.tumors) else "single-compartment"
     adv = _rules.advisories(
@@ -282,7 +280,6 @@ def nominal_advisories(
         model=model_used,
         hepatic_reserve=hepatic_reserve(case),
         activity_per_sphere_bq=nominal["activity_per_sphere_bq"],
-        missing=list(missing),
     )
     out = [{"code": c, "message": m} for c, m in adv]
     for ne in ar.not_evaluable:

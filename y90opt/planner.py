@@ -18,6 +18,7 @@ binding limit and the least risky candidate.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -96,7 +97,7 @@ def default_times(case: Case, window) -> tuple[CandidateTime, ...]:
     from .clinic import Calendar
     from .scenarios import DAY_TOLERANCE_H
 
-    cal = Calendar.from_case(case)
+    cal = dataclasses.replace(Calendar.from_case(case), clinic_hours=None)  # default times sit at the procedure clock
     zone = cal.zone
     first = (case.calibration + _dt.timedelta(hours=window.start_h)).astimezone(zone).date()
     last = (case.calibration + _dt.timedelta(hours=window.end_h)).astimezone(zone).date()
@@ -105,8 +106,7 @@ def default_times(case: Case, window) -> tuple[CandidateTime, ...]:
     while day <= last:
         when = _dt.datetime.combine(day, cal.clock).replace(tzinfo=zone)
         h = physics.hours_between(case.calibration, when)
-        if h >= 0 and window.contains(h, DAY_TOLERANCE_H) and Calendar.excludes(
-                dataclasses.replace(cal, clinic_hours=None), when) is None:
+        if h >= 0 and window.contains(h, DAY_TOLERANCE_H) and cal.excludes(when) is None:
             out.append(CandidateTime(h, when.isoformat(), _label(when), preferred=_preferred(window, h)))
         day += _dt.timedelta(days=1)
     return tuple(out)
@@ -479,14 +479,15 @@ def plan_case(
     chunk = chunk or engine.default_chunk()
     keep = n <= simulation.EXACT_QUANTILE_LIMIT
     trials = optuna_trials if optuna_trials is not None else min(200, max(1, space.size // 2))
+    held = contextlib.nullcontext()
     if trials > 0 and storage is not None:
         from .optimise import reserved_storage
 
-        with reserved_storage(storage):  # checked and held before any sampling
-            return _plan(case, ar, model, rt, space, n, seed, chunk, dtype, risk, trials, storage, study_name,
-                         vial_range, hours_range, progress, any_time, fixed_treatment, calibration_weeks, keep)
-    return _plan(case, ar, model, rt, space, n, seed, chunk, dtype, risk, trials, storage, study_name, vial_range,
-                 hours_range, progress, any_time, fixed_treatment, calibration_weeks, keep)
+        held = reserved_storage(storage)  # checked and held before any sampling
+    with held:
+        return _plan(case, ar, model, rt, space, n, seed, chunk, dtype, risk, trials, storage, study_name,
+                     vial_range, hours_range, progress, any_time, fixed_treatment, calibration_weeks, keep,
+                     simulation.EXACT_QUANTILE_LIMIT)
 
 
 def _preload(*modules: str) -> None:
@@ -503,12 +504,10 @@ def _preload(*modules: str) -> None:
 
 
 def _plan(case, ar, model, rt, space, n, seed, chunk, dtype, risk, trials, storage, study_name, vial_range,
-          hours_range, progress, any_time, fixed_treatment, calibration_weeks, keep) -> PlanResult:
+          hours_range, progress, any_time, fixed_treatment, calibration_weeks, keep, factor_limit) -> PlanResult:
     on_device = engine.on_accelerator()
-    from . import simulation
-
     check_memory(case, n, 3 + len(rt.labels), dtype, on_device=on_device, factor_rows=len(model.quantities),
-                 factor_limit=simulation.EXACT_QUANTILE_LIMIT)
+                 factor_limit=factor_limit)
     if trials > 0:  # Optuna and xarray load while the samples are drawn (JAX releases the interpreter meanwhile)
         _preload("optuna", "xarray")
     else:
@@ -528,7 +527,7 @@ def _plan(case, ar, model, rt, space, n, seed, chunk, dtype, risk, trials, stora
     ds = plan_dataset(case, model, rt, space, ev, factor_q, result, risk, n, seed, dtype, n_invalid, optuna_info)
     ds.attrs["rules_judged"] = json.dumps(rule_rows(ar))
     ds.attrs["acceptable_success"] = case.plan.acceptable_success
-    ds.attrs["advisories"] = json.dumps(_advisories_at(case, model, rt, space, result))
+    ds.attrs["advisories"] = json.dumps(_advisories_at(case, model, ar, space, result))
     ds.attrs["reproduce"] = reproduce_command(
         case, n=n, seed=seed, dtype=dtype, risk=risk, optuna_trials=trials, storage=storage, study_name=study_name,
         vial_range=vial_range, hours_range=hours_range, any_time=any_time, fixed_treatment=fixed_treatment,
@@ -575,7 +574,7 @@ def _factor_quantiles(model, rt, factors, n_valid, n, seed, chunk, dtype) -> dic
     return {"q": stats["quantiles"], "method": stats["quantile_method"], "rel_error": stats["quantile_rel_error"]}
 
 
-def _advisories_at(case, model, rt, space, result) -> list[dict[str, str]]:
+def _advisories_at(case, model, ar, space, result) -> list[dict[str, str]]:
     """Advisories at the recommended (or least risky) candidate, at the nominal inputs."""
     from .outcomes import nominal_advisories
 
@@ -588,7 +587,7 @@ def _advisories_at(case, model, rt, space, result) -> list[dict[str, str]]:
         "hours_after_calibration": h,
         "activity_per_sphere_bq": physics.activity_per_sphere_bq(h, case.conventions),
     }
-    return nominal_advisories(case, nominal, active_rules(case, strict=True))
+    return nominal_advisories(case, nominal, ar)  # the rules the plan was judged by, not read again
 
 
 def evaluate_space(case, space: DecisionSpace, ev: Evaluator, risk: float) -> dict[str, Any]:

@@ -6,23 +6,9 @@ variance that Xᵢ explains alone, and the total index STᵢ = E[V(Y | X₋ᵢ)]
 interactions included (Sobol' 1993; Homma & Saltelli 1996). An input that does not enter an output has
 S1 = ST = 0 for it; STᵢ − S1ᵢ measures interactions.
 
-The estimators are :mod:`y90opt.sobol`. Design and estimators (Saltelli et al., Comput. Phys. Commun. 181 (2010) 259-270): two independent
-N × d matrices A and B of standard normal variates (scrambled Sobol' points mapped through Φ⁻¹), and for
-each input i the matrix A_B⁽ⁱ⁾ (A with column i taken from B): N·(d + 2) model evaluations.
-
-.. math::
-
-    \hat V &= \widehat{\mathrm{Var}}\,[f(A) ∪ f(B)] \\
-    \widehat{S1}_i &= \tfrac{1}{N}\textstyle\sum_j f(B)_j\,\big(f(A_B^{(i)})_j - f(A)_j\big) / \hat V
-        \qquad \text{(Saltelli 2010, Table 2 b)} \\
-    \widehat{ST}_i &= \tfrac{1}{2N}\textstyle\sum_j \big(f(A)_j - f(A_B^{(i)})_j\big)^2 / \hat V
-        \qquad \text{(Jansen 1999; Saltelli 2010, Table 2 f)}
-
-Outputs are centred on the mean of f(A) ∪ f(B) first (as SALib does): it leaves the estimators unbiased and
-lowers their variance. Confidence intervals are percentile intervals of a row bootstrap (the rows j of A, B
-and every A_B⁽ⁱ⁾ are resampled together) drawn from a seeded numpy Generator; ``*_se`` is the bootstrap
-standard deviation. Over quasi-random points the bootstrap treats rows as independent, so its intervals are
-conservative.
+The design, the estimators (Saltelli 2010 first order, Jansen total, outputs centred) and their bootstrap
+intervals are :mod:`y90opt.sobol`, for any vectorised model; this module makes a case into such a model
+(N·(d + 2) evaluations for d independent inputs) and adds the one-at-a-time view.
 
 The uncertain inputs of a case are quantile transforms of standard normal variates (:mod:`y90opt.uncertainty`),
 so the design is drawn in that space and evaluated through the JAX model (:meth:`y90opt.engine.Model.factors_from_z`)

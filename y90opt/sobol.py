@@ -99,16 +99,9 @@ def saltelli_design(n: int, d: int, seed: int | np.random.SeedSequence) -> tuple
     One scrambled Sobol' sequence of dimension 2d (seeded) gives A (its first d columns) and B (the last d),
     mapped through Φ⁻¹. n need not be a power of two (the balance of the points is then not exact).
     """
-    from scipy.stats import qmc
-
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    sampler = qmc.Sobol(2 * d, scramble=True, rng=np.random.default_rng(ss))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*balance properties of Sobol.*", category=UserWarning)
-        u = sampler.random(n)
-    eps = np.finfo(np.float64).eps
-    z = special.ndtri(np.clip(u, eps, 1.0 - eps))
-    return z[:, :d], z[:, d:]
+    _, a, b = next(_design_chunks(n, d, ss, n))  # one piece: every point at once
+    return a, b
 
 
 def design_rows(
