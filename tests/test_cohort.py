@@ -58,8 +58,15 @@ def test_each_row_equals_the_plan_of_its_case(table, tmp_path):
             assert (row["vial_gbq"], row["hours_after_calibration"], row["p_success"]) == \
                 (rec["vial_gbq"], rec["hours_after_calibration"], rec["p_success"])
     # the override replaced the measured values and kept the forms
-    p2 = (tmp_path / "cases" / "P2.toml").read_text()
-    assert "perfused_volume_ml = { value = 950" in p2.replace(".0,", ",") or "value = 950" in p2
+    import tomllib
+
+    p2 = tomllib.loads((tmp_path / "cases" / "P2.toml").read_text())
+    template = tomllib.loads(pathlib.Path(TEMPLATE).read_text())
+    assert p2["liver"]["perfused_volume_ml"] == {**template["liver"]["perfused_volume_ml"], "value": 950.0}
+    t1 = next(t for t in p2["tumors"] if t["name"] == "T1")
+    assert t1["tn_ratio"] == {"value": 2.2, "cv": template["tumors"][0]["tn_ratio"]["cv"]}  # empty .cv: kept
+    assert p2["lung"]["shunt_fraction"]["mean"] == 0.08 and p2["lung"]["shunt_fraction"]["sd"] == \
+        template["lung"]["shunt_fraction"]["sd"]
     ds = res.dataset
     assert list(ds["patient"].values) == ["P1", "P2", "P3"] and ds.attrs["command"] == "cohort"
     assert (tmp_path / "out" / "cohort.nc").is_file()

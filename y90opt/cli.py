@@ -15,7 +15,10 @@ import warnings
 from collections.abc import Sequence
 
 from ._version import __version__
-from .errors import InputError
+from .errors import (
+    InputError,
+    _one_line,  # the messages' one-line form, shortened as every error's is
+)
 
 EXAMPLE = "configs/examples/multifocal-unilobar.toml"
 
@@ -207,8 +210,6 @@ def _compile_cache() -> None:
         return
 
 
-def _one_line(s: str) -> str:
-    return " ".join(s.split())
 
 
 # -- commands -------------------------------------------------------------------------------------------
