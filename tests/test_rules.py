@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from y90opt import rules
 from y90opt.rules import margins, missing_quantities
 from y90opt.scenarios import Rule, ScenarioError, apply_overrides, load_scenario
+from y90opt.scenarios import scenario_ids as scenarios_ids
 
 TUMORS = ["T1", "T2", "T3"]
 
@@ -300,11 +301,14 @@ def test_bad_override_names_the_case_file_and_field(overrides, field, words):
     assert str(e).startswith(f"{CASE}: {field}: ") and "\n" not in str(e)
 
 
-def test_two_vial_alternative_is_refused():
+def test_the_two_vial_treatment_is_its_own_scenario():
+    """The modified radiation lobectomy is no longer an alternative of the single-vial scenario: asking for it
+    there names the alternatives that exist."""
     s = load_scenario("radiation-lobectomy")
-    with pytest.raises(ScenarioError, match="2-vial") as info:
+    with pytest.raises(ScenarioError, match="unknown alternative") as info:
         apply_overrides(s, {"alternatives": ["modified-radiation-lobectomy"]}, CASE)
     assert info.value.field == "rules.alternatives[0]"
+    assert "modified-radiation-lobectomy" in scenarios_ids()
 
 
 def test_alternative_given_twice_is_refused():

@@ -41,7 +41,9 @@ EXPECTED: dict[str, dict] = {
         # item 4: "Recommend week 1 (Wednesday/Thursday/Friday) or early week 2 dosing (Monday/Tuesday)"
         "window": (WED1, TUE2, (WED1, THU1, FRI1, MON2, TUE2), False),
         # item 4: "microsphere-specific activity (estimated >= 297 Bq)"
-        "checks": {"sphere_activity_min_bq": 297.0},
+        # Patient selection item 4: "TARE infusion in up to 25% in ALBI-1 with excellent tolerability and noted
+        # additional liver toxicities above 14% in ALBI-2 and Child-Pugh B patients" (several segments, one session)
+        "checks": {"sphere_activity_min_bq": 297.0, "treated_liver_share_max": 0.25, "treated_liver_share_caution": 0.14},
         "alternatives": {},
     },
     "radiation-lobectomy": {
@@ -96,18 +98,31 @@ EXPECTED: dict[str, dict] = {
                 "limits": {"whole-liver-150": ("whole_liver", 150.0, "primary")},
                 "condition_has": "30 %",
             },
-            # Treatment delivery item 2: "single-compartment dose to segment >= 400 Gy ... with the second vial
-            # delivering single-compartment 100 Gy to the lobe for hypertrophy"
-            "modified-radiation-lobectomy": {
-                "model": "single-compartment",
-                "targets": {
-                    "segment-400": ("perfused_mean", 400.0, "primary"),
-                    "lobe-100": ("perfused_mean", 100.0, "primary"),
-                },
-                "limits": {},
-                "vials": 2,
-            },
         },
+    },
+    # Scenario 2, Treatment delivery item 2: "one can consider 'modified' radiation lobectomy, where a
+    # single-session segmental tumor infusion (single-compartment dose to segment >= 400 Gy ...) is followed by
+    # lobar infusion, with the second vial delivering single-compartment 100 Gy to the lobe for hypertrophy"
+    "modified-radiation-lobectomy": {
+        "dsc": 2,
+        "intent": "curative",
+        "model": "single-compartment",
+        "targets": {
+            "segment-400": ("injections.segmental.perfused_mean", 400.0, "primary"),
+            "lobe-100": ("injections.lobar.perfused_mean", 100.0, "primary"),
+            # Dose calculation item 1: "> 88 Gy ... ensures a minimum 10% hypertrophy", on the lobe outside the segment
+            "hypertrophy": ("regions.lobar.normal", 88.0, "primary"),
+        },
+        "limits": {
+            # Dose calculation item 2: "a 140-150 Gy lobar absorbed dose limit" (single compartment), its upper end
+            "lobe-max": ("injections.lobar.perfused_mean", 150.0, "primary"),
+            # Dose calculation item 1: "NTAD is <= 120 Gy", on the lobe outside the segment
+            "ntad": ("regions.lobar.normal", 120.0, "primary"),
+            **LUNG,
+        },
+        "window": (WED1, TUE2, (WED1,), False),
+        "checks": {"hepatic_reserve_min": 0.30},
+        "alternatives": {},
     },
     "multifocal-unilobar": {
         "dsc": 3,
@@ -294,7 +309,7 @@ def test_window_hours_follow_the_sunday_noon_convention():
 
 def test_to_dict_is_json_ready_with_the_pinned_keys():
     out = [s.to_dict() for s in scenarios.load_scenarios()]
-    assert [d["dsc_scenario"] for d in out] == [1, 2, 3, 4, 5]
+    assert [d["dsc_scenario"] for d in out] == [1, 2, 2, 3, 4, 5]
     text = json.dumps(out)
     back = json.loads(text)
     for d in back:
@@ -543,11 +558,29 @@ def test_missing_window(tmp_path):
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "configs" / "examples"
 
 
+#: Examples of treatments of several injections ([[injections]]): example → its scenario.
+TREATMENT_EXAMPLES = {"modified-radiation-lobectomy": "modified-radiation-lobectomy",
+                      "staged-bilobar": "multifocal-bilobar", "two-segments": "radiation-segmentectomy"}
+#: Scenarios whose rules need several injections.
+TREATMENT_SCENARIOS = {"modified-radiation-lobectomy"}
+
+
 def test_one_example_per_scenario():
-    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(EXPECTED)
+    stems = sorted(p.stem for p in EXAMPLES.glob("*.toml"))
+    single = [p for p in stems if p not in TREATMENT_EXAMPLES or p in TREATMENT_SCENARIOS]
+    assert sorted(set(single) - TREATMENT_SCENARIOS) == sorted(set(EXPECTED) - TREATMENT_SCENARIOS)
+    assert set(stems) == set(EXPECTED) | set(TREATMENT_EXAMPLES)
+    for stem, sid in TREATMENT_EXAMPLES.items():
+        assert load_case_file(EXAMPLES / f"{stem}.toml").scenario == sid
 
 
-@pytest.mark.parametrize("sid", sorted(EXPECTED))
+def load_case_file(path):
+    from y90opt.case import load_case
+
+    return load_case(path)
+
+
+@pytest.mark.parametrize("sid", sorted(set(EXPECTED) - TREATMENT_SCENARIOS))
 def test_example_nominal_plan_meets_its_primary_rules(sid):
     """Each example's nominal plan (its [plan] vial and time) meets every primary target and limit, by the
     independent numpy reference model, and its [rules] overrides apply."""

@@ -241,6 +241,11 @@ def plan(case: CaseLike, *, samples: int = 100_000, seed: int = 0, chunk: int | 
     from .planner import plan_case
 
     c = _case(case)
+    if c.multi:
+        return _plan_joint(c, samples=samples, seed=seed, chunk=chunk, dtype=dtype, risk=risk,
+                           optuna_trials=optuna_trials, storage=storage, study_name=study_name, vial_range=vial_range,
+                           hours_range=hours_range, sensitivity_samples=sensitivity_samples,
+                           acceptable_success=acceptable_success, any_time=any_time, fixed_date=fixed_date)
     if acceptable_success is not None:
         if isinstance(acceptable_success, bool) or not isinstance(acceptable_success, int | float) \
                 or not 0 < acceptable_success <= 1:
@@ -262,6 +267,50 @@ def plan(case: CaseLike, *, samples: int = 100_000, seed: int = 0, chunk: int | 
         out.sensitivity = sens
         out.summary["sensitivity"] = sens.summary
     return out
+
+
+@dataclasses.dataclass
+class JointPlanResult(PlanResult):
+    """Result of :func:`plan` for a case with ``[[injections]]``: a vial per injection, a time per session."""
+
+    def text(self, top: int = 10) -> str:
+        from .joint_planner import joint_plan_text
+
+        return joint_plan_text(self.summary, top)
+
+    def write_report(self, out_dir: str | os.PathLike) -> str:
+        """Write ``plan.nc``, the joint figure and ``report.html`` into ``out_dir``; return the report's path."""
+        from .report import write_joint_report
+        from .results import write_netcdf
+
+        out = os.fspath(out_dir)
+        if not out:
+            raise InputError("--out: an empty path")
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise InputError(f"{out}: exists and is not a directory")
+        os.makedirs(out, exist_ok=True)
+        write_netcdf(self.dataset, os.path.join(out, "plan.nc"))
+        return write_joint_report(self.dataset, self.summary, out)
+
+
+def _plan_joint(c, *, samples, seed, chunk, dtype, risk, optuna_trials, storage, study_name, vial_range, hours_range,
+                sensitivity_samples, acceptable_success, any_time, fixed_date) -> JointPlanResult:
+    from .joint_planner import plan_joint_case
+
+    for flag, given in (("--vial-range", vial_range), ("--hours-range", hours_range), ("--fixed-date", fixed_date),
+                        ("--sensitivity-samples", sensitivity_samples)):
+        if given:
+            raise InputError(f"{c.path}: {flag}: not available for a case with [[injections]] (give each injection's "
+                             "activities_gbq and each session's hours_after_calibration in the case)")
+    if acceptable_success is not None:
+        if isinstance(acceptable_success, bool) or not isinstance(acceptable_success, int | float) \
+                or not 0 < acceptable_success <= 1:
+            raise InputError(f"--acceptable-success: must be in (0, 1], got {acceptable_success!r}")
+        c = dataclasses.replace(c, plan=dataclasses.replace(c.plan, acceptable_success=float(acceptable_success)))
+    trials = None if optuna_trials is None else _count(optuna_trials, "--optuna-trials", 0)
+    res = plan_joint_case(c, n=_count(samples, "--samples"), seed=_seed(seed), chunk=_chunk(chunk), dtype=_dtype(dtype),
+                          risk=risk, optuna_trials=trials, storage=storage, study_name=study_name, any_time=any_time)
+    return JointPlanResult(res.dataset, res.summary)
 
 
 def cohort(template: str | os.PathLike, patients: str | os.PathLike, out: str | os.PathLike, *,

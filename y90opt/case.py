@@ -42,6 +42,47 @@ class Tumor:
     volume_ml: Spec
     tn_ratio: Spec
     treated: bool = True
+    injection: str | None = None  # with [[injections]]: the innermost territory the tumour lies in
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """One treatment session of a case with ``[[injections]]``: its vials' calibration and its time.
+
+    ``delivered``: the session has taken place; its time and its injections' activities are what was given,
+    never chosen by ``plan`` (a plan of the later sessions given this one)."""
+
+    name: str
+    calibration: _dt.datetime
+    treatment: _dt.datetime | None
+    hours_after_calibration: Candidates | None
+    delivered: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Injection:
+    """One injection (catheter position, one vial) of a case with ``[[injections]]``.
+
+    ``shunt_fraction`` and ``residual_fraction`` are ``None`` when the injection uses the case-level value
+    (the same draw as the other injections that do); ``tn_ratios`` holds this injection's own MAA T:N of the
+    tumours it names (the others use the tumour's ``tn_ratio``, one draw shared by the injections)."""
+
+    name: str
+    session: str
+    role: str | None
+    perfused_volume_ml: Spec
+    within: str | None
+    vial_gbq: float | None
+    shunt_fraction: Spec | None
+    residual_fraction: Spec | None
+    tn_ratios: tuple[tuple[str, Spec], ...]
+    calibration: _dt.datetime | None
+    activities_gbq: Candidates | None
+
+    @property
+    def key(self) -> str:
+        """The name scenario rules use for this injection: its role, else its name."""
+        return self.role or self.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +136,47 @@ class Case:
     text: str
     custom_conventions: tuple[str, ...] = ()  # conventions outside their cited range (allowed by custom = true)
     usable_life_h: float = physics.USABLE_LIFE_H
+    injections: tuple[Injection, ...] = ()  # [[injections]]: a treatment of several injections (else empty)
+    sessions: tuple[Session, ...] = ()
+
+    @property
+    def multi(self) -> bool:
+        """The case describes its treatment by ``[[injections]]`` (one or more injections and sessions)."""
+        return bool(self.injections)
+
+    def injection(self, name: str) -> Injection:
+        return next(j for j in self.injections if j.name == name)
+
+    def session(self, name: str) -> Session:
+        return next(x for x in self.sessions if x.name == name)
+
+    def injection_calibration(self, j: Injection) -> _dt.datetime:
+        return j.calibration or self.session(j.session).calibration
+
+    def injection_hours(self, j: Injection) -> float | None:
+        """Hours from the injection's vial calibration to its session's ``treatment`` (None when not given)."""
+        t = self.session(j.session).treatment
+        return None if t is None else physics.hours_between(self.injection_calibration(j), t)
+
+    def injection_decisions(self, command: str) -> list[tuple[float, float, float]]:
+        """Per injection, (hours after its vial's calibration, vial at calibration [GBq], vial at treatment
+        [GBq]) of the case's decision (each injection's ``vial_gbq``, each session's ``treatment``), which
+        ``command`` needs. Raises :class:`CaseError` naming the missing field."""
+        out = []
+        for i, j in enumerate(self.injections):
+            if j.vial_gbq is None:
+                raise CaseError(self.path, f"injections[{i}].vial_gbq", f"missing (required by {command})")
+            hours = self.injection_hours(j)
+            if hours is None:
+                k = [x.name for x in self.sessions].index(j.session)
+                raise CaseError(self.path, f"sessions[{k}].treatment", f"missing (required by {command})")
+            if hours < 0:
+                raise CaseError(self.path, f"injections[{i}].calibration", "after its session's treatment")
+            out.append((hours, j.vial_gbq, j.vial_gbq * physics.decay_factor(hours, self.conventions.half_life_h)))
+        return out
+
+    def injection_vials(self, j: Injection) -> Candidates:
+        return j.activities_gbq or self.vials_gbq
 
     @property
     def sha256(self) -> str:
@@ -107,6 +189,8 @@ class Case:
     @property
     def inputs(self) -> dict[str, Spec]:
         """Every input quantity by case path (exact ones included), in a fixed order."""
+        if self.multi:
+            return self._treatment_inputs()
         d: dict[str, Spec] = {"liver.perfused_volume_ml": self.perfused_volume_ml}
         if self.whole_liver_volume_ml is not None:
             d["liver.whole_liver_volume_ml"] = self.whole_liver_volume_ml
@@ -117,6 +201,32 @@ class Case:
         d["lung.mass_kg"] = self.lung_mass_kg
         d["delivery.residual_fraction"] = self.residual_fraction
         d["delivery.activity_factor"] = self.activity_factor
+        return d
+
+    def _treatment_inputs(self) -> dict[str, Spec]:
+        d: dict[str, Spec] = {f"injections.{j.name}.perfused_volume_ml": j.perfused_volume_ml for j in self.injections}
+        if self.whole_liver_volume_ml is not None:
+            d["liver.whole_liver_volume_ml"] = self.whole_liver_volume_ml
+        for t in self.tumors:
+            d[f"tumors.{t.name}.volume_ml"] = t.volume_ml
+            d[f"tumors.{t.name}.tn_ratio"] = t.tn_ratio
+        for j in self.injections:
+            for tname, spec in j.tn_ratios:
+                d[f"injections.{j.name}.tn_ratios.{tname}"] = spec
+        if any(j.shunt_fraction is None for j in self.injections):
+            d["lung.shunt_fraction"] = self.shunt_fraction
+        for j in self.injections:
+            if j.shunt_fraction is not None:
+                d[f"injections.{j.name}.shunt_fraction"] = j.shunt_fraction
+        d["lung.mass_kg"] = self.lung_mass_kg
+        if any(j.residual_fraction is None for j in self.injections):
+            d["delivery.residual_fraction"] = self.residual_fraction
+        for j in self.injections:
+            if j.residual_fraction is not None:
+                d[f"injections.{j.name}.residual_fraction"] = j.residual_fraction
+        # the dose calibrator's factor is one draw per vial (each injection has its own vial)
+        for j in self.injections:
+            d[f"injections.{j.name}.activity_factor"] = self.activity_factor
         return d
 
     @property
@@ -157,9 +267,15 @@ class Case:
 
 # ---------------------------------------------------------------------------------------------------------
 
-_TOP = {"name", "scenario", "conventions", "liver", "tumors", "lung", "delivery", "vials", "plan", "correlations", "rules"}
+_TOP = {"name", "scenario", "conventions", "liver", "tumors", "lung", "delivery", "vials", "plan", "correlations", "rules",
+        "sessions", "injections"}
 _LIVER = {"perfused_volume_ml", "whole_liver_volume_ml"}
-_TUMOR = {"name", "volume_ml", "tn_ratio", "treated"}
+_TUMOR = {"name", "volume_ml", "tn_ratio", "treated", "injection"}
+_SESSION = {"name", "calibration", "treatment", "hours_after_calibration", "delivered"}
+_INJECTION = {"name", "session", "role", "perfused_volume_ml", "within", "vial_gbq", "shunt_fraction",
+              "residual_fraction", "tn_ratios", "calibration", "activities_gbq"}
+#: Most injections a case may list (the vendor's calculator takes four targets).
+MAX_INJECTIONS = 8
 _LUNG = {"shunt_fraction", "mass_kg", "prior_dose_gy"}
 _DELIVERY = {"residual_fraction", "activity_factor"}
 _VIALS = {"calibration", "activities_gbq", "catalogue", "delivered", "usable_life_h"}
@@ -325,7 +441,8 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
             raise CaseError(file, "", f"not valid TOML: {e}") from None
     else:
         raise CaseError(file, "", f"expected TOML text or a mapping, got {type(source).__name__}")
-    r.table(doc, "", _TOP, {"name", "scenario", "liver", "lung", "vials"})
+    multi = "injections" in doc or "sessions" in doc
+    r.table(doc, "", _TOP, {"name", "scenario", "lung"} if multi else {"name", "scenario", "liver", "lung", "vials"})
 
     name = r.string(doc["name"], "name")
     scenario = r.string(doc["scenario"], "scenario")
@@ -353,8 +470,14 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
         conv_kwargs[k] = x
     conventions = Conventions(**conv_kwargs)
 
-    liver = r.table(doc["liver"], "liver", _LIVER, {"perfused_volume_ml"})
-    perfused = r.spec(liver["perfused_volume_ml"], "liver.perfused_volume_ml", "positive")
+    liver = r.table(doc.get("liver", {}), "liver", _LIVER, set() if multi else {"perfused_volume_ml"})
+    if multi:
+        if "perfused_volume_ml" in liver:
+            raise r.fail("liver.perfused_volume_ml", "ambiguous with [[injections]]: give each injection's "
+                         "perfused_volume_ml instead")
+        perfused = None
+    else:
+        perfused = r.spec(liver["perfused_volume_ml"], "liver.perfused_volume_ml", "positive")
     whole = None
     if "whole_liver_volume_ml" in liver:
         whole = r.spec(liver["whole_liver_volume_ml"], "liver.whole_liver_volume_ml", "positive")
@@ -368,7 +491,7 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
     seen: set[str] = set()
     for i, traw in enumerate(tumors_raw):
         f = f"tumors[{i}]"
-        r.table(traw, f, _TUMOR, {"name", "volume_ml", "tn_ratio"})
+        r.table(traw, f, _TUMOR if multi else _TUMOR - {"injection"}, {"name", "volume_ml", "tn_ratio"})
         tname = r.string(traw["name"], f"{f}.name")
         if not _NAME_RE.match(tname):
             raise r.fail(f"{f}.name", f"{tname!r}: use letters, digits, '-' and '_' only")
@@ -378,17 +501,27 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
         treated = traw.get("treated", True)
         if not isinstance(treated, bool):
             raise r.fail(f"{f}.treated", "expected true or false")
+        where = None
+        if multi:
+            if "injection" in traw:
+                where = r.string(traw["injection"], f"{f}.injection")
+                if not treated:
+                    raise r.fail(f"{f}.injection", "a tumour with treated = false lies in no injection's territory")
+            elif treated:
+                raise r.fail(f"{f}.injection", "missing: name the injection whose territory holds the tumour "
+                             "(or say treated = false for a tumour outside every territory)")
         tumors.append(
             Tumor(
                 name=tname,
                 volume_ml=r.spec(traw["volume_ml"], f"{f}.volume_ml", "positive"),
                 tn_ratio=r.spec(traw["tn_ratio"], f"{f}.tn_ratio", "positive"),
                 treated=treated,
+                injection=where,
             )
         )
 
-    lung = r.table(doc["lung"], "lung", _LUNG, {"shunt_fraction"})
-    lsf = r.spec(lung["shunt_fraction"], "lung.shunt_fraction", "fraction")
+    lung = r.table(doc["lung"], "lung", _LUNG, set() if multi else {"shunt_fraction"})
+    lsf = r.spec(lung["shunt_fraction"], "lung.shunt_fraction", "fraction") if "shunt_fraction" in lung else None
     lung_mass = r.spec(lung.get("mass_kg", physics.LUNG_MASS_KG), "lung.mass_kg", "positive")
     prior = r.number(lung.get("prior_dose_gy", 0.0), "lung.prior_dose_gy")
     if not 0 <= prior <= MAX_PRIOR_LUNG_GY:
@@ -398,8 +531,14 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
     residual = r.spec(delivery.get("residual_fraction", 0.0), "delivery.residual_fraction", "fraction")
     activity_factor = r.spec(delivery.get("activity_factor", 1.0), "delivery.activity_factor", "positive")
 
-    vials = r.table(doc["vials"], "vials", _VIALS, {"calibration"})
-    calibration = r.datetime(vials["calibration"], "vials.calibration")
+    vials = r.table(doc.get("vials", {}), "vials", _VIALS, set() if multi else {"calibration"})
+    if multi:
+        for key in ("calibration", "delivered"):
+            if key in vials:
+                raise r.fail(f"vials.{key}", "ambiguous with [[injections]]: give it per session in [[sessions]]")
+        calibration = None
+    else:
+        calibration = r.datetime(vials["calibration"], "vials.calibration")
     if "activities_gbq" in vials and "catalogue" in vials:
         raise r.fail("vials.catalogue", "give either activities_gbq or catalogue, not both")
     if "activities_gbq" in vials:
@@ -422,8 +561,22 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
     if not 0 < usable <= MAX_HOURS:
         raise r.fail("vials.usable_life_h", f"must be in (0, {MAX_HOURS:g}] h")
 
+    if multi:
+        plan_raw = doc.get("plan", {})
+        for key in ("vial_gbq", "treatment", "hours_after_calibration"):
+            if isinstance(plan_raw, dict) and key in plan_raw:
+                raise r.fail(f"plan.{key}", "ambiguous with [[injections]]: give "
+                             + ("each injection's vial_gbq" if key == "vial_gbq" else f"each session's {key}"))
+        sessions, injections = _parse_treatment(r, doc, tumors, lsf, vial_set, usable)
+        calibration = min(x.calibration for x in sessions)
+    else:
+        sessions, injections = (), ()
+        if lsf is None:  # pragma: no cover - required above
+            raise r.fail("lung.shunt_fraction", "missing")
     plan = _parse_plan(r, doc.get("plan", {}), calibration, [t.name for t in tumors], {t.name for t in tumors if t.treated})
-    if plan.treatment is not None and physics.hours_between(calibration, plan.treatment) > usable:
+    if multi:
+        _check_treatment_geometry(r, injections, tumors, whole)
+    elif plan.treatment is not None and physics.hours_between(calibration, plan.treatment) > usable:
         h = physics.hours_between(calibration, plan.treatment)
         raise r.fail("plan.treatment", f"{h:.0f} h after the vial's calibration, beyond its usable life "
                      f"({usable:g} h; [vials] usable_life_h sets another)")
@@ -432,26 +585,10 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
                      "after calibration; [vials] usable_life_h sets another)")
 
     # geometry: nominal tumours must fit inside the perfused territory, the whole liver must contain it
-    v_p = perfused.nominal
-    v_t = sum(t.volume_ml.nominal for t in tumors if t.treated)
-    if v_t >= v_p:
-        raise r.fail(
-            "tumors", f"treated tumour volume {v_t:g} mL does not fit in the perfused volume {v_p:g} mL"
-        )
-    if whole is not None:
-        if whole.nominal < v_p:
-            raise r.fail(
-                "liver.whole_liver_volume_ml",
-                f"{whole.nominal:g} mL is smaller than the perfused territory ({v_p:g} mL)",
-            )
-        v_all = v_p + sum(t.volume_ml.nominal for t in tumors if not t.treated)
-        if v_all >= whole.nominal + 1e-9 and any(not t.treated for t in tumors):
-            raise r.fail(
-                "liver.whole_liver_volume_ml",
-                f"{whole.nominal:g} mL cannot hold the perfused territory and the untreated tumours ({v_all:g} mL)",
-            )
+    if not multi:
+        _check_single_geometry(r, perfused, tumors, whole)
 
-    correlations = _parse_correlations(r, doc.get("correlations", []), tumors, whole is not None, {
+    specs = {
         "liver.perfused_volume_ml": perfused,
         "liver.whole_liver_volume_ml": whole,
         "lung.shunt_fraction": lsf,
@@ -460,7 +597,21 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
         "delivery.activity_factor": activity_factor,
         **{f"tumors.{t.name}.volume_ml": t.volume_ml for t in tumors},
         **{f"tumors.{t.name}.tn_ratio": t.tn_ratio for t in tumors},
-    })
+    }
+    for j in injections:
+        specs[f"injections.{j.name}.perfused_volume_ml"] = j.perfused_volume_ml
+        specs[f"injections.{j.name}.shunt_fraction"] = j.shunt_fraction
+        specs[f"injections.{j.name}.residual_fraction"] = j.residual_fraction
+        for tname, spec in j.tn_ratios:
+            specs[f"injections.{j.name}.tn_ratios.{tname}"] = spec
+    if multi:
+        specs["liver.perfused_volume_ml"] = None
+        specs["delivery.activity_factor"] = None  # drawn per vial
+        if all(j.shunt_fraction is not None for j in injections):
+            specs["lung.shunt_fraction"] = None
+        if all(j.residual_fraction is not None for j in injections):
+            specs["delivery.residual_fraction"] = None
+    correlations = _parse_correlations(r, doc.get("correlations", []), tumors, whole is not None, specs)
     rules = doc.get("rules", {})
     if not isinstance(rules, dict):
         raise r.fail("rules", "expected a table")
@@ -487,8 +638,189 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
         text=text,
         custom_conventions=tuple(outside),
         usable_life_h=usable,
+        injections=injections,
+        sessions=sessions,
     )
     return case
+
+
+def _check_single_geometry(r: _Reader, perfused: Spec, tumors: list[Tumor], whole: Spec | None) -> None:
+    v_p = perfused.nominal
+    v_t = sum(t.volume_ml.nominal for t in tumors if t.treated)
+    if v_t >= v_p:
+        raise r.fail(
+            "tumors", f"treated tumour volume {v_t:g} mL does not fit in the perfused volume {v_p:g} mL"
+        )
+    if whole is not None:
+        if whole.nominal < v_p:
+            raise r.fail(
+                "liver.whole_liver_volume_ml",
+                f"{whole.nominal:g} mL is smaller than the perfused territory ({v_p:g} mL)",
+            )
+        v_all = v_p + sum(t.volume_ml.nominal for t in tumors if not t.treated)
+        if v_all >= whole.nominal + 1e-9 and any(not t.treated for t in tumors):
+            raise r.fail(
+                "liver.whole_liver_volume_ml",
+                f"{whole.nominal:g} mL cannot hold the perfused territory and the untreated tumours ({v_all:g} mL)",
+            )
+
+
+
+def _parse_treatment(r: _Reader, doc: dict, tumors: list[Tumor], lsf: Spec | None, vial_set: Candidates,
+                     usable: float) -> tuple[tuple[Session, ...], tuple[Injection, ...]]:
+    """``[[sessions]]`` and ``[[injections]]``: names, sessions, nesting (``within``), per-injection values."""
+    raw_s = doc.get("sessions")
+    if not isinstance(raw_s, list) or not raw_s:
+        raise r.fail("sessions", "missing or empty: a case with [[injections]] lists its sessions in [[sessions]]")
+    raw_j = doc.get("injections")
+    if not isinstance(raw_j, list) or not raw_j:
+        raise r.fail("injections", "missing or empty: a case with [[sessions]] lists its injections in [[injections]]")
+    if len(raw_j) > MAX_INJECTIONS:
+        raise r.fail("injections", f"{len(raw_j)} injections (at most {MAX_INJECTIONS})")
+    sessions: list[Session] = []
+    for i, x in enumerate(raw_s):
+        f = f"sessions[{i}]"
+        r.table(x, f, _SESSION, {"name", "calibration"})
+        name = _name(r, x["name"], f"{f}.name", {y.name for y in sessions}, "session")
+        cal = r.datetime(x["calibration"], f"{f}.calibration")
+        treat = None
+        if "treatment" in x:
+            treat = r.datetime(x["treatment"], f"{f}.treatment")
+            if treat < cal:
+                raise r.fail(f"{f}.treatment", "treatment is before this session's calibration")
+            if physics.hours_between(cal, treat) > usable:
+                raise r.fail(f"{f}.treatment", f"{physics.hours_between(cal, treat):.0f} h after the calibration, "
+                             f"beyond the vial's usable life ({usable:g} h; [vials] usable_life_h sets another)")
+        hours = None
+        if "hours_after_calibration" in x:
+            hours = r.candidates(x["hours_after_calibration"], f"{f}.hours_after_calibration", positive=False)
+            if max(hours.values) > usable:
+                raise r.fail(f"{f}.hours_after_calibration", f"times must be within the vial's usable life ({usable:g} h)")
+        delivered = x.get("delivered", False)
+        if not isinstance(delivered, bool):
+            raise r.fail(f"{f}.delivered", "expected true or false")
+        if delivered and treat is None:
+            raise r.fail(f"{f}.treatment", "missing: a delivered session gives the time it took place")
+        if delivered and hours is not None:
+            raise r.fail(f"{f}.hours_after_calibration", "a delivered session has no candidate times")
+        sessions.append(Session(name, cal, treat, hours, delivered))
+    session_names = [x.name for x in sessions]
+    tumor_names = {t.name for t in tumors}
+    injections: list[Injection] = []
+    roles: dict[str, str] = {}
+    for i, x in enumerate(raw_j):
+        f = f"injections[{i}]"
+        r.table(x, f, _INJECTION, {"name", "session", "perfused_volume_ml"})
+        name = _name(r, x["name"], f"{f}.name", {y.name for y in injections}, "injection")
+        sess = r.string(x["session"], f"{f}.session")
+        if sess not in session_names:
+            raise r.fail(f"{f}.session", f"unknown session {sess!r} (sessions: {', '.join(session_names)})")
+        role = None
+        if "role" in x:
+            role = r.string(x["role"], f"{f}.role")
+            if not _NAME_RE.match(role):
+                raise r.fail(f"{f}.role", f"{role!r}: use letters, digits, '-' and '_' only")
+            if role in roles:
+                raise r.fail(f"{f}.role", f"role {role!r} is already used by injection {roles[role]!r}")
+            roles[role] = name
+        within = r.string(x["within"], f"{f}.within") if "within" in x else None
+        vial = None
+        if "vial_gbq" in x:
+            vial = r.number(x["vial_gbq"], f"{f}.vial_gbq")
+            if not 0 < vial <= physics.MAX_VIAL_GBQ:
+                raise r.fail(f"{f}.vial_gbq", f"must be in (0, {physics.MAX_VIAL_GBQ:g}] GBq")
+        shunt = r.spec(x["shunt_fraction"], f"{f}.shunt_fraction", "fraction") if "shunt_fraction" in x else None
+        if shunt is None and lsf is None:
+            raise r.fail("lung.shunt_fraction", f"missing: injection {name!r} gives no shunt_fraction of its own")
+        residual = (r.spec(x["residual_fraction"], f"{f}.residual_fraction", "fraction")
+                    if "residual_fraction" in x else None)
+        tn = x.get("tn_ratios", {})
+        if not isinstance(tn, dict):
+            raise r.fail(f"{f}.tn_ratios", "expected a table of tumour name = T:N")
+        tn_ratios = []
+        for tname, v in tn.items():
+            if tname not in tumor_names:
+                raise r.fail(f"{f}.tn_ratios.{tname}", f"no tumour named {tname!r}")
+            tn_ratios.append((tname, r.spec(v, f"{f}.tn_ratios.{tname}", "positive")))
+        cal = r.datetime(x["calibration"], f"{f}.calibration") if "calibration" in x else None
+        acts = None
+        if "activities_gbq" in x:
+            acts = r.candidates(x["activities_gbq"], f"{f}.activities_gbq", positive=True)
+            if max(acts.values) > physics.MAX_VIAL_GBQ:
+                raise r.fail(f"{f}.activities_gbq", f"{max(acts.values):g} GBq is beyond any vial")
+        delivered = sessions[session_names.index(sess)].delivered
+        if delivered and vial is None:
+            raise r.fail(f"{f}.vial_gbq", f"missing: session {sess!r} is delivered, give the vial it received")
+        injections.append(Injection(name, sess, role, r.spec(x["perfused_volume_ml"], f"{f}.perfused_volume_ml",
+                                    "positive"), within, vial, shunt, residual, tuple(tn_ratios), cal, acts))
+    names = [j.name for j in injections]
+    for role, owner in roles.items():
+        if role in names and role != owner:
+            raise r.fail(f"injections[{names.index(owner)}].role",
+                         f"role {role!r} is the name of another injection: the rules could not tell them apart")
+    for i, j in enumerate(injections):
+        if j.within is not None and j.within not in names:
+            raise r.fail(f"injections[{i}].within", f"unknown injection {j.within!r} (injections: {', '.join(names)})")
+        # a cycle: following `within` from j comes back to j
+        seen, k = {j.name}, j.within
+        while k is not None:
+            if k in seen:
+                raise r.fail(f"injections[{i}].within", f"the territories form a cycle through {j.name!r}")
+            seen.add(k)
+            k = injections[names.index(k)].within
+    for i, sess in enumerate(sessions):
+        if not any(j.session == sess.name for j in injections):
+            raise r.fail(f"sessions[{i}]", f"session {sess.name!r} has no injection")
+        if sess.treatment is not None:
+            for j in injections:
+                if j.session == sess.name and j.calibration is not None and sess.treatment < j.calibration:
+                    raise r.fail(f"injections[{names.index(j.name)}].calibration",
+                                 f"after session {sess.name!r}'s treatment")
+    for k, t in enumerate(tumors):
+        if t.injection is not None and t.injection not in names:
+            raise r.fail(f"tumors[{k}].injection", f"unknown injection {t.injection!r} (injections: {', '.join(names)})")
+    return tuple(sessions), tuple(injections)
+
+
+def _name(r: _Reader, raw: Any, field: str, taken: set[str], what: str) -> str:
+    name = r.string(raw, field)
+    if not _NAME_RE.match(name):
+        raise r.fail(field, f"{name!r}: use letters, digits, '-' and '_' only")
+    if name in taken:
+        raise r.fail(field, f"duplicate {what} name {name!r}")
+    return name
+
+
+def territory_children(injections) -> dict[str, list[str]]:
+    """Injection name → the injections whose territory lies directly inside its own."""
+    out: dict[str, list[str]] = {j.name: [] for j in injections}
+    for j in injections:
+        if j.within is not None:
+            out[j.within].append(j.name)
+    return out
+
+
+def _check_treatment_geometry(r: _Reader, injections, tumors: list[Tumor], whole: Spec | None) -> None:
+    """Nominal geometry: each region (a territory less those nested in it) holds its tumours with normal
+    tissue left over; the whole liver holds the outermost territories and the untreated tumours."""
+    names = [j.name for j in injections]
+    children = territory_children(injections)
+    vol = {j.name: j.perfused_volume_ml.nominal for j in injections}
+    for i, j in enumerate(injections):
+        inner = sum(vol[c] for c in children[j.name])
+        in_region = sum(t.volume_ml.nominal for t in tumors if t.injection == j.name)
+        if inner + in_region >= vol[j.name]:
+            what = " and ".join(x for x, v in (("the territories nested in it", inner), ("its tumours", in_region)) if v)
+            raise r.fail(f"injections[{i}].perfused_volume_ml",
+                         f"{vol[j.name]:g} mL does not hold {what} ({inner + in_region:g} mL)")
+    if whole is not None:
+        outer = sum(vol[j.name] for j in injections if j.within is None)
+        untreated = sum(t.volume_ml.nominal for t in tumors if not t.treated)
+        if outer + untreated > whole.nominal + 1e-9:
+            raise r.fail("liver.whole_liver_volume_ml",
+                         f"{whole.nominal:g} mL cannot hold the outermost territories"
+                         + (" and the untreated tumours" if untreated else "") + f" ({outer + untreated:g} mL)")
+    del names
 
 
 def _document_from_mapping(source: Mapping[str, Any], file: str) -> tuple[dict, str]:

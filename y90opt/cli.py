@@ -358,6 +358,15 @@ def cmd_report(args) -> int:
     )
 
     ds = read_plan_results(args.results)
+    if "plan_summary_json" in ds.attrs:  # a plan of several injections
+        import json
+
+        from .report import write_joint_report
+
+        out_dir = _output_dir(default_report_dir(args.results, args.out), [args.results], PLAN_OUTPUTS[2:])
+        path = write_joint_report(ds, json.loads(ds.attrs["plan_summary_json"]), out_dir)
+        print(f"report written to {path}")
+        return 0
     if args.sensitivity is not None:
         sens, used = read_sensitivity_results(args.sensitivity), args.sensitivity
     else:

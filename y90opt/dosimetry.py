@@ -178,3 +178,115 @@ def required_vial_activity_at_treatment_gbq(
     if quantity not in PRESCRIBABLE:
         raise ValueError(f"unknown quantity {quantity!r}; expected one of {PRESCRIBABLE + ('tumor',)}")
     return dose_gy / getattr(u, quantity)
+
+
+# -- several injections ---------------------------------------------------------------------------------------
+
+
+class TreatmentInputs(NamedTuple):
+    """Patient inputs of a treatment of several injections (samples on the leading axis).
+
+    Injection j deposits its liver activity over its whole territory by the partition model; a region is a
+    territory less the territories nested in it. ``whole_liver_volume_ml`` may be NaN when unknown."""
+
+    territory_volume_ml: Array  # (..., J) all that lies inside each territory included
+    tumor_volume_ml: Array  # (..., T)
+    tn_ratio: Array  # (..., J, T) the T:N of tumour i for injection j
+    shunt_fraction: Array  # (..., J)
+    residual_fraction: Array  # (..., J)
+    activity_factor: Array  # (..., J) the dose calibrator's factor of each vial
+    lung_mass_kg: Array  # (...,)
+    whole_liver_volume_ml: Array  # (...,) NaN if not given
+
+
+def treatment_factors(x: TreatmentInputs, within: tuple[int, ...], tumor_region: tuple[int, ...],
+                      conv: Conventions = Conventions()) -> dict[str, Array]:
+    r"""Per-GBq dose factors of a treatment of several injections: every dose is linear in the vector of vial
+    activities at treatment, D = Σ_j s_j u_j, and this returns the u_j.
+
+    ``within[j]``: the injection whose territory holds j's (−1: none); ``tumor_region[i]``: the region that
+    holds tumour i (−1: none, untreated). With C_{jr} = 1 when region r lies in territory j, for injection j:
+
+    .. math::
+
+        A_j &= f_j (1 - R_j)(1 - F_j), \quad W_j = \textstyle\sum_i C_{j r_i} \mathrm{TN}_{ji} M_{T_i}
+              + M_j - \sum_i C_{j r_i} M_{T_i}, \quad D_{N,j} = K A_j / W_j \\
+        D_{T_i} &= \textstyle\sum_j C_{j r_i} \mathrm{TN}_{ji} D_{N,j}, \quad
+        D_{N}(r) = \sum_j C_{jr} D_{N,j}, \quad
+        \bar D(r) = \sum_j C_{jr} D_{N,j} \big(M_{N,r} + \sum_{i \in r} \mathrm{TN}_{ji} M_{T_i}\big) / M_r
+
+    Returns arrays with the injection axis before the last: ``injected``, ``liver_activity``,
+    ``lung_activity``, ``perfused_mean``, ``normal_perfused``, ``lung``, ``whole_normal_liver``,
+    ``whole_liver``, ``tumor_total`` (..., J); ``tumors`` (..., J, T); ``region_mean``, ``region_normal``
+    (..., J, R) (R = J regions); and ``region_normal_mass`` (..., R), ≤ 0 marking an unphysical sample.
+    """
+    k = conv.dose_constant_gy_kg_per_gbq
+    kg = conv.kg_per_ml
+    n_j = len(within)
+    n_t = len(tumor_region)
+
+    def inside(r: int, j: int) -> bool:
+        while r != -1:
+            if r == j:
+                return True
+            r = within[r]
+        return False
+
+    c = [[inside(r, j) for r in range(n_j)] for j in range(n_j)]  # static C[j][r]
+    m_terr = x.territory_volume_ml * kg
+    m_t = x.tumor_volume_ml * kg
+    injected = x.activity_factor * (1.0 - x.residual_fraction)
+    liver = injected * (1.0 - x.shunt_fraction)
+    lung_act = injected * x.shunt_fraction
+
+    def add(terms, like):
+        acc = None
+        for t in terms:  # term by term in a fixed order (chunk-size independent)
+            acc = t if acc is None else acc + t
+        return jnp.zeros_like(like) if acc is None else acc
+
+    zero = m_terr[..., 0] * 0.0
+    m_region = [m_terr[..., r] - add([m_terr[..., q] for q in range(n_j) if within[q] == r], zero) for r in range(n_j)]
+    m_region_n = [m_region[r] - add([m_t[..., i] for i in range(n_t) if tumor_region[i] == r], zero) for r in range(n_j)]
+    d_n, rows = [], {"tumors": [], "region_mean": [], "region_normal": [], "tumor_total": [], "whole_normal_liver": []}
+    treated = [i for i in range(n_t) if tumor_region[i] != -1]
+    m_treated = add([m_t[..., i] for i in treated], zero)
+    m_wl = x.whole_liver_volume_ml * kg
+    m_wn = m_wl - add([m_t[..., i] for i in range(n_t)], zero)
+    for j in range(n_j):
+        ins = [i for i in treated if c[j][tumor_region[i]]]
+        tn = x.tn_ratio[..., j, :]
+        m_normal_terr = m_terr[..., j] - add([m_t[..., i] for i in ins], zero)
+        w = add([tn[..., i] * m_t[..., i] for i in ins], zero) + m_normal_terr
+        dn = k * liver[..., j] / w
+        d_n.append(dn)
+        d_t = [tn[..., i] * dn if i in ins else zero for i in range(n_t)]
+        rows["tumors"].append(jnp.stack(d_t, axis=-1) if n_t else jnp.zeros(zero.shape + (0,), zero.dtype))
+        rows["tumor_total"].append(add([d_t[i] * m_t[..., i] for i in ins], zero) / m_treated)
+        rows["region_normal"].append(jnp.stack([dn if c[j][r] else zero for r in range(n_j)], axis=-1))
+        means = []
+        for r in range(n_j):
+            if not c[j][r]:
+                means.append(zero)
+                continue
+            e = dn * (m_region_n[r] + add([tn[..., i] * m_t[..., i] for i in range(n_t) if tumor_region[i] == r], zero))
+            means.append(e / m_region[r])
+        rows["region_mean"].append(jnp.stack(means, axis=-1))
+        rows["whole_normal_liver"].append(dn * m_normal_terr / m_wn)
+    stack = lambda v: jnp.stack(v, axis=-1)  # noqa: E731
+    stack2 = lambda v: jnp.stack(v, axis=-2)  # noqa: E731
+    return {
+        "injected": injected,
+        "liver_activity": liver,
+        "lung_activity": lung_act,
+        "perfused_mean": k * liver / m_terr,
+        "normal_perfused": stack(d_n),
+        "lung": k * lung_act / x.lung_mass_kg[..., None],
+        "whole_normal_liver": stack(rows["whole_normal_liver"]),
+        "whole_liver": k * liver / m_wl[..., None],
+        "tumor_total": stack(rows["tumor_total"]),
+        "tumors": stack2(rows["tumors"]),
+        "region_mean": stack2(rows["region_mean"]),
+        "region_normal": stack2(rows["region_normal"]),
+        "region_normal_mass": stack(m_region_n),
+    }

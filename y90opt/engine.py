@@ -149,6 +149,8 @@ class Model:
 
     @classmethod
     def from_case(cls, case: Case) -> Model:
+        if case.multi and cls is Model:
+            return TreatmentModel.from_case(case)
         uncertain = tuple(case.uncertain_inputs)
         q = ["perfused_mean", "normal_perfused"]
         if case.has_whole_liver:
@@ -301,6 +303,227 @@ class Model:
             else:
                 out.append(d[q])
         return np.asarray(out, dtype=np.float64)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TreatmentModel(Model):
+    """The forward model of a case with ``[[injections]]``: doses linear in the vector of vial activities.
+
+    Without ``weights``, :meth:`factors_from_z` gives the per-vial factors, shape (n, J · Q): column
+    ``j · Q + q`` is quantity q's dose (or activity) per GBq of injection j's vial at treatment, so that
+    dose_q = Σ_j s_j F[:, j·Q + q] + b_q for any vector s of vial activities (one sample set serves every
+    joint decision). :meth:`decided` fixes s and gives the doses at it, shape (n, Q), as a single-injection
+    model's factors at s = 1.
+
+    Quantities: ``injections.<name>.{perfused_mean, normal_perfused}`` (from that injection alone),
+    ``regions.<name>.{mean, normal}`` (all injections), ``tumors.<name>``, ``tumor_total``,
+    ``lung_sessions.<session>``, ``lung_cumulative``, with the whole liver ``whole_normal_liver_sessions.<session>``,
+    ``whole_normal_liver``, ``whole_liver``, then the activities ``injections.<name>.{injected, liver,
+    lung_activity}`` [GBq].
+    """
+
+    weights: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_case(cls, case: Case) -> TreatmentModel:
+        uncertain = tuple(case.uncertain_inputs)
+        inj = [j.name for j in case.injections]
+        q = []
+        for n in inj:
+            q += [f"injections.{n}.perfused_mean", f"injections.{n}.normal_perfused"]
+        for n in inj:
+            q += [f"regions.{n}.mean", f"regions.{n}.normal"]
+        q += [f"tumors.{t}" for t in case.tumor_names]
+        if any(t.treated for t in case.tumors):
+            q.append("tumor_total")
+        q += [f"lung_sessions.{x.name}" for x in case.sessions] + ["lung_cumulative"]
+        if case.has_whole_liver:
+            q += [f"whole_normal_liver_sessions.{x.name}" for x in case.sessions]
+            q += ["whole_normal_liver", "whole_liver"]
+        units = ["Gy"] * len(q)
+        for n in inj:
+            q += [f"injections.{n}.{a}" for a in ACTIVITY_QUANTITIES]
+        units += ["GBq"] * (len(q) - len(units))
+        chol = None
+        if case.correlations:
+            m = np.eye(len(uncertain))
+            for a, b, rho in case.correlations:
+                i, j = uncertain.index(a), uncertain.index(b)
+                m[i, j] = m[j, i] = rho
+            chol = np.linalg.cholesky(m)
+        return cls(case, uncertain, tuple(q), tuple(units), chol)
+
+    @property
+    def n_vials(self) -> int:
+        return len(self.case.injections)
+
+    def decided(self, weights) -> TreatmentModel:
+        """The model at vial activities at treatment ``weights`` (GBq, one per injection): doses, not factors."""
+        w = tuple(float(x) for x in weights)
+        if len(w) != self.n_vials:
+            raise ValueError(f"expected {self.n_vials} activities, got {len(w)}")
+        return dataclasses.replace(self, weights=w)
+
+    def _structure(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        case = self.case
+        names = [j.name for j in case.injections]
+        within = tuple(-1 if j.within is None else names.index(j.within) for j in case.injections)
+        region = tuple(-1 if t.injection is None else names.index(t.injection) for t in case.tumors)
+        return within, region
+
+    def treatment_inputs(self, cols: dict, dtype) -> dosimetry.TreatmentInputs:
+        import jax.numpy as jnp
+
+        case = self.case
+        n = next(iter(cols.values())).shape[0]
+        inj = case.injections
+
+        def per_injection(key: str, shared: str):
+            return jnp.stack([cols[f"injections.{j.name}.{key}"] if getattr(j, key) is not None else cols[shared]
+                              for j in inj], axis=-1)
+
+        names = case.tumor_names
+        tv = (jnp.stack([cols[f"tumors.{t}.volume_ml"] for t in names], axis=-1) if names
+              else jnp.zeros((n, 0), dtype))
+        tn_rows = []
+        for j in inj:
+            own = dict(j.tn_ratios)
+            row = [cols[f"injections.{j.name}.tn_ratios.{t}"] if t in own else cols[f"tumors.{t}.tn_ratio"] for t in names]
+            tn_rows.append(jnp.stack(row, axis=-1) if names else jnp.zeros((n, 0), dtype))
+        return dosimetry.TreatmentInputs(
+            territory_volume_ml=jnp.stack([cols[f"injections.{j.name}.perfused_volume_ml"] for j in inj], axis=-1),
+            tumor_volume_ml=tv,
+            tn_ratio=jnp.stack(tn_rows, axis=-2),
+            shunt_fraction=per_injection("shunt_fraction", "lung.shunt_fraction"),
+            residual_fraction=per_injection("residual_fraction", "delivery.residual_fraction"),
+            activity_factor=jnp.stack([cols[f"injections.{j.name}.activity_factor"] for j in inj], axis=-1),
+            lung_mass_kg=cols["lung.mass_kg"],
+            whole_liver_volume_ml=cols.get("liver.whole_liver_volume_ml", jnp.full((n,), jnp.nan, dtype)),
+        )
+
+    def _columns(self, u: dict, like) -> list[list]:
+        """For each vial j, the list of its Q factor columns (arrays of shape (n,), or 0.0 where none)."""
+        import jax.numpy as jnp
+
+        case = self.case
+        inj = [j.name for j in case.injections]
+        sess = [x.name for x in case.sessions]
+        zero = jnp.zeros_like(like)
+        out = []
+        for j, jn in enumerate(inj):
+            s_name = case.injection(jn).session
+            by_name = {
+                f"injections.{jn}.perfused_mean": u["perfused_mean"][:, j],
+                f"injections.{jn}.normal_perfused": u["normal_perfused"][:, j],
+                f"injections.{jn}.injected": u["injected"][:, j],
+                f"injections.{jn}.liver": u["liver_activity"][:, j],
+                f"injections.{jn}.lung_activity": u["lung_activity"][:, j],
+                f"lung_sessions.{s_name}": u["lung"][:, j],
+                "lung_cumulative": u["lung"][:, j],
+                f"whole_normal_liver_sessions.{s_name}": u["whole_normal_liver"][:, j],
+                "whole_normal_liver": u["whole_normal_liver"][:, j],
+                "whole_liver": u["whole_liver"][:, j],
+                "tumor_total": u["tumor_total"][:, j],
+            }
+            for r, rn in enumerate(inj):
+                by_name[f"regions.{rn}.mean"] = u["region_mean"][:, j, r]
+                by_name[f"regions.{rn}.normal"] = u["region_normal"][:, j, r]
+            for i, t in enumerate(case.tumor_names):
+                by_name[f"tumors.{t}"] = u["tumors"][:, j, i]
+            out.append([by_name.get(q, zero) for q in self.quantities])
+        del sess
+        return out
+
+    def factors_from_z(self, z):
+        import jax.numpy as jnp
+
+        cols = self.input_columns(z)
+        x = self.treatment_inputs(cols, z.dtype)
+        within, region = self._structure()
+        u = dosimetry.treatment_factors(x, within, region, self.case.conventions)
+        per_vial = self._columns(u, x.lung_mass_kg)
+        if self.weights is None:
+            f = jnp.stack([c for vial in per_vial for c in vial], axis=-1)
+        else:
+            summed = []
+            for q in range(len(self.quantities)):
+                acc = per_vial[0][q] * jnp.asarray(self.weights[0], z.dtype)
+                for j in range(1, len(per_vial)):
+                    acc = acc + per_vial[j][q] * jnp.asarray(self.weights[j], z.dtype)
+                summed.append(acc)
+            f = jnp.stack(summed, axis=-1)
+        valid = jnp.all(u["region_normal_mass"] > 0, axis=-1) & jnp.all(jnp.isfinite(f), axis=-1)
+        if self.case.has_whole_liver:
+            outer = [j for j, w in enumerate(within) if w == -1]
+            untreated = [i for i, r in enumerate(region) if r == -1]
+            need = x.territory_volume_ml[:, outer[0]]
+            for j in outer[1:]:
+                need = need + x.territory_volume_ml[:, j]
+            for i in untreated:
+                need = need + x.tumor_volume_ml[:, i]
+            valid = valid & (x.whole_liver_volume_ml >= need)
+        return f, valid
+
+    def nominal_factors(self) -> np.ndarray:
+        """At the nominal inputs, from the plain-numpy reference: the per-vial factors (J · Q) without weights
+        (each vial's column block is the reference's doses for 1 GBq in that vial and none in the others),
+        the doses (Q) at the weights with them. The offsets (prior lung dose) are not included."""
+        from .reference import reference_treatment_doses
+
+        case = self.case
+        nom = case.nominal()
+        inj = case.injections
+        within, region = self._structure()
+        names = case.tumor_names
+
+        def value(key: str, j, shared: str) -> float:
+            return nom[f"injections.{j.name}.{key}"] if getattr(j, key) is not None else nom[shared]
+
+        args = dict(
+            within=within,
+            session=[[x.name for x in case.sessions].index(j.session) for j in inj],
+            territory_volume_ml=[nom[f"injections.{j.name}.perfused_volume_ml"] for j in inj],
+            tumor_region=region,
+            tumor_volume_ml=[nom[f"tumors.{t}.volume_ml"] for t in names],
+            tn_ratio=[[nom.get(f"injections.{j.name}.tn_ratios.{t}", nom[f"tumors.{t}.tn_ratio"]) for t in names]
+                      for j in inj],
+            shunt_fraction=[value("shunt_fraction", j, "lung.shunt_fraction") for j in inj],
+            lung_mass_kg=nom["lung.mass_kg"],
+            residual_fraction=[value("residual_fraction", j, "delivery.residual_fraction") for j in inj],
+            whole_liver_volume_ml=nom.get("liver.whole_liver_volume_ml", np.nan),
+            prior_lung_dose_gy=0.0,
+            activity_factor=[nom[f"injections.{j.name}.activity_factor"] for j in inj],
+            dose_constant_gy_kg_per_gbq=case.conventions.dose_constant_gy_kg_per_gbq,
+            tissue_density_g_per_ml=case.conventions.tissue_density_g_per_ml,
+        )
+
+        def flat(d) -> np.ndarray:
+            return np.array([float(treatment_value(d, q, case)) for q in self.quantities], dtype=np.float64)
+
+        if self.weights is not None:
+            return flat(reference_treatment_doses(list(self.weights), **args))
+        blocks = [flat(reference_treatment_doses(list(np.eye(len(inj))[j]), **args)) for j in range(len(inj))]
+        return np.concatenate(blocks)
+
+
+def treatment_value(d: dict, q: str, case: Case):
+    """Quantity ``q`` (a :class:`TreatmentModel` column name) from a :func:`reference_treatment_doses` result
+    (a number, or an array for sampled inputs)."""
+    inj = [j.name for j in case.injections]
+    sess = [x.name for x in case.sessions]
+    head, _, rest = q.partition(".")
+    if head == "injections":
+        name, _, what = rest.partition(".")
+        key = {"lung_activity": "lung"}.get(what, what)
+        return d["injections"][inj.index(name)][key]
+    if head == "regions":
+        name, _, what = rest.partition(".")
+        return d["regions"][inj.index(name)][what]
+    if head == "tumors":
+        return d["tumors"][case.tumor_names.index(rest)]
+    if head in ("lung_sessions", "whole_normal_liver_sessions"):
+        return d[head][sess.index(rest)]
+    return d[q]
 
 
 # -- sampling -----------------------------------------------------------------------------------------------
@@ -546,6 +769,8 @@ def diagnose_invalid(model: Model, seed: int, n: int = 1 << 15) -> tuple[str, st
     """Which geometry fails most often in the sampled inputs: (the field to change, the cause with its share)."""
     x = sample_inputs(model, n, seed, "float64" if _x64() else "float32")
     case = model.case
+    if case.multi:
+        return _diagnose_treatment(case, x)
     perfused = x["liver.perfused_volume_ml"]
     treated = sum((x[f"tumors.{t.name}.volume_ml"] for t in case.tumors if t.treated), np.zeros_like(perfused))
     untreated = sum((x[f"tumors.{t.name}.volume_ml"] for t in case.tumors if not t.treated), np.zeros_like(perfused))
@@ -561,6 +786,36 @@ def diagnose_invalid(model: Model, seed: int, n: int = 1 << 15) -> tuple[str, st
     for path, v in x.items():
         causes.append((path, "its samples are not finite in the run's precision", float(np.mean(~np.isfinite(v))),
                        "narrow its spread or use --dtype float64"))
+    field, what, p, fix = max(causes, key=lambda c: c[2])
+    return field, f"{what} in {100 * p:.3g} % of the samples: {fix}"
+
+
+def _diagnose_treatment(case: Case, x: dict) -> tuple[str, str]:
+    """:func:`diagnose_invalid` for a case with ``[[injections]]``: each region's geometry and the whole liver."""
+    names = [j.name for j in case.injections]
+    causes = []
+    for i, j in enumerate(case.injections):
+        v = x[f"injections.{j.name}.perfused_volume_ml"]
+        inner = sum((x[f"injections.{c.name}.perfused_volume_ml"] for c in case.injections if c.within == j.name),
+                    np.zeros_like(v))
+        tum = sum((x[f"tumors.{t.name}.volume_ml"] for t in case.tumors if t.injection == j.name), np.zeros_like(v))
+        causes.append((f"injections[{i}].perfused_volume_ml",
+                       f"the territories nested in {j.name!r} and its tumours are larger than its territory",
+                       float(np.mean(inner + tum >= v)),
+                       "reduce the volume uncertainties or correlate the nested volumes ([[correlations]])"))
+    if case.has_whole_liver:
+        whole = x["liver.whole_liver_volume_ml"]
+        outer = sum((x[f"injections.{j.name}.perfused_volume_ml"] for j in case.injections if j.within is None),
+                    np.zeros_like(whole))
+        outer = outer + sum((x[f"tumors.{t.name}.volume_ml"] for t in case.tumors if not t.treated), np.zeros_like(whole))
+        causes.append(("liver.whole_liver_volume_ml",
+                       "the whole liver is smaller than the outermost territories and the untreated tumours",
+                       float(np.mean(whole < outer)),
+                       "check the volumes, or correlate the whole liver with the territories ([[correlations]])"))
+    for path, v in x.items():
+        causes.append((path, "its samples are not finite in the run's precision", float(np.mean(~np.isfinite(v))),
+                       "narrow its spread or use --dtype float64"))
+    del names
     field, what, p, fix = max(causes, key=lambda c: c[2])
     return field, f"{what} in {100 * p:.3g} % of the samples: {fix}"
 

@@ -9,7 +9,10 @@ path; nothing here computes a dose. Plan figures:
   the scenario's targets and limits;
 * :func:`curve_figure`: P(targets) and P(each limit kept) against the vial activity at treatment, with every
   candidate and the 1 − risk line;
-* :func:`tornado_figure`: the one-at-a-time view of one output of a sensitivity Dataset.
+* :func:`tornado_figure`: the one-at-a-time view of one output of a sensitivity Dataset;
+* :func:`joint_figure`: for several injections, P(all primary targets met) over the first two vials chosen
+  (vial × vial) with every other choice (the days, any further vial) at the recommendation, infeasible cells
+  hatched (the limits' border), the recommendation outlined.
 
 The same Dataset gives the same bytes (no software or date metadata).
 """
@@ -334,3 +337,70 @@ def _reading(x: float) -> str:
     """A number for reading on a figure: no scientific notation for doses."""
     ax = abs(x)
     return f"{x:.0f}" if ax >= 100 else f"{x:.1f}" if ax >= 10 else f"{x:.2f}" if ax >= 1 else f"{x:.3g}"
+
+
+def joint_figure(ds, chosen: dict[str, Any], path: str) -> str:
+    """P(all primary targets met) over vial × vial of a joint plan (:mod:`y90opt.joint_planner`), every other
+    choice held at ``chosen`` (``{"vial_index": (J,), "time_index": (K,)}``); infeasible cells hatched, the
+    choice outlined. With one vial chosen: P against that vial, a bar per candidate, infeasible ones hatched."""
+    from matplotlib.patches import Rectangle
+
+    vi = ds["candidate_vial_index"].values.astype(int)
+    ti = ds["candidate_time_index"].values.astype(int)
+    ps = ds["p_success"].values.astype(float)
+    feas = ds["feasible"].values.astype(bool)
+    vials = ds["candidate_vial_gbq"].values.astype(float)
+    names = [str(x) for x in ds["injection"].values]
+    cv, ct = np.asarray(chosen["vial_index"]), np.asarray(chosen["time_index"])
+    free = [j for j in range(vi.shape[1]) if len(np.unique(vi[:, j])) > 1]
+    with _rc():
+        if len(free) >= 2:
+            a, b = free[0], free[1]
+            others = [j for j in range(vi.shape[1]) if j not in (a, b)]
+            sel = np.all(ti == ct, axis=1) & np.all(vi[:, others] == cv[others], axis=1) if others else np.all(ti == ct, axis=1)
+            ia, ib = sorted(set(vi[sel, a])), sorted(set(vi[sel, b]))
+            grid = np.full((len(ia), len(ib)), np.nan)
+            fgrid = np.zeros_like(grid, bool)
+            va, vb = {}, {}
+            for k in np.flatnonzero(sel):
+                r, c = ia.index(vi[k, a]), ib.index(vi[k, b])
+                grid[r, c], fgrid[r, c] = ps[k], feas[k]
+                va[r], vb[c] = vials[k, a], vials[k, b]
+            fig = _figure(min(10.0, max(6.0, 1.6 + 0.8 * len(ib))), min(8.0, max(3.6, 1.6 + 0.5 * len(ia))))
+            ax = fig.add_subplot()
+            im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+            fig.colorbar(im, ax=ax, pad=0.01).set_label("P(all primary targets met)")
+            for r in range(len(ia)):
+                for c in range(len(ib)):
+                    if not fgrid[r, c]:
+                        ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, facecolor=(1, 1, 1, 0.45), edgecolor="#444444",
+                                               hatch="///", linewidth=0.0, zorder=3))
+                    if len(ia) * len(ib) <= MAX_ANNOTATED_CELLS and np.isfinite(grid[r, c]):
+                        ax.text(c, r, f"{grid[r, c]:.2f}", ha="center", va="center", fontsize=8.5, zorder=4,
+                                color="white" if grid[r, c] < 0.55 and fgrid[r, c] else "black")
+            if cv[a] in ia and cv[b] in ib:
+                ax.add_patch(Rectangle((ib.index(cv[b]) - 0.5, ia.index(cv[a]) - 0.5), 1, 1, fill=False,
+                                       edgecolor="#D55E00", linewidth=3.0, zorder=5))
+            ax.set_xticks(range(len(ib)), [f"{vb[c]:g}" for c in range(len(ib))])
+            ax.set_yticks(range(len(ia)), [f"{va[r]:g}" for r in range(len(ia))])
+            ax.set_xlabel(f"vial of injection {names[b]} (GBq at calibration)")
+            ax.set_ylabel(f"vial of injection {names[a]} (GBq at calibration)")
+            ax.set_title("P(targets met), days and other vials at the choice; hatched: a limit fails; outlined: choice",
+                         loc="left", fontsize=9.5)
+            return _save(fig, path)
+        j = free[0] if free else 0
+        others = [x for x in range(vi.shape[1]) if x != j]
+        sel = np.all(ti == ct, axis=1) & (np.all(vi[:, others] == cv[others], axis=1) if others else True)
+        ks = np.flatnonzero(sel)
+        ks = ks[np.argsort(vials[ks, j], kind="stable")]
+        fig = _figure(6.5, 3.6)
+        ax = fig.add_subplot()
+        for x, k in enumerate(ks):
+            ax.bar(x, ps[k], color="#0072B2" if feas[k] else "#bbbbbb", hatch=None if feas[k] else "///",
+                   edgecolor="#D55E00" if vi[k, j] == cv[j] else "#444444", linewidth=2.5 if vi[k, j] == cv[j] else 0.5)
+        ax.set_xticks(range(len(ks)), [f"{vials[k, j]:g}" for k in ks])
+        ax.set_ylim(0, 1)
+        ax.set_xlabel(f"vial of injection {names[j]} (GBq at calibration)")
+        ax.set_ylabel("P(all primary targets met)")
+        ax.set_title("days at the choice; grey, hatched: a limit fails; outlined: choice", loc="left", fontsize=9.5)
+        return _save(fig, path)

@@ -14,7 +14,7 @@ from typing import Any
 from . import physics
 from .case import Case, CaseError
 from .engine import Model
-from .outcomes import flatten_doses, nominal_outcome
+from .outcomes import flatten_doses, flatten_nested, nominal_outcome, treatment_dose_mapping
 
 
 @dataclasses.dataclass
@@ -41,6 +41,13 @@ def dose_case(case: Case, prescribe: Iterable[tuple[str, float]] = ()) -> DoseRe
     ``not evaluable`` and the reason. Raises :class:`~y90opt.case.CaseError` for a missing decision or a
     prescription that no activity can meet.
     """
+    if case.multi:
+        if list(prescribe):
+            raise CaseError(case.path, "--prescribe", "not available for a case with [[injections]] (prescribe per "
+                            "injection with the single-injection case of each territory)")
+        out, values = treatment_nominal_doses(case)
+        out.update(nominal_outcome(case, out, values))
+        return DoseResult(case, out)
     model = Model.from_case(case)
     out = nominal_doses(case, model)
     out.update(nominal_outcome(case, out))
@@ -80,6 +87,17 @@ def nominal_doses(case: Case, model: Model | None = None) -> dict[str, Any]:
         "dose_gy": dose_gy,
         "conventions": conv.as_dict(),
     }
+
+
+def treatment_nominal_doses(case: Case) -> tuple[dict[str, Any], dict[str, float]]:
+    """The ``dose --json`` mapping of a case with ``[[injections]]`` (design: "Several injections, sessions
+    and vials"), and the doses by model column for the rules."""
+    from .engine import TreatmentModel
+
+    decisions = case.injection_decisions("`dose` and `simulate`")
+    model = TreatmentModel.from_case(case).decided([s for _, _, s in decisions])
+    values = dict(zip(model.quantities, model.nominal_factors() + model.offsets, strict=True))
+    return treatment_dose_mapping(case, values, decisions), values
 
 
 def required_activity(case: Case, quantity: str, dose_gy: float, hours_after_calibration: float | None = None,
@@ -146,6 +164,9 @@ def dose_text(case: Case, out: dict[str, Any]) -> str:
     prescriptions."""
     from .textout import table
 
+    if case.multi:
+        return _treatment_dose_text(case, out)
+
     conv = case.conventions
     act = out["activity_gbq"]
     lines = [
@@ -181,6 +202,30 @@ def dose_text(case: Case, out: dict[str, Any]) -> str:
         lines.append(table([(k, "not treated" if k in untreated else v, "" if k in untreated else "Gy")
                             for k, v in flatten_doses(p["doses_gy"]).items()],
                            header=("dose", "value", "unit"), align="lrl"))
+    return "\n".join(lines)
+
+
+def _treatment_dose_text(case: Case, out: dict[str, Any]) -> str:
+    from .textout import table
+
+    conv = case.conventions
+    lines = [f"case {case.name!r}  scenario {case.scenario}",
+             f"conventions: K = {conv.dose_constant_gy_kg_per_gbq:g} Gy·kg/GBq, T½ = {conv.half_life_h:g} h, "
+             f"density = {conv.tissue_density_g_per_ml:g} g/mL", ""]
+    rows = []
+    for name, j in out["injections"].items():
+        a = j["activity_gbq"]
+        rows.append((name, j["session"], j["role"] or "", f"{j['hours_after_calibration']:.1f}", a["vial_at_calibration"],
+                     a["vial_at_treatment"], a["injected"], a["liver"], a["lung"]))
+    lines.append(table(rows, header=("injection", "session", "role", "h after cal.", "vial GBq", "at treatment",
+                                     "injected", "to liver", "to lungs"), align="llllrrrrr"))
+    lines.append("")
+    flat = flatten_nested(out["dose_gy"])
+    flat = {**{f"injections.{n}.{k}": v for n, j in out["injections"].items() for k, v in j["dose_gy"].items()}, **flat}
+    untreated = {f"tumors.{t.name}" for t in case.tumors if not t.treated}
+    lines.append(table([(k, "not treated" if k in untreated else v, "" if k in untreated else "Gy") for k, v in flat.items()],
+                       header=("dose", "value", "unit"), align="lrl"))
+    lines += _rules_text(out)
     return "\n".join(lines)
 
 

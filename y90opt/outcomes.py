@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from . import physics
 from . import rules as _rules
 from .case import Case, CaseError
 from .scenarios import apply_overrides, load_scenario
@@ -48,6 +49,7 @@ class ActiveRules:
     counted_tumors: tuple[str, ...]
     success: str
     not_evaluable: tuple[NotEvaluable, ...] = ()
+    case: Any = None  # the case the rules were bound to (which columns each rule constrains)
 
 
 def active_rules(case: Case, strict: bool = False) -> ActiveRules:
@@ -88,15 +90,60 @@ def active_rules(case: Case, strict: bool = False) -> ActiveRules:
             else:
                 lost.append(NotEvaluable(r.id, r.kind, r.level, r.quantity, why[1], why[0]))
     ar = ActiveRules(scen, tuple(kept["target"]), tuple(kept["secondary"]), tuple(kept["limit"]), counted, mode,
-                     tuple(lost))
+                     tuple(lost), case)
     if strict:
         _require_evaluable(case, ar)
     return ar
 
 
+_TREATMENT_HEADS = ("injections.", "regions.", "lung_sessions", "whole_normal_liver_sessions")
+
+
+def rule_items(case: Case, quantity: str, counted: tuple[str, ...]) -> list[tuple[str | None, str]]:
+    """The dose columns a rule on ``quantity`` constrains, as ``(label suffix, column)`` pairs: one per counted
+    tumour for ``tumors``; with ``[[injections]]``, one per session for ``lung`` and the ``*_sessions``
+    quantities (a limit holds for each session), one per injection for ``perfused_mean`` (each injection's own
+    territory), one per region for ``normal_perfused`` (each region's normal tissue, all injections added),
+    the named or each (``*``) injection or region for ``injections.<key>.*`` and ``regions.<key>.*``. The
+    suffix is None when there is one column. Empty when the case gives no such dose (see
+    :func:`_why_not_evaluable`)."""
+    if quantity == "tumors":
+        return [(n, f"tumors.{n}") for n in counted]
+    if not case.multi:
+        return [] if quantity.startswith(_TREATMENT_HEADS) else [(None, quantity)]
+    sessions = [x.name for x in case.sessions]
+    injections = case.injections
+    if quantity in ("lung", "lung_sessions"):
+        return _one_or_each([(x, f"lung_sessions.{x}") for x in sessions])
+    if quantity == "whole_normal_liver_sessions":
+        return _one_or_each([(x, f"whole_normal_liver_sessions.{x}") for x in sessions]) if case.has_whole_liver else []
+    if quantity == "perfused_mean":
+        return _one_or_each([(j.key, f"injections.{j.name}.perfused_mean") for j in injections])
+    if quantity == "normal_perfused":
+        return _one_or_each([(j.key, f"regions.{j.name}.normal") for j in injections])
+    head, _, rest = quantity.partition(".")
+    if head in ("injections", "regions"):
+        key, _, what = rest.partition(".")
+        chosen = injections if key == "*" else [j for j in injections if j.key == key or j.name == key]
+        items = [(j.key, f"{head}.{j.name}.{what}") for j in chosen]
+        return items if key == "*" else [(None, c) for _, c in items]
+    if quantity in ("whole_normal_liver", "whole_liver") and not case.has_whole_liver:
+        return []
+    return [(None, quantity)]
+
+
+def _one_or_each(items: list[tuple[str, str]]) -> list[tuple[str | None, str]]:
+    return [(None, items[0][1])] if len(items) == 1 else list(items)
+
+
 def _why_not_evaluable(case: Case, quantity: str, counted: tuple[str, ...]) -> tuple[str, str] | None:
     """(field, reason) when the case gives no dose for ``quantity``, else None."""
-    if quantity in ("whole_normal_liver", "whole_liver") and not case.has_whole_liver:
+    if quantity.startswith(_TREATMENT_HEADS) and not case.multi:
+        return "injections", "the case describes one injection (no [[injections]])"
+    if case.multi and quantity.startswith(("injections.", "regions.")) and not rule_items(case, quantity, counted):
+        key = quantity.split(".")[1]
+        return "injections", f"no injection has the role or name {key!r}"
+    if quantity in ("whole_normal_liver", "whole_liver", "whole_normal_liver_sessions") and not case.has_whole_liver:
         return "liver.whole_liver_volume_ml", "the case gives no whole-liver volume"
     if quantity == "tumors" and not counted:
         return "tumors", "the case lists no treated tumour"
@@ -133,7 +180,12 @@ def _require_evaluable(case: Case, ar: ActiveRules) -> None:
     for ne in ar.not_evaluable:
         if ne.kind == "target" and ne.level != "primary":
             continue
-        if ne.field == "tumors":
+        if ne.field == "injections":
+            roles = sorted({r.quantity.split(".")[1] for r in scen.rules if r.quantity.startswith(("injections.", "regions."))})
+            advice = ("describe the treatment by [[sessions]] and [[injections]]"
+                      + (f" with the roles {', '.join(roles)}" if roles else "")
+                      + " (example: configs/examples/modified-radiation-lobectomy.toml)")
+        elif ne.field == "tumors":
             fix = single_compartment_fix(scen, case.rules)
             advice = "list the treated tumours in [[tumors]]" + (f", or {fix}" if fix else
                      ", or give a target of your own under [rules] targets")
@@ -158,15 +210,20 @@ def rule_rows(ar: ActiveRules) -> list[dict[str, Any]]:
     each constrains: the ``rules`` list of ``plan --json``."""
     rows = []
     for rule in ar.targets + ar.secondary + ar.limits:
-        if rule.quantity == "tumors":
-            items = [(f"{rule.id}:{n}", f"tumors.{n}") for n in ar.counted_tumors]
-        else:
-            items = [(rule.id, rule.quantity)]
+        items = _labels(ar, rule)
         for label, quantity in items:
             row = {"id": rule.id, "label": label, "kind": rule.kind, "level": rule.level, "quantity": quantity,
                    ("min_gy" if rule.kind == "target" else "max_gy"): rule.threshold_gy, "source": rule.source}
             rows.append(row)
     return rows
+
+
+def _labels(ar: ActiveRules, rule) -> list[tuple[str, str]]:
+    """(label, column) of each dose a rule constrains: ``<id>`` or ``<id>:<tumour, session, injection>``."""
+    if ar.case is None:  # pragma: no cover - every ActiveRules is built by active_rules
+        raise ValueError("rules not bound to a case")
+    return [(rule.id if sfx is None else f"{rule.id}:{sfx}", col)
+            for sfx, col in rule_items(ar.case, rule.quantity, ar.counted_tumors)]
 
 
 def dose_mapping(quantities, values) -> dict[str, Any]:
@@ -184,9 +241,12 @@ def dose_mapping(quantities, values) -> dict[str, Any]:
     return d
 
 
-def nominal_outcome(case: Case, nominal: dict[str, Any]) -> dict[str, Any]:
-    """Rule outcome at the nominal doses and the advisories, for ``dose``."""
+def nominal_outcome(case: Case, nominal: dict[str, Any], values: dict[str, float] | None = None) -> dict[str, Any]:
+    """Rule outcome at the nominal doses and the advisories, for ``dose``. With ``[[injections]]``,
+    ``values`` holds the doses by model column (``regions.lobe.normal`` …)."""
     ar = active_rules(case)
+    if case.multi:
+        return _treatment_outcome(case, nominal, ar, values or {})
     flat = flatten_doses(nominal["dose_gy"])
     doses = {k: np.asarray(v) for k, v in flat.items() if not k.startswith("tumors.")}
     if case.tumor_names:
@@ -234,6 +294,129 @@ def nominal_outcome(case: Case, nominal: dict[str, Any]) -> dict[str, Any]:
         "limits_kept": all(r["status"] == "kept" for r in judged if r["kind"] == "limit"),
         "advisories": nominal_advisories(case, nominal, ar),
     }
+
+
+def _treatment_outcome(case: Case, nominal: dict[str, Any], ar: ActiveRules, values: dict[str, float]) -> dict[str, Any]:
+    rows = []
+    for kind, group in (("target", ar.targets), ("secondary target", ar.secondary), ("limit", ar.limits)):
+        for r in group:
+            for label, col in _labels(ar, r):
+                value = float(values[col])
+                margin = r.threshold_gy - value if r.kind == "target" else value - r.threshold_gy
+                ok = margin <= 0
+                rows.append({
+                    "label": label, "kind": kind, "quantity": col, "threshold_gy": r.threshold_gy, "value": value,
+                    "margin_gy": margin,
+                    "status": ("met" if ok else "not met") if r.kind == "target" else ("kept" if ok else "EXCEEDED"),
+                    "source": r.source,
+                })
+    rows += _not_evaluable_rows(ar)
+    judged = [r for r in rows if r["status"] != "not evaluable"]
+    primary = [r for r in judged if r["kind"] == "target"]
+    return {
+        "rules": rows,
+        "rules_not_evaluated": [ne.id for ne in ar.not_evaluable],
+        "rules_not_evaluable": [ne.to_dict() for ne in ar.not_evaluable],
+        "targets_met": all(r["status"] == "met" for r in primary) if primary else None,
+        "limits_kept": all(r["status"] == "kept" for r in judged if r["kind"] == "limit"),
+        "advisories": treatment_advisories(case, nominal, ar),
+    }
+
+
+def _not_evaluable_rows(ar: ActiveRules) -> list[dict[str, Any]]:
+    return [{
+        "label": ne.id,
+        "kind": {"target": "target" if ne.level == "primary" else "secondary target"}.get(ne.kind, ne.kind),
+        "quantity": ne.quantity,
+        "threshold_gy": _threshold(ar.scenario, ne.id),
+        "value": None,
+        "margin_gy": None,
+        "status": "not evaluable",
+        "reason": ne.reason,
+        "source": _source(ar.scenario, ne.id),
+    } for ne in ar.not_evaluable]
+
+
+#: The committee's interval between staged lobar sessions (DSC 2022 Scenario 4, Treatment delivery): 4-8 weeks.
+STAGED_INTERVAL_WEEKS = (4.0, 8.0)
+
+
+def session_hepatic_reserve(case: Case, session: str) -> float | None:
+    """Share of the whole liver outside the territories treated in ``session`` (nominal), or None without a
+    whole-liver volume: the reserve is judged per session."""
+    if case.whole_liver_volume_ml is None:
+        return None
+    names = {j.name for j in case.injections if j.session == session}
+    # a territory nested in another of the same session is already counted in it
+    outer = [j for j in case.injections if j.name in names and j.within not in names]
+    return 1.0 - sum(j.perfused_volume_ml.nominal for j in outer) / case.whole_liver_volume_ml.nominal
+
+
+def treatment_advisories(case: Case, nominal: dict[str, Any], ar: ActiveRules | None = None) -> list[dict[str, str]]:
+    """Advisories of a treatment of several injections: each injection's (its T:N, shunt, lung activity, time,
+    its session's hepatic reserve), named by injection, and the interval between sessions."""
+    import datetime as _dt
+
+    ar = ar or active_rules(case)
+    out: list[dict[str, str]] = []
+    by_message: dict[tuple[str, str], list[str]] = {}
+    for j in case.injections:
+        inj = nominal["injections"][j.name]
+        tn = {t.name: t.tn_ratio.nominal for t in case.tumors if t.injection == j.name}
+        tn.update({n: spec.nominal for n, spec in j.tn_ratios})
+        shunt = (j.shunt_fraction or case.shunt_fraction).nominal
+        adv = _rules.advisories(
+            ar.scenario, tn_ratios=tn, shunt_fraction=shunt, lung_activity_gbq=inj["activity_gbq"]["lung"],
+            hours_after_calibration=inj["hours_after_calibration"],
+            model="partition" if any(t.treated for t in case.tumors) else "single-compartment",
+            hepatic_reserve=session_hepatic_reserve(case, j.session),
+            activity_per_sphere_bq=inj["activity_per_sphere_bq"],
+        )
+        for code, msg in adv:
+            by_message.setdefault((code, msg), []).append(j.name)
+    for (code, msg), names in by_message.items():
+        who = ("injection " if len(names) == 1 else "injections ") + ", ".join(names)
+        out.append({"code": code, "message": f"{who}: {msg}"})
+    times = sorted((x.treatment, x.name) for x in case.sessions if x.treatment is not None)
+    lo, hi = STAGED_INTERVAL_WEEKS
+    for (t0, a), (t1, b) in zip(times, times[1:], strict=False):
+        weeks = (t1 - t0) / _dt.timedelta(weeks=1)
+        if not lo <= weeks <= hi:
+            out.append({"code": "session-interval", "message": (
+                f"session {b} is {weeks:.1f} weeks after session {a}: the committee recommends a staged second "
+                f"treatment at {lo:g}-{hi:g} weeks, once liver function tests are assessed (DSC 2022 Scenario 4, "
+                "Treatment delivery)")})
+    if len(times) > 1:
+        burden = {x.name: sum(t.volume_ml.nominal for t in case.tumors
+                              if t.injection is not None and case.injection(t.injection).session == x.name)
+                  for x in case.sessions}
+        first = times[0][1]
+        heavier = max(burden, key=lambda k: burden[k])
+        if burden[heavier] > burden[first]:
+            out.append({"code": "session-order", "message": (
+                f"session {first} (first) treats {burden[first]:g} mL of tumour, session {heavier} {burden[heavier]:g} mL: "
+                "the committee treats the lobe with more extensive disease first (DSC 2022 Scenario 4, Treatment delivery)")})
+    share_max = ar.scenario.checks.get("treated_liver_share_max")
+    if share_max is not None and case.whole_liver_volume_ml is not None:
+        caution = ar.scenario.checks.get("treated_liver_share_caution")
+        for x in case.sessions:
+            share = 1.0 - session_hepatic_reserve(case, x.name)
+            if share > share_max or (caution is not None and share > caution):
+                out.append({"code": "treated-share", "message": (
+                    f"session {x.name} treats {100 * share:.3g} % of the whole liver: the committee reports up to "
+                    f"{100 * share_max:g} % in ALBI-1 with excellent tolerability"
+                    + (f" and more liver toxicity above {100 * caution:g} % in ALBI-2 and Child-Pugh B" if caution else "")
+                    + " (DSC 2022 Scenario 1, Patient selection, item 4)")})
+    for ne in ar.not_evaluable:
+        out.append({"code": "rule-not-evaluated",
+                    "message": f"{ne.kind} {ne.id!r} ({ne.quantity}) not evaluable: {ne.reason} (give {ne.field})"})
+    if case.custom_conventions:
+        out.append({"code": "custom-conventions", "message": "conventions outside their cited ranges (custom = "
+                    "true): " + "; ".join(case.custom_conventions)})
+    if case.biased_inputs:
+        out.append({"code": "bias", "message": "bias options used on " + ", ".join(case.biased_inputs)
+                    + ": Monte Carlo doses are centred on an estimate of the delivered dose (research), not the planned dose"})
+    return out
 
 
 def _rule_by_id(scen, rule_id: str):
@@ -341,11 +524,7 @@ def compile_rules(ar: ActiveRules, quantities: tuple[str, ...]) -> RuleTable:
     missing_q = [ne.quantity for ne in ar.not_evaluable]
     for kind, group in (("target", ar.targets), ("secondary", ar.secondary), ("limit", ar.limits)):
         for r in group:
-            if r.quantity == "tumors":
-                targets = [(f"{r.id}:{n}", f"tumors.{n}") for n in ar.counted_tumors]
-            else:
-                targets = [(r.id, r.quantity)]
-            for label, q in targets:
+            for label, q in _labels(ar, r):
                 if q not in quantities:
                     missing.append(label)
                     missing_q.append(r.quantity)
@@ -362,3 +541,69 @@ def compile_rules(ar: ActiveRules, quantities: tuple[str, ...]) -> RuleTable:
         np.asarray(thr, dtype=float), np.asarray(signs), tuple(missing), tuple(dict.fromkeys(missing_q)),
         tuple(ne.to_dict() for ne in ar.not_evaluable),
     )
+
+
+def treatment_dose_mapping(case: Case, values: dict[str, Any], decisions) -> dict[str, Any]:
+    """Model columns → the nested ``dose --json`` keys of a treatment of several injections. ``values`` may hold
+    numbers or per-quantity statistics (``simulate``)."""
+    conv = case.conventions
+    injections = {}
+    for j, (hours, vial, s) in zip(case.injections, decisions, strict=True):
+        injections[j.name] = {
+            "session": j.session,
+            "role": j.role,
+            "within": j.within,
+            "hours_after_calibration": hours,
+            "calibration": case.injection_calibration(j).isoformat(),
+            "activity_gbq": {
+                "vial_at_calibration": vial,
+                "vial_at_treatment": s,
+                "injected": values[f"injections.{j.name}.injected"],
+                "liver": values[f"injections.{j.name}.liver"],
+                "lung": values[f"injections.{j.name}.lung_activity"],
+            },
+            "activity_per_sphere_bq": physics.activity_per_sphere_bq(hours, conv),
+            "spheres": physics.spheres_per_vial(vial, conv),
+            "dose_gy": {
+                "perfused_mean": values[f"injections.{j.name}.perfused_mean"],
+                "normal_perfused": values[f"injections.{j.name}.normal_perfused"],
+            },
+        }
+    dose_gy: dict[str, Any] = {
+        "regions": {j.name: {"mean": values[f"regions.{j.name}.mean"], "normal": values[f"regions.{j.name}.normal"]}
+                    for j in case.injections},
+        "tumors": {n: values[f"tumors.{n}"] for n in case.tumor_names},
+    }
+    if "tumor_total" in values:
+        dose_gy["tumor_total"] = values["tumor_total"]
+    dose_gy["lung_sessions"] = {x.name: values[f"lung_sessions.{x.name}"] for x in case.sessions}
+    dose_gy["lung_cumulative"] = values["lung_cumulative"]
+    if case.has_whole_liver:
+        dose_gy["whole_normal_liver_sessions"] = {x.name: values[f"whole_normal_liver_sessions.{x.name}"]
+                                                  for x in case.sessions}
+        dose_gy["whole_normal_liver"] = values["whole_normal_liver"]
+        dose_gy["whole_liver"] = values["whole_liver"]
+    return {
+        "case": case.name,
+        "scenario": case.scenario,
+        "sessions": {x.name: {"calibration": x.calibration.isoformat(),
+                              "treatment": None if x.treatment is None else x.treatment.isoformat(),
+                              "delivered": x.delivered} for x in case.sessions},
+        "injections": injections,
+        "dose_gy": dose_gy,
+        "prior_lung_dose_gy": case.prior_lung_dose_gy,
+        "conventions": conv.as_dict(),
+    }
+
+
+def flatten_nested(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"regions": {"lobe": {"mean": x}}}`` → ``{"regions.lobe.mean": x}`` (a leaf is a non-mapping, or a
+    mapping of statistics with a ``mean`` number)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and not ("mean" in v and "p05" in v):
+            out.update(flatten_nested(v, key + "."))
+        else:
+            out[key] = v
+    return out

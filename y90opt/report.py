@@ -109,6 +109,101 @@ def write_report(ds, out_dir: str | os.PathLike, sensitivity=None) -> str:
     return path
 
 
+#: The joint plan's figure (several injections).
+JOINT_PNG = "report_joint.png"
+
+
+def write_joint_report(ds, summary: dict[str, Any], out_dir: str | os.PathLike) -> str:
+    """``report.html`` of a plan of several injections (:mod:`y90opt.joint_planner`), self-contained like
+    :func:`write_report`: the status first, the order (a vial per injection, a day per session), P per limit,
+    the doses at the choice, the vial × vial figure, the rules, the advisories, the Optuna check, provenance."""
+    import numpy as np
+
+    from .figures import joint_figure
+    from .outcomes import flatten_nested
+
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    rec = summary["recommended"] or summary["least_risky"]
+    inj = [str(x) for x in ds["injection"].values]
+    vials = ds["candidate_vial_gbq"].values
+    chosen_vi = []
+    for j, name in enumerate(inj):
+        col = vials[:, j]
+        idx = ds["candidate_vial_index"].values[:, j]
+        match = idx[np.isclose(col, rec["injections"][name]["vial_gbq"])]
+        chosen_vi.append(int(match[0]) if match.size else 0)
+    ti = ds["candidate_time_index"].values
+    times = ds["candidate_hours_after_calibration"].values
+    chosen_ti = []
+    for k, sname in enumerate(str(x) for x in ds["session"].values):
+        j = next(i for i, n in enumerate(inj) if rec["injections"][n]["session"] == sname)
+        h = rec["injections"][inj[j]]["hours_after_calibration"]
+        match = ti[np.isclose(times[:, j], h), k]
+        chosen_ti.append(int(match[0]) if match.size else 0)
+    fig = joint_figure(ds, {"vial_index": chosen_vi, "time_index": chosen_ti}, os.path.join(out_dir, JOINT_PNG))
+    status = summary["status"]
+    cls = {"ok": "ok", "low-success": "warn", "infeasible": "bad"}[status]
+    head = {"ok": "OK", "low-success": "LOW CHANCE OF SUCCESS", "infeasible": "INFEASIBLE: do not treat as planned"}[status]
+    p = rec["p_success"]
+    order = _table(["injection", "session", "vial at calibration (GBq)", "hours after calibration",
+                    "at treatment (GBq)", ""],
+                   [[esc(n), esc(j["session"]), f"{j['vial_gbq']:g}", f"{j['hours_after_calibration']:.1f}",
+                     f"{j['activity_at_treatment_gbq']:.3g}", "delivered" if j["delivered"] else ""]
+                    for n, j in rec["injections"].items()], numeric=[False, False, True, True, True, False])
+    sessions = _table(["session", "treatment", "preferred day"],
+                      [[esc(n), esc(x["label"]), "yes" if x["preferred"] else ""] for n, x in rec["sessions"].items()])
+    limits = ""
+    if summary.get("recommended"):
+        limits = _table(["limit", "P(kept)", "required"],
+                        [[esc(k), f"{v:.4f}", f"{1 - summary['risk']:g}"] for k, v in summary["recommended"]["p_limits"].items()],
+                        numeric=[False, True, True])
+    d = summary["doses_at_choice"]
+    flat = {f"injections.{n}.{k}": v for n, j in d["injections"].items() for k, v in j["dose_gy"].items()}
+    flat.update(flatten_nested(d["dose_gy"]))
+    doses = _table(["dose at the choice (nominal inputs)", "Gy"], [[esc(k), f"{v:.4g}"] for k, v in flat.items()],
+                   numeric=[False, True])
+    rules = _table(["rule", "kind", "quantity", "threshold (Gy)", "source"],
+                   [[esc(r["label"]), esc(r["kind"]), esc(r["quantity"]), f"{r.get('min_gy', r.get('max_gy')):g}",
+                     esc(r["source"])] for r in summary["rules"]])
+    adv = "".join(f"<li><code>{esc(a['code'])}</code> {esc(a['message'])}</li>" for a in summary["advisories"])
+    opt = esc(summary["optuna"]["sentence"]) if "optuna" in summary else "no Optuna search"
+    budgets = "".join(
+        f"<li>{esc(k)}: limit {b['limit_gy']:g} Gy − prior {b['prior_gy']:.3g} Gy − delivered sessions "
+        f"{b['delivered_sessions_gy']:.3g} Gy = {b['left_for_planned_sessions_gy']:.3g} Gy left</li>"
+        for k, b in summary["budgets"].items())
+    dsp = summary["decision_space"]
+    page = "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>y90opt plan report: {esc(summary['case'])}</title>", f"<style>{_CSS}</style></head><body><main>",
+        f'<h1>Y-90 glass microsphere plan of several injections: {esc(summary["case"])}</h1>',
+        f'<p class="sub">scenario <code>{esc(summary["scenario"])}</code> · {summary["samples"]:,} Monte Carlo samples · '
+        f'{esc(" × ".join(dsp["dims"]))} = {dsp["size"]} joint candidates ({esc(dsp["exact"])})</p>',
+        '<div class="banner">Research software. This plan must be checked independently (vendor calculator, '
+        "a second physicist) before any clinical use.</div>",
+        f'<section class="status {cls}"><h2 data-key="status">STATUS: {head}</h2><p>{esc(summary["status_reason"])}</p>'
+        f'<p>P(all primary targets met) = <b data-key="p-success">{"n/a" if p is None else f"{p:.4f}"}</b></p></section>',
+        "<section><h2>" + ("Order" if status == "ok" else "The candidate shown (see the status)") + "</h2>",
+        order, sessions, limits, "</section>",
+        f'<section><h2>The joint choice</h2><img alt="P(targets) over vial × vial" src="{_data_uri(fig)}"></section>',
+        f"<section><h2>Doses at the choice</h2>{doses}</section>",
+        f"<section><h2>Budgets</h2><ul>{budgets or '<li>none</li>'}</ul></section>",
+        f"<section><h2>Rules</h2>{rules}</section>",
+        f"<section><h2>Advisories</h2><ul>{adv or '<li>none</li>'}</ul></section>",
+        f"<section><h2>Optuna cross-check</h2><p>{opt}</p></section>",
+        f"<section><h2>Provenance</h2><p>seed {summary['seed']}, {esc(summary['dtype'])}, case sha256 "
+        f"<code>{esc(summary['case_sha256'])}</code>, y90opt {esc(str(ds.attrs.get('y90opt_version', '')))}</p></section>",
+        "</main></body></html>",
+    ]) + "\n"
+    path = os.path.join(out_dir, "report.html")
+    tmp = path + ".part"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(page)
+    os.replace(tmp, path)
+    return path
+
+
 #: What the report reads from a sensitivity Dataset (the Sobol' table and the tornado figures).
 SENSITIVITY_VARIABLES = (
     "output", "input", "S1", "ST", "oat_nominal", "oat_low", "oat_high", "output_units", "input_units",
@@ -192,6 +287,10 @@ def report_from_netcdf(path: str | os.PathLike, out_dir: str | os.PathLike | Non
     """Rebuild the report from a saved ``plan.nc``; ``out_dir`` defaults to the file's folder. Returns the
     path of ``report.html``. ``sensitivity`` may be a SensitivityResult, its Dataset or a NetCDF path."""
     ds = read_plan_results(path)
+    if "plan_summary_json" in ds.attrs:  # a plan of several injections
+        import json
+
+        return write_joint_report(ds, json.loads(ds.attrs["plan_summary_json"]), default_report_dir(path, out_dir))
     if isinstance(sensitivity, str | os.PathLike):
         sensitivity = read_sensitivity_results(sensitivity)
     return write_report(ds, default_report_dir(path, out_dir), sensitivity=sensitivity)

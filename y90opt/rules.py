@@ -158,6 +158,9 @@ ADVISORY_CODES: tuple[str, ...] = (
     "hepatic-reserve-unknown",
     "sphere-activity",
     "rule-not-evaluated",
+    "session-interval",
+    "session-order",
+    "treated-share",
 )
 
 

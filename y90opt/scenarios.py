@@ -36,6 +36,25 @@ QUANTITIES: tuple[str, ...] = (
     "tumor_total",  # mass-weighted mean over the treated tumours
 )
 
+#: Rule quantities of treatments of several injections (cases with ``[[injections]]``): a limit on a
+#: ``*_sessions`` quantity holds for each session; ``<key>`` is an injection's role (or name), ``*`` each one.
+TREATMENT_QUANTITIES: tuple[str, ...] = (
+    "lung_sessions",  # each session's lung dose
+    "whole_normal_liver_sessions",  # each session's whole normal liver dose (needs the whole-liver volume)
+    "injections.<key>.perfused_mean",  # single-compartment dose over that injection's territory, from it alone
+    "injections.<key>.normal_perfused",  # that injection's normal-tissue dose over its territory, from it alone
+    "regions.<key>.mean",  # mean dose over the injection's region (its territory less those nested in it), all injections
+    "regions.<key>.normal",  # the region's normal tissue, all injections
+)
+_TREATMENT_Q = re.compile(r"^(injections\.([A-Za-z0-9_-]+|\*)\.(perfused_mean|normal_perfused)"
+                          r"|regions\.([A-Za-z0-9_-]+|\*)\.(mean|normal)|lung_sessions|whole_normal_liver_sessions)$")
+
+
+def is_quantity(name: str) -> bool:
+    """A dose a rule may constrain: one of :data:`QUANTITIES` or the forms of :data:`TREATMENT_QUANTITIES`."""
+    return name in QUANTITIES or bool(_TREATMENT_Q.match(name))
+
+
 #: Rule kinds: a target is a minimum dose, a limit a maximum dose.
 KINDS: tuple[str, ...] = ("target", "limit")
 
@@ -351,6 +370,8 @@ _THRESHOLD_KEY = {"target": "min_gy", "limit": "max_gy"}
 _CHECKS: dict[str, tuple[float, float]] = {
     "hepatic_reserve_min": (0.0, 1.0),
     "sphere_activity_min_bq": (0.0, math.inf),
+    "treated_liver_share_max": (0.0, 1.0),  # share of the whole liver treated in one session, summed over injections
+    "treated_liver_share_caution": (0.0, 1.0),  # the share above which toxicity rises in poorer liver function
 }
 
 
@@ -481,11 +502,11 @@ def _rule(table: Any, kind: str, file: str, where: str, *, inherit_condition: st
             raise ScenarioError(file, f"{where}.{key}", "missing")
     rid = _ident(table["id"], file, f"{where}.id")
     quantity = _text(table["quantity"], file, f"{where}.quantity")
-    if quantity not in QUANTITIES:
+    if not is_quantity(quantity):
         raise ScenarioError(
             file,
             f"{where}.quantity",
-            f"unknown quantity {quantity!r} (expected one of {', '.join(QUANTITIES)})",
+            f"unknown quantity {quantity!r} (expected one of {', '.join(QUANTITIES + TREATMENT_QUANTITIES)})",
         )
     condition = table.get("condition", inherit_condition)
     return Rule(

@@ -197,6 +197,8 @@ def _compiled_model(case: Case, dtype: str):
     key = (case.sha256, str(case.path), dtype)
     if key not in _COMPILED:
         model = Model.from_case(case)
+        if case.multi:  # the doses at the case's decision (linear in the vial activities: the factors at s = 1)
+            model = model.decided([x[2] for x in case.injection_decisions("`sensitivity`")])
         free = dataclasses.replace(model, cholesky=None)
         while len(_COMPILED) >= 8:
             _COMPILED.pop(next(iter(_COMPILED)))
@@ -223,7 +225,11 @@ def output_function(case: Case, dtype: str = "float32") -> CaseFunction:
 
     from .engine import enable_x64_if
 
-    hours, s_gbq = case.decision("`sensitivity`")
+    if case.multi:
+        case.injection_decisions("`sensitivity`")  # the decision must be complete
+        hours, s_gbq = float("nan"), 1.0
+    else:
+        hours, s_gbq = case.decision("`sensitivity`")
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     enable_x64_if(dtype)
@@ -404,8 +410,7 @@ def sensitivity_case(
             "case_sha256": case.sha256,
             "case_path": str(case.path),
             "scenario": case.scenario,
-            "vial_gbq": float(case.plan.vial_gbq),
-            "hours_after_calibration": fn.hours_after_calibration,
+            **_decision_attrs(case, fn),
             "vial_at_treatment_gbq": fn.vial_at_treatment_gbq,
             "success_definition": fn.success_definition,
             "oat_quantiles": f"{OAT_QUANTILES[0]:g} {OAT_QUANTILES[1]:g}",
@@ -534,8 +539,7 @@ def summary_from_dataset(ds) -> dict[str, Any]:
         "jax_backend": a["jax_backend"],
         "y90opt_version": a["y90opt_version"],
         "case_sha256": a["case_sha256"],
-        "vial_gbq": float(a["vial_gbq"]),
-        "hours_after_calibration": float(a["hours_after_calibration"]),
+        **_decision_summary(a),
         "success_definition": a["success_definition"],
         "conventions": {k[len("conventions_"):]: float(v) for k, v in a.items() if k.startswith("conventions_")},
         "biased_inputs": [x for x in str(a.get("biased_inputs", "none")).split(", ") if x and x != "none"],
@@ -557,6 +561,25 @@ def summary_from_dataset(ds) -> dict[str, Any]:
     }
 
 
+def _decision_attrs(case: Case, fn) -> dict[str, Any]:
+    """The decision the indices hold at: the ``[plan]`` vial and time, or each injection's (JSON)."""
+    if not case.multi:
+        return {"vial_gbq": float(case.plan.vial_gbq), "hours_after_calibration": fn.hours_after_calibration}
+    import json
+
+    return {"injections": json.dumps({j.name: {"vial_gbq": v, "hours_after_calibration": h}
+                                      for j, (h, v, _) in zip(case.injections, case.injection_decisions("`sensitivity`"),
+                                                              strict=True)})}
+
+
+def _decision_summary(a) -> dict[str, Any]:
+    import json
+
+    if "injections" in a:
+        return {"injections": json.loads(a["injections"])}
+    return {"vial_gbq": float(a["vial_gbq"]), "hours_after_calibration": float(a["hours_after_calibration"])}
+
+
 def _ci(lo, hi) -> str:
     lo, hi = float(lo), float(hi)
     return f"[{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else "—"
@@ -567,8 +590,10 @@ def _text(ds) -> str:
 
     a = ds.attrs
     lines = [
-        f"case {a['case_name']!r}  scenario {a['scenario']}  vial {a['vial_gbq']:g} GBq at "
-        f"{a['hours_after_calibration']:.1f} h after calibration",
+        f"case {a['case_name']!r}  scenario {a['scenario']}  "
+        + (f"vial {a['vial_gbq']:g} GBq at {a['hours_after_calibration']:.1f} h after calibration" if "injections" not in a
+           else "injections " + ", ".join(f"{n} {d['vial_gbq']:g} GBq at {d['hours_after_calibration']:.1f} h"
+                                          for n, d in _decision_summary(a)["injections"].items())),
         f"{a['samples']} base samples, {a['model_evaluations']} model evaluations, seed {a['seed']}, "
         f"{a['dtype']} on {a['jax_backend']}; "
         + (f"{100 * a['confidence_level']:g} % bootstrap intervals ({a['bootstrap']} resamples)" if a["bootstrap"]

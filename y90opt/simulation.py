@@ -135,8 +135,14 @@ def simulate_case(
 ) -> SimulationResult:
     """Propagate the input uncertainties of ``case`` to every dose at its ``[plan]`` decision."""
     engine.enable_x64_if(dtype)
-    hours, s = decision_activity(case)
-    model = engine.Model.from_case(case)
+    if case.multi:
+        # the doses at the decision are the factors of a model at s = 1 (linear in the vial activities)
+        decisions = case.injection_decisions("`dose` and `simulate`")
+        model = engine.TreatmentModel.from_case(case).decided([x[2] for x in decisions])
+        hours, s = None, 1.0
+    else:
+        hours, s = decision_activity(case)
+        model = engine.Model.from_case(case)
     rt = compile_rules(active_rules(case), model.quantities)
     chunk = chunk or engine.default_chunk()
     b = model.offsets
@@ -283,10 +289,19 @@ def _dataset(case, model, rt, stats, hours, s, n, seed, dtype, samples):
     if samples is not None:
         dv["samples"] = (("sample", "quantity"), samples)
     coords = {"quantity": list(model.quantities), "rule": list(rt.labels), "unit": ("quantity", list(model.units))}
+    if case.multi:
+        decisions = case.injection_decisions("`simulate`")
+        dv["injection_hours_after_calibration"] = ("injection", np.array([d[0] for d in decisions]))
+        dv["injection_vial_at_calibration"] = ("injection", np.array([d[1] for d in decisions]))
+        dv["injection_vial_at_treatment"] = ("injection", np.array([d[2] for d in decisions]))
+        coords["injection"] = [j.name for j in case.injections]
+        coords["injection_session"] = ("injection", [j.session for j in case.injections])
+        decision = {"decision": "per injection: see the injection variables"}
+    else:
+        decision = {"hours_after_calibration": hours, "vial_at_calibration_gbq": case.plan.vial_gbq,
+                    "vial_at_treatment_gbq": s}
     attrs = provenance(case, seed=seed, n=n, dtype=dtype, command="simulate", extra={
-        "hours_after_calibration": hours,
-        "vial_at_calibration_gbq": case.plan.vial_gbq,
-        "vial_at_treatment_gbq": s,
+        **decision,
         "valid_sample_count": count,
         "unphysical_sample_count": stats["n_invalid"],
         "quantile_method": stats["quantile_method"],
@@ -304,6 +319,8 @@ def _dataset(case, model, rt, stats, hours, s, n, seed, dtype, samples):
 
 def summarize_simulation(ds, case: Case) -> dict[str, Any]:
     """The pinned ``simulate --json`` structure, derived from the Dataset."""
+    if case.multi:
+        return _summarize_treatment(ds, case)
     dose_gy: dict[str, Any] = {}
     act: dict[str, Any] = {}
     for q, unit in zip(ds["quantity"].values.tolist(), ds["unit"].values.tolist(), strict=True):
@@ -362,6 +379,62 @@ def summarize_simulation(ds, case: Case) -> dict[str, Any]:
     }
 
 
+def _rule_summaries(ds) -> list[dict[str, Any]]:
+    a = ds.attrs
+    rules = [
+        {
+            "label": str(r),
+            "kind": str(ds["rule_kind"].sel(rule=r).item()),
+            "quantity": str(ds["rule_quantity"].sel(rule=r).item()),
+            "threshold_gy": float(ds["threshold"].sel(rule=r)),
+            "probability": float(ds["probability"].sel(rule=r)),
+            "probability_se": float(ds["probability_se"].sel(rule=r)),
+            "ci95": wilson_interval(float(ds["probability"].sel(rule=r)), int(a["valid_sample_count"])),
+            "source": str(ds["rule_source"].sel(rule=r).item()),
+        }
+        for r in ds["rule"].values.tolist()
+    ]
+    not_evaluable = json.loads(a.get("rules_not_evaluable", "[]"))
+    rules += [{"label": r["id"], "kind": r["kind"], "quantity": r["quantity"], "status": "not evaluable",
+               "reason": r["reason"], "probability": None} for r in not_evaluable]
+    return rules
+
+
+def _summarize_treatment(ds, case: Case) -> dict[str, Any]:
+    """``simulate --json`` of a case with ``[[injections]]``: the nested keys of ``dose --json``, each dose as
+    ``{mean, p05, p50, p95, …}`` and each activity likewise."""
+    from .outcomes import treatment_advisories, treatment_dose_mapping
+
+    names = ds["quantity"].values.tolist()
+    stats = {q: {k: float(ds[k].sel(quantity=q)) for k in ("mean", "p05", "p50", "p95", "sd", "mean_se", "nominal")}
+             for q in names}
+    decisions = [(float(h), float(v), float(s)) for h, v, s in zip(
+        ds["injection_hours_after_calibration"].values, ds["injection_vial_at_calibration"].values,
+        ds["injection_vial_at_treatment"].values, strict=True)]
+    out = treatment_dose_mapping(case, stats, decisions)
+    nominal = treatment_dose_mapping(case, {q: v["nominal"] for q, v in stats.items()}, decisions)
+    a = ds.attrs
+    out.update({
+        "samples": int(a["sample_count"]),
+        "seed": int(a["seed"]),
+        "dtype": a["dtype"],
+        "backend": a["backend"],
+        "rules": _rule_summaries(ds),
+        "rules_not_evaluated": [x for x in str(a["rules_not_evaluated"]).split(", ") if x],
+        "rules_not_evaluable": json.loads(a.get("rules_not_evaluable", "[]")),
+        "p_success": _finite_or_none(ds["p_success"]),
+        "p_success_se": _finite_or_none(ds["p_success_se"]),
+        "p_limits": float(ds["p_limits"]),
+        "valid_samples": int(a["valid_sample_count"]),
+        "unphysical_samples": int(a["unphysical_sample_count"]),
+        "quantile_method": a["quantile_method"],
+        "quantile_rel_error": float(a["quantile_rel_error"]),
+        "case_sha256": a["case_sha256"],
+        "advisories": treatment_advisories(case, nominal),
+    })
+    return out
+
+
 def _finite_or_none(x) -> float | None:
     v = float(x)
     return v if np.isfinite(v) else None
@@ -383,6 +456,9 @@ def wilson_interval(p: float, n: int, z: float = 1.959963984540054) -> list[floa
 def simulation_text(summary: dict[str, Any]) -> str:
     from .outcomes import flatten_doses
     from .textout import table
+
+    if "injections" in summary:
+        return _treatment_simulation_text(summary)
 
     act = summary["activity_gbq"]
     c = summary["conventions"]
@@ -411,6 +487,37 @@ def simulation_text(summary: dict[str, Any]) -> str:
     if summary["unphysical_samples"]:
         lines.append(f"{summary['unphysical_samples']} unphysical samples excluded (tumours larger than their territory, "
                      "or a whole liver smaller than the perfused territory and the untreated tumours)")
+    for a in summary["advisories"]:
+        lines.append(f"advisory [{a['code']}]: {a['message']}")
+    return "\n".join(lines)
+
+
+def _treatment_simulation_text(summary: dict[str, Any]) -> str:
+    from .outcomes import flatten_nested
+    from .textout import table
+
+    lines = [f"case {summary['case']!r}  scenario {summary['scenario']}",
+             f"{summary['samples']} samples, seed {summary['seed']}, {summary['dtype']} on {summary['backend']}", ""]
+    lines.append(table([(n, j["session"], f"{j['hours_after_calibration']:.1f}", j["activity_gbq"]["vial_at_calibration"],
+                         j["activity_gbq"]["vial_at_treatment"]) for n, j in summary["injections"].items()],
+                       header=("injection", "session", "h after cal.", "vial GBq", "at treatment"), align="lllrr"))
+    lines.append("")
+    flat = {f"injections.{n}.{k}": v for n, j in summary["injections"].items() for k, v in j["dose_gy"].items()}
+    flat.update(flatten_nested(summary["dose_gy"]))
+    lines.append(table([(k, v["nominal"], v["mean"], v["p05"], v["p50"], v["p95"]) for k, v in flat.items()],
+                       header=("dose (Gy)", "nominal", "mean", "p05", "p50", "p95")))
+    lines.append("")
+    lines.append(table(
+        [(r["label"], r["kind"], ("≥ " if r["kind"] != "limit" else "≤ ") + f"{r['threshold_gy']:g}",
+          f"{r['probability']:.4f} ± {r['probability_se']:.4f}") for r in summary["rules"] if r.get("status") != "not evaluable"]
+        + [(r["label"], r["kind"], "", "not evaluable: " + r["reason"]) for r in summary["rules"] if r.get("status") == "not evaluable"],
+        header=("rule", "kind", "Gy", "P(satisfied) ± SE"), align="lllr"))
+    success = ("no primary target evaluable" if summary["p_success"] is None
+               else f"{summary['p_success']:.4f} ± {summary['p_success_se']:.4f}")
+    lines.append(f"\nP(all primary targets met) = {success}; P(all limits kept) = {summary['p_limits']:.4f}")
+    if summary["unphysical_samples"]:
+        lines.append(f"{summary['unphysical_samples']} unphysical samples excluded (a region without normal tissue: "
+                     "nested territories or tumours larger than their container, or a whole liver too small)")
     for a in summary["advisories"]:
         lines.append(f"advisory [{a['code']}]: {a['message']}")
     return "\n".join(lines)
