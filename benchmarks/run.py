@@ -798,6 +798,111 @@ class Bench:
         out["load_average"] = timing.load_average()
         self.res["sections"]["cohort"] = out
 
+    def joint(self) -> None:
+        """Several injections (the modified radiation lobectomy example): exact evaluation of 6 × 6 vials × 5
+        days (180 joint candidates) at `--joint-n` samples against a plain-numpy brute force of the same grid
+        on the same samples (the baseline); then Optuna on the 35 × 35 × 145 space (0.5 GBq steps, hourly
+        times) against the exhaustive exact evaluation of that space, at `--joint-fine-n` samples."""
+        import tomllib
+
+        import tomli_w
+
+        from y90opt import engine
+        from y90opt.case import parse_case
+        from y90opt.joint_planner import build_joint_evaluator, joint_optuna_search, joint_space
+        from y90opt.outcomes import active_rules, compile_rules
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "configs", "examples", "modified-radiation-lobectomy.toml"), "rb") as fh:
+            doc = tomllib.load(fh)
+        doc["sessions"][0]["hours_after_calibration"] = [72, 96, 120, 192, 216]
+        out: dict[str, Any] = {}
+
+        def setup(d, n, any_time=False):
+            case = parse_case(tomli_w.dumps(d), "bench.toml")
+            ar = active_rules(case, strict=True)
+            model = engine.TreatmentModel.from_case(case)
+            rt = compile_rules(ar, model.quantities)
+            space = joint_space(case, ar.scenario.window, any_time=any_time)
+            ev, g, _ = build_joint_evaluator(model, rt, n, 0, None, "float32")
+            return case, ar, space, ev, g
+
+        n = self.a.joint_n
+        case, ar, space, ev, g = setup(doc, n)
+        dec = space.decode(space.all_indices(), case.conventions.half_life_h)
+        s_all = dec["s"]
+        t = timing.time_call(lambda: ev.evaluate(s_all), repeats=self.repeats(n))
+        res = ev.evaluate(s_all)
+
+        def brute():
+            b = np.asarray(ev.b, np.float32)
+            thr, sg = np.asarray(ev.thresholds, np.float32), np.asarray(ev.signs, np.float32)
+            ps = np.empty(len(s_all))
+            for k, s in enumerate(s_all.astype(np.float32)):
+                d = g[:, 0, :] * s[0]
+                for j in range(1, g.shape[1]):
+                    d = d + g[:, j, :] * s[j]
+                sat = sg * (d + b - thr) <= 0
+                ps[k] = np.mean(np.all(sat | ~ev.primary, axis=1))
+            return ps
+
+        tb = timing.time_call(brute, repeats=1, warmup=False)
+        ps_np = brute()
+        out["exact_180"] = {"candidates": int(len(s_all)), "samples": int(ev.n), **t.as_dict(len(s_all)),
+                            "numpy_brute_force": tb.as_dict(len(s_all)), "ratio_to_numpy": tb.median_s / t.median_s,
+                            "max_abs_difference_p_success": float(np.max(np.abs(ps_np - res["p_success"]))),
+                            "tag": timing.tag("jax-cpu", "float32", self.env)}
+        log(f"joint exact 180 candidates x {ev.n} samples: {t.median_s:.3f} s warm (first {t.first_s:.2f} s); numpy "
+            f"brute force {tb.median_s:.2f} s (x{tb.median_s / t.median_s:.1f}); max |dP| {out['exact_180']['max_abs_difference_p_success']:.2g}")
+        # the fine space: 0.5 GBq steps (3-20 GBq) for both vials, hourly times 72-216 h
+        fine = dict(doc)
+        fine["vials"] = {"catalogue": "custom"}
+        fine["sessions"] = [dict(doc["sessions"][0], hours_after_calibration={"min": 72, "max": 216, "step": 1})]
+        nf = self.a.joint_fine_n
+        case_f, ar_f, space_f, ev_f, _ = setup(fine, nf, any_time=True)  # every hour, as literal times
+        half = case_f.conventions.half_life_h
+        idx = space_f.all_indices()
+        ev_f.evaluate(space_f.decode(idx[:180], half)["s"])
+        hwm_small = _peak_rss()
+        t0 = time.perf_counter()
+        full = ev_f.evaluate(space_f.decode(idx, half)["s"])
+        t_full = time.perf_counter() - t0
+        hwm_large = _peak_rss()
+        from y90opt.chance import limit_margins
+
+        feas = np.all(limit_margins(full["p_limits"], case_f.plan.risk) <= 0, axis=1)
+        best_fine = float(full["p_success"][feas].max()) if feas.any() else None
+        # the coarse grid it contains: the catalogue vials at the five days
+        cat = [3.0, 5.0, 7.0, 10.0, 15.0, 20.0]
+        vials_f = np.asarray(space_f.vials[0])
+        hours_f = np.array([x.hours for x in space_f.times[0]])
+        coarse = np.isin(vials_f[idx[:, 0]], cat) & np.isin(vials_f[idx[:, 1]], cat) & np.isin(hours_f[idx[:, 2]], [72, 96, 120, 192, 216])
+        best_coarse = float(full["p_success"][coarse & feas].max()) if (coarse & feas).any() else None
+
+        def evaluate(c):
+            r = ev_f.evaluate(space_f.decode(c, half)["s"])
+            return r["p_success"][0], r["p_limits"][0]
+
+        rows = []
+        for trials in (200, 400):
+            t0 = time.perf_counter()
+            o = joint_optuna_search(space_f, evaluate, case_f.plan.risk, case_f.plan.tie_tolerance, trials, 0, half,
+                                    ev_f.limit_labels, lambda ti: 0)
+            wall = time.perf_counter() - t0
+            rows.append({"trials": o["trials"], "wall_s": wall, "p_success": o["p_success"],
+                         "reaches_coarse_optimum": o["p_success"] is not None and best_coarse is not None
+                         and o["p_success"] >= best_coarse - case_f.plan.tie_tolerance,
+                         "gap_to_fine_optimum": None if o["p_success"] is None or best_fine is None else best_fine - o["p_success"]})
+            log(f"joint Optuna {o['trials']} trials on {space_f.size} candidates: {wall:.1f} s, P {o['p_success']}, "
+                f"coarse optimum {best_coarse}, fine optimum {best_fine}")
+        out["optuna_fine"] = {"space": list(space_f.shape), "candidates": int(space_f.size), "samples": int(ev_f.n),
+                              "exhaustive_s": t_full,
+                              "peak_rss_after_180_candidates_bytes": hwm_small,
+                              "peak_rss_after_all_candidates_bytes": hwm_large, "best_fine": best_fine, "best_coarse": best_coarse, "optuna": rows,
+                              "tag": timing.tag("jax-cpu", "float32", self.env)}
+        log(f"joint exhaustive {space_f.size} candidates x {ev_f.n} samples: {t_full:.1f} s")
+        self.res["sections"]["joint"] = out
+
     def chunk_sweep(self) -> None:
         """GPU only: throughput at one large N for several chunk sizes."""
         import jax
@@ -864,6 +969,9 @@ class Bench:
         if on("cohort", not self.a.quick):
             with self.section("cohort"):
                 self.cohort()
+        if on("joint"):
+            with self.section("joint"):
+                self.joint()
         if self.has_gpu and on("chunks", self.a.gpu):
             with self.section("gpu_chunk_sweep"):
                 self.chunk_sweep()
@@ -1114,7 +1222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true", help="require a GPU: GPU sizes, chunk sweep; CPU figures up to 1e7")
     ap.add_argument("--table", metavar="JSON", help="print the short table of a saved run and exit")
     ap.add_argument("--markdown", metavar="JSON", help="print the tables of a saved run as Markdown and exit")
-    ap.add_argument("--sections", help="comma list: forward,ceilings,model,startup,plan,naive,optuna,sobol,sensitivity,cohort,memory,chunks")
+    ap.add_argument("--sections", help="comma list: forward,ceilings,model,startup,plan,naive,optuna,sobol,sensitivity,cohort,joint,memory,chunks")
     ap.add_argument("--sizes", nargs="*", help="forward sample counts (e.g. 1e4 1e6)")
     ap.add_argument("--max-n", type=float, help="drop forward sizes above this")
     ap.add_argument("--chunk", type=int, help="JAX chunk on CPU (default engine.DEFAULT_CHUNK)")
@@ -1127,6 +1235,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-n", nargs="*", default=["1e3", "1e5", "1e6", "3e6", "1e7", "1e8", "1e9"],
                     help="simulate sizes of the memory section (1e9 takes ≈ 9 min on the 2-core CPU)")
     ap.add_argument("--repeats", type=int, help="warm repeats per figure (default 5, quick 3; 1 at N ≥ 1e8 on CPU)")
+    ap.add_argument("--joint-n", type=int, default=100_000, help="samples of the joint section's 180-candidate grid")
+    ap.add_argument("--joint-fine-n", type=int, default=20_000, help="samples of the joint section's fine space")
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args(argv)
     if a.table:
@@ -1154,6 +1264,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(text)
     return 0
+
+
+def _peak_rss() -> int | None:
+    """The process's peak resident memory so far (VmHWM of /proc/self/status), or None."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _json_default(x: Any) -> Any:

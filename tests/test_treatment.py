@@ -430,3 +430,18 @@ def test_half_life_of_the_decay_in_the_joint_space():
     space = joint_space(case, active_rules(case).scenario.window)
     dec = space.decode(space.all_indices()[:5], 64.1)
     np.testing.assert_allclose(dec["s"], dec["vial"] * physics.decay_factor(dec["hours"], 64.1))
+
+
+def test_simulate_writes_netcdf_and_cohort_refuses_a_treatment_template(tmp_path):
+    from y90opt.cli import main
+    from y90opt.results import read_netcdf
+
+    nc = tmp_path / "s.nc"
+    assert main(["simulate", str(EX / "staged-bilobar.toml"), "--samples", "2000", "-o", str(nc), "--json"]) == 0
+    ds = read_netcdf(str(nc))
+    assert list(ds["injection"].values) == ["right", "left"]
+    assert "regions.right.normal" in list(ds["quantity"].values)
+    table = tmp_path / "p.csv"
+    table.write_text("patient_id,lung.mass_kg\nP1,1.0\n", encoding="utf-8")
+    with pytest.raises(y90opt.InputError, match="injections"):
+        y90opt.cohort(str(EX / "staged-bilobar.toml"), str(table), str(tmp_path / "c"))

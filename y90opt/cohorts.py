@@ -97,6 +97,9 @@ def read_patients(template_path: str, patients_path: str) -> tuple[str, list[Pat
     from .case import CaseError, load_case, parse_case
 
     template = load_case(template_path)
+    if template.multi:
+        raise CaseError(template.path, "injections", "a cohort's template is a case of one injection (cohorts of "
+                        "treatments of several injections are not available yet)")
     doc = tomllib.loads(template.text)
     try:
         with open(patients_path, newline="", encoding="utf-8-sig") as fh:  # a BOM (spreadsheets write one) is no column

@@ -466,6 +466,9 @@ def plan_case(
     treatment at ``[plan].treatment`` and chooses the vial among ``calibration_weeks`` calibration weeks
     (:func:`decision_space`)."""
     engine.enable_x64_if(dtype)
+    if case.multi:
+        raise InputError(f"{case.path}: injections: a case of several injections is planned jointly "
+                         "(y90opt.plan, or y90opt.joint_planner.plan_joint_case)")
     if risk is not None and not 0 < risk < 1:
         raise InputError(f"--risk: must be in (0, 1), got {risk}")
     risk = case.plan.risk if risk is None else risk
