@@ -370,10 +370,11 @@ assert not jax.config.jax_enable_x64  # as a float32 CLI run: no 64-bit integers
 model = engine.Model.from_case(parse_case(sys.stdin.read()))
 key = engine.make_key(3)
 fn = engine._jit_chunk_fn(model, 4096, "float32", None, False)
+numbers = engine.model_numbers(model, "float32")
 out = {}
 for start in (3_000_000_123, 5_000_000_123, 10**12 - 5000):  # beyond 2**31, beyond 2**32, the CLI's limit
-    f, _, r = fn(key, *engine._position(start, 4000))
-    g, _, _ = fn(key, *engine._position(start - 100, 4096))  # the same samples, chunked differently
+    f, _, r = fn(key, *engine._position(start, 4000), numbers)
+    g, _, _ = fn(key, *engine._position(start - 100, 4096), numbers)  # the same samples, chunked differently
     out[str(start)] = [int(np.sum(r)), bool(np.array_equal(np.asarray(f)[:3996], np.asarray(g)[100:])),
                        bool(np.isfinite(np.asarray(f)).all())]
 print(json.dumps(out))
@@ -435,3 +436,28 @@ def test_streaming_statistics_are_bit_identical_for_any_chunk(dtype):
     outs = {c: dumps(simulate_case(case, n=30_000, seed=4, chunk=c, dtype=dtype, exact_quantile_limit=100).summary)
             for c in (None, 1000, 4096, 9000, 50_000)}
     assert len(set(outs.values())) == 1
+
+
+def test_cases_of_one_structure_share_one_compile_and_none_leaks_its_numbers(case_text):
+    """Two cases differing only in numbers (a cohort's patients) reuse one compiled chunk function; the second
+    case's factors through the first case's compile equal those of a fresh compile of the second alone, bit for
+    bit (so no number of the first case is baked into the shared computation), and differ from the first's."""
+    import tomllib
+
+    import tomli_w
+
+    doc = tomllib.loads(case_text)
+    a = engine.Model.from_case(parse_case(tomli_w.dumps(doc)))
+    doc["liver"]["perfused_volume_ml"]["value"] = 0.9 * doc["liver"]["perfused_volume_ml"]["value"]
+    doc["lung"]["prior_dose_gy"] = 7.0
+    b = engine.Model.from_case(parse_case(tomli_w.dumps(doc)))
+    assert a.structure() == b.structure() and a.numbers(np.float32) != b.numbers(np.float32)
+    engine._compiled_chunk_fn.cache_clear()
+    fa, _ = engine.sample_factors(a, 5000, seed=2)
+    fb_shared, _ = engine.sample_factors(b, 5000, seed=2)
+    info = engine._compiled_chunk_fn.cache_info()
+    assert info.misses == 1 and info.hits >= 1
+    engine._compiled_chunk_fn.cache_clear()
+    fb_alone, _ = engine.sample_factors(b, 5000, seed=2)
+    assert np.array_equal(fb_shared, fb_alone)
+    assert not np.array_equal(fa, fb_shared)

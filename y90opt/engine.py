@@ -26,7 +26,6 @@ import numpy as np
 from . import dosimetry
 from .case import Case
 from .errors import InputError
-from .uncertainty import Fixed
 
 #: Samples per random block (the unit of reproducibility).
 BLOCK = 4096
@@ -126,6 +125,12 @@ def _cgroup_headroom(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgrou
         return None
 
 
+def _form(spec) -> tuple:
+    """A form's structure: its class chain and whether it is truncated (its numbers are :meth:`params`)."""
+    base = getattr(spec, "base", None)
+    return (type(spec).__name__, getattr(spec, "truncated", None), None if base is None else _form(base))
+
+
 class UnphysicalSamplesError(InputError):
     """Too many samples gave a non-positive normal liver mass (tumours larger than their territory)."""
 
@@ -187,40 +192,104 @@ class Model:
 
     # -- the pure part ---------------------------------------------------------------------------------
 
-    def correlate(self, z):
+    # -- the numbers of the case, apart from its structure ----------------------------------------------
+    #
+    # The traced computation depends on the case in two ways: its structure (which inputs, which forms, the
+    # tumours, the quantities, the conventions) and its numbers (each form's parameters, the prior lung dose,
+    # the copula's factor). The numbers can be passed to a compiled chunk function as arguments, so that
+    # cases of one structure (a cohort's patients) share one compile. Each number is computed exactly as the
+    # computation with constants computes it, so both give the same floating-point operations.
+
+    def numbers(self, dtype) -> tuple[float, ...]:
+        """Every number the traced computation reads from the case, in the order :meth:`factors_from_z` reads
+        them: the forms' parameters by case path, the prior lung dose, the copula's factor (the conventions are
+        part of the :meth:`structure`)."""
+        out: list[float] = []
+        for spec in self.case.inputs.values():
+            out.extend(spec.params(dtype))
+        out.append(self.case.prior_lung_dose_gy)
+        if self.cholesky is not None:
+            chol = self.cholesky
+            for i in range(chol.shape[0]):
+                out.append(float(chol[i, 0]))
+                out.extend(float(chol[i, j]) for j in range(1, i + 1) if chol[i, j] != 0.0)
+        return tuple(out)
+
+    def structure(self) -> tuple:
+        """What the traced computation depends on besides :meth:`numbers` (a hashable key)."""
+        case = self.case
+        forms = tuple((path, _form(spec)) for path, spec in case.inputs.items())
+        chol = None if self.cholesky is None else tuple(
+            tuple(bool(self.cholesky[i, j] != 0.0) for j in range(i + 1)) for i in range(self.cholesky.shape[0]))
+        # the conventions stay constants of the computation (XLA folds the mass and dose constants into the
+        # formulas; as arguments they would change the results in the last float32 bit): part of the structure
+        return (type(self).__name__, self.uncertain, self.quantities, self.units, forms, chol, case.conventions,
+                tuple((t.name, t.treated, t.injection) for t in case.tumors), case.has_whole_liver,
+                tuple((j.name, j.session, j.within, j.shunt_fraction is None, j.residual_fraction is None,
+                       tuple(n for n, _ in j.tn_ratios)) for j in case.injections),
+                tuple(x.name for x in case.sessions))
+
+    def _reader(self, p):
+        it = iter(p)
+        return lambda k: tuple(next(it) for _ in range(k))
+
+    def correlate(self, z, chol_values=None):
         """Gaussian copula: z ↦ z Lᵀ, summed term by term in a fixed order (a matrix product's summation
         order may depend on the batch shape, which would make results depend on the chunk size)."""
         import jax.numpy as jnp
 
         chol = self.cholesky
+        values = iter(chol_values) if chol_values is not None else None
+
+        def entry(i, j):
+            return jnp.asarray(chol[i, j] if values is None else next(values), z.dtype)
+
         cols = []
         for i in range(chol.shape[0]):
-            acc = z[:, 0] * jnp.asarray(chol[i, 0], z.dtype)
+            acc = z[:, 0] * entry(i, 0)
             for j in range(1, i + 1):
                 if chol[i, j] != 0.0:
-                    acc = acc + z[:, j] * jnp.asarray(chol[i, j], z.dtype)
+                    acc = acc + z[:, j] * entry(i, j)
             cols.append(acc)
         return jnp.stack(cols, axis=1)
 
-    def input_columns(self, z) -> dict:
-        """Case path → array of per-sample values (exact inputs broadcast) from variates z (n, d)."""
+    def _unpack(self, p, dtype):
+        """(per-path form parameters, the conventions, prior lung dose, copula values, the rest) from numbers p."""
+        take = self._reader(p if p is not None else self.numbers(dtype))
+        forms = {path: take(len(spec.params(dtype))) for path, spec in self.case.inputs.items()}
+        (prior,) = take(1)
+        chol = None
+        if self.cholesky is not None:
+            m = self.cholesky.shape[0]
+            count = sum(1 + sum(1 for j in range(1, i + 1) if self.cholesky[i, j] != 0.0) for i in range(m))
+            chol = take(count)
+        return forms, self.case.conventions, prior, chol, take
+
+    def input_columns(self, z, p=None) -> dict:
+        """Case path → array of per-sample values (exact inputs broadcast) from variates z (n, d); ``p``: the
+        case's :meth:`numbers` (traced arguments), default the case's own (constants)."""
+        forms, _, _, chol, _ = self._unpack(p, z.dtype)
+        return self._columns_from(z, forms, chol)
+
+    def _columns_from(self, z, forms, chol) -> dict:
         import jax.numpy as jnp
 
         if self.cholesky is not None:
-            z = self.correlate(z)
+            z = self.correlate(z, chol)
         n = z.shape[0]
         cols = {}
         for path, spec in self.case.inputs.items():
             if path in self.uncertain:
-                cols[path] = spec.from_z(z[:, self.uncertain.index(path)])
-            else:
-                cols[path] = jnp.full((n,), spec.nominal if isinstance(spec, Fixed) else spec.from_z(0.0), z.dtype)
+                cols[path] = spec.from_z(z[:, self.uncertain.index(path)], forms[path])
+            else:  # exact (Fixed): its value
+                cols[path] = jnp.full((n,), forms[path][0], z.dtype)
         return cols
 
-    def dose_inputs(self, cols: dict, dtype) -> tuple[dosimetry.DoseInputs, object]:
+    def dose_inputs(self, cols: dict, dtype, prior=None) -> tuple[dosimetry.DoseInputs, object]:
         import jax.numpy as jnp
 
         case = self.case
+        prior = case.prior_lung_dose_gy if prior is None else prior
         n = next(iter(cols.values())).shape[0]
         names = case.tumor_names
         if names:
@@ -239,17 +308,19 @@ class Model:
             lung_mass_kg=cols["lung.mass_kg"],
             residual_fraction=cols["delivery.residual_fraction"],
             whole_liver_volume_ml=whole,
-            prior_lung_dose_gy=jnp.full((n,), case.prior_lung_dose_gy, dtype),
+            prior_lung_dose_gy=jnp.full((n,), prior, dtype),
         )
         return x, cols["delivery.activity_factor"]
 
-    def factors_from_z(self, z):
-        """Factor matrix F (n, Q) and validity mask (n,) from variates z (n, d)."""
+    def factors_from_z(self, z, p=None):
+        """Factor matrix F (n, Q) and validity mask (n,) from variates z (n, d); ``p``: the case's
+        :meth:`numbers` as traced arguments (default: the case's own numbers, as constants)."""
         import jax.numpy as jnp
 
-        cols = self.input_columns(z)
-        x, act = self.dose_inputs(cols, z.dtype)
-        u = dosimetry.dose_factors(x, self.case.conventions)
+        forms, conv, prior, chol, _ = self._unpack(p, z.dtype)
+        cols = self._columns_from(z, forms, chol)
+        x, act = self.dose_inputs(cols, z.dtype, prior)
+        u = dosimetry.dose_factors(x, conv)
         by_name = {
             "perfused_mean": u.perfused_mean,
             "normal_perfused": u.normal_perfused,
@@ -434,22 +505,30 @@ class TreatmentModel(Model):
         del sess
         return out
 
-    def factors_from_z(self, z):
+    def numbers(self, dtype) -> tuple[float, ...]:
+        return super().numbers(dtype) + (self.weights or ())
+
+    def structure(self) -> tuple:
+        return super().structure() + (self.weights is None,)
+
+    def factors_from_z(self, z, p=None):
         import jax.numpy as jnp
 
-        cols = self.input_columns(z)
+        forms, conv, _, chol, take = self._unpack(p, z.dtype)
+        weights = take(len(self.weights)) if self.weights is not None else None
+        cols = self._columns_from(z, forms, chol)
         x = self.treatment_inputs(cols, z.dtype)
         within, region = self._structure()
-        u = dosimetry.treatment_factors(x, within, region, self.case.conventions)
+        u = dosimetry.treatment_factors(x, within, region, conv)
         per_vial = self._columns(u, x.lung_mass_kg)
-        if self.weights is None:
+        if weights is None:
             f = jnp.stack([c for vial in per_vial for c in vial], axis=-1)
         else:
             summed = []
             for q in range(len(self.quantities)):
-                acc = per_vial[0][q] * jnp.asarray(self.weights[0], z.dtype)
+                acc = per_vial[0][q] * jnp.asarray(weights[0], z.dtype)
                 for j in range(1, len(per_vial)):
-                    acc = acc + per_vial[j][q] * jnp.asarray(self.weights[j], z.dtype)
+                    acc = acc + per_vial[j][q] * jnp.asarray(weights[j], z.dtype)
                 summed.append(acc)
             f = jnp.stack(summed, axis=-1)
         valid = jnp.all(u["region_normal_mass"] > 0, axis=-1) & jnp.all(jnp.isfinite(f), axis=-1)
@@ -629,25 +708,16 @@ def chunks(n: int, chunk: int) -> Iterator[tuple[int, int]]:
 
 
 class _SameComputation:
-    """A model keyed by what its traced computation depends on, so that a new :class:`Model` of an equal case
-    (every ``plan``/``simulate`` call builds one) reuses the compiled chunk function instead of recompiling.
-
-    The key holds the model's type, its fields (arrays by value) and ``repr`` of the whole case: any
-    difference in the case gives a new key (conservative: at worst a recompile, never a wrong reuse).
+    """A model keyed by what its traced computation depends on besides the case's numbers
+    (:meth:`Model.structure`), so that every model of one structure (the same case planned again, a cohort's
+    patients) reuses one compiled chunk function: the numbers (:meth:`Model.numbers`) are its argument.
     """
 
     __slots__ = ("model", "key")
 
     def __init__(self, model: Model):
-        parts: list = [type(model)]
-        for fld in dataclasses.fields(model):
-            v = getattr(model, fld.name)
-            if isinstance(v, np.ndarray):
-                parts.append((fld.name, v.shape, v.dtype.str, v.tobytes()))
-            else:
-                parts.append((fld.name, repr(v)))
         self.model = model
-        self.key = tuple(parts)
+        self.key = (type(model), model.structure())
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -668,15 +738,22 @@ def _compiled_chunk_fn(same: _SameComputation, count: int, dtype: str, reducer: 
     model = same.model
     dt = jnp.dtype(dtype)
 
-    def fn(key, block0, offset, size, *args):
+    def fn(key, block0, offset, size, numbers, *args):
         z = block_variates(key, block0, offset, count, model.n_dims, dt, aligned)
-        f, valid = model.factors_from_z(z)
+        f, valid = model.factors_from_z(z, numbers)
         in_range = jnp.arange(count, dtype=jnp.int32) < size  # the last chunk is padded
         if reducer is None:
             return f, valid, in_range
         return reducer(f, valid, in_range, *args)
 
     return jax.jit(fn)
+
+
+def model_numbers(model: Model, dtype):
+    """The model's :meth:`~Model.numbers` as one array in the run's dtype (the chunk function's argument)."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(np.asarray(model.numbers(np.dtype(dtype)), dtype=np.float64), dtype)
 
 
 def run_chunks(
@@ -708,6 +785,7 @@ def run_chunks(
     key = make_key(seed)
     fn = _jit_chunk_fn(model, chunk, dtype, reducer, _aligned(n, chunk))
     dt = jnp.dtype(dtype)
+    numbers = model_numbers(model, dt)
     # floating arguments take the run's dtype, so a float32 run stays float32 even under JAX's x64 mode
     jargs = tuple(
         jnp.asarray(a, dt) if np.issubdtype(np.asarray(a).dtype, np.floating) else jnp.asarray(a) for a in args
@@ -718,7 +796,7 @@ def run_chunks(
         # dispatch ahead: the device works on the next chunks while the caller reads this one back
         while len(in_flight) <= LOOKAHEAD and (nxt := next(todo, None)) is not None:
             start, size = nxt
-            in_flight.append((fn(key, *_position(start, size), *jargs), size))
+            in_flight.append((fn(key, *_position(start, size), numbers, *jargs), size))
         if not in_flight:
             return
         out, size = in_flight.popleft()
@@ -730,12 +808,15 @@ def run_chunks(
 def sample_factors(model: Model, n: int, seed: int, chunk: int | None = None, dtype: str = "float32"):
     """All factors (n, Q) and validity (n,) as numpy arrays (for small runs, tests and the planner)."""
 
+    import jax.numpy as jnp
+
     chunk = max(1, min(chunk or default_chunk(), n))
     key = make_key(seed)
     fn = _jit_chunk_fn(model, chunk, dtype, None, _aligned(n, chunk))
+    numbers = model_numbers(model, jnp.dtype(dtype))
     fs, vs = [], []
     for start, size in chunks(n, chunk):
-        f, v, _ = fn(key, *_position(start, size))
+        f, v, _ = fn(key, *_position(start, size), numbers)
         fs.append(np.asarray(f[:size]))
         vs.append(np.asarray(v[:size]))
     return np.concatenate(fs), np.concatenate(vs)

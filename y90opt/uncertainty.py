@@ -62,10 +62,14 @@ class Fixed:
     def scipy(self):
         return _stats().uniform(loc=self.value, scale=0.0)
 
-    def from_z(self, z):
+    def params(self, dtype) -> tuple[float, ...]:
+        return (self.value,)
+
+    def from_z(self, z, p=None):
         import jax.numpy as jnp
 
-        return jnp.full(jnp.shape(z), self.value, dtype=jnp.result_type(z))
+        (value,) = (self.value,) if p is None else p
+        return jnp.full(jnp.shape(z), value, dtype=jnp.result_type(z))
 
     def to_dict(self) -> dict[str, Any]:
         return {"dist": "fixed", "value": self.value}
@@ -101,10 +105,14 @@ class LogNormal:
     def scipy(self):
         return _stats().lognorm(s=self.sigma_ln, scale=self.median)
 
-    def from_z(self, z):
+    def params(self, dtype) -> tuple[float, ...]:
+        return (self.median, self.sigma_ln)
+
+    def from_z(self, z, p=None):
         import jax.numpy as jnp
 
-        return self.median * jnp.exp(self.sigma_ln * z)
+        median, sigma_ln = self.params(None) if p is None else p
+        return median * jnp.exp(sigma_ln * z)
 
     def to_dict(self) -> dict[str, Any]:
         return {"dist": "lognormal", "median": self.median, "sigma_ln": self.sigma_ln, "cv": self.cv}
@@ -146,21 +154,35 @@ class Normal:
         b = (self.high - self.mean) / self.sd
         return _stats().truncnorm(a, b, loc=self.mean, scale=self.sd)
 
-    def from_z(self, z):
+    def params(self, dtype) -> tuple[float, ...]:
+        """The numbers of :meth:`from_z`, each computed as it computes them (so that passing them as arguments
+        gives the same floating-point operations): (mean, sd) untruncated; truncated, also the bounds, the
+        probabilities pa and pb − pa of the law below and inside them, and the clip of u in ``dtype``."""
+        if not self.truncated:
+            return (self.mean, self.sd)
+        pa = _phi((self.low - self.mean) / self.sd)
+        pb = _phi((self.high - self.mean) / self.sd)
+        dt = np.dtype(dtype if dtype is not None else np.float32)
+        tiny = float(np.finfo(dt).tiny)
+        return (self.mean, self.sd, self.low, self.high, pa, pb - pa, max(pa, tiny),
+                min(pb, 1.0 - float(np.finfo(dt).epsneg)))
+
+    def from_z(self, z, p=None):
         import jax.numpy as jnp
         from jax.scipy.special import ndtr, ndtri
 
-        if not self.truncated:
-            return self.mean + self.sd * z
         dt = jnp.result_type(z)
-        pa = _phi((self.low - self.mean) / self.sd)
-        pb = _phi((self.high - self.mean) / self.sd)
-        u = pa + ndtr(z) * (pb - pa)
-        tiny = float(np.finfo(np.dtype(dt)).tiny)
-        u = jnp.clip(u, max(pa, tiny), min(pb, 1.0 - float(np.finfo(np.dtype(dt)).epsneg)))
-        x = self.mean + self.sd * ndtri(u)
+        if p is None:
+            p = self.params(dt)
+        if not self.truncated:
+            mean, sd = p
+            return mean + sd * z
+        mean, sd, low, high, pa, width, u_lo, u_hi = p
+        u = pa + ndtr(z) * width
+        u = jnp.clip(u, u_lo, u_hi)
+        x = mean + sd * ndtri(u)
         # the quantile function of the truncated law maps into [low, high]; rounding can step 1 ulp out
-        return jnp.clip(x, self.low, self.high).astype(dt)
+        return jnp.clip(x, low, high).astype(dt)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"dist": "normal", "mean": self.mean, "sd": self.sd}
@@ -204,10 +226,14 @@ class Uniform:
     def scipy(self):
         return _stats().uniform(loc=self.low, scale=self.high - self.low)
 
-    def from_z(self, z):
+    def params(self, dtype) -> tuple[float, ...]:
+        return (self.low, self.high - self.low)
+
+    def from_z(self, z, p=None):
         from jax.scipy.special import ndtr
 
-        return self.low + (self.high - self.low) * ndtr(z)
+        low, width = self.params(None) if p is None else p
+        return low + width * ndtr(z)
 
     def to_dict(self) -> dict[str, Any]:
         return {"dist": "uniform", "min": self.low, "max": self.high}
@@ -236,15 +262,18 @@ class Triangular:
         width = self.high - self.low
         return _stats().triang(c=(self.mode - self.low) / width, loc=self.low, scale=width)
 
-    def from_z(self, z):
+    def params(self, dtype) -> tuple[float, ...]:
+        width = self.high - self.low
+        return (self.low, self.high, width, (self.mode - self.low) / width, self.mode - self.low, self.high - self.mode)
+
+    def from_z(self, z, p=None):
         import jax.numpy as jnp
         from jax.scipy.special import ndtr
 
+        low, high, width, c, rise, fall = self.params(None) if p is None else p
         u = ndtr(z)
-        width = self.high - self.low
-        c = (self.mode - self.low) / width
-        left = self.low + jnp.sqrt(u * width * (self.mode - self.low))
-        right = self.high - jnp.sqrt((1.0 - u) * width * (self.high - self.mode))
+        left = low + jnp.sqrt(u * width * rise)
+        right = high - jnp.sqrt((1.0 - u) * width * fall)
         return jnp.where(u < c, left, right)
 
     def to_dict(self) -> dict[str, Any]:
@@ -291,8 +320,14 @@ class Biased:
     def scipy(self):
         return _AffineScipy(self.base.scipy(), self.factor, self.shift)
 
-    def from_z(self, z):
-        return self.base.from_z(z) * self.factor + self.shift
+    def params(self, dtype) -> tuple[float, ...]:
+        return (*self.base.params(dtype), self.factor, self.shift)
+
+    def from_z(self, z, p=None):
+        if p is None:
+            return self.base.from_z(z) * self.factor + self.shift
+        *base, factor, shift = p
+        return self.base.from_z(z, tuple(base)) * factor + shift
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.base.to_dict())
