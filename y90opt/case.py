@@ -607,6 +607,8 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
     if multi:
         specs["liver.perfused_volume_ml"] = None
         specs["delivery.activity_factor"] = None  # drawn per vial
+        for j in injections:
+            specs[f"injections.{j.name}.activity_factor"] = activity_factor
         if all(j.shunt_fraction is not None for j in injections):
             specs["lung.shunt_fraction"] = None
         if all(j.residual_fraction is not None for j in injections):
@@ -779,6 +781,26 @@ def _parse_treatment(r: _Reader, doc: dict, tumors: list[Tumor], lsf: Spec | Non
     for k, t in enumerate(tumors):
         if t.injection is not None and t.injection not in names:
             raise r.fail(f"tumors[{k}].injection", f"unknown injection {t.injection!r} (injections: {', '.join(names)})")
+    by_name = {j.name: j for j in injections}
+    region_of = {t.name: t.injection for t in tumors}
+
+    def inside(region: str | None, j: str) -> bool:
+        while region is not None:
+            if region == j:
+                return True
+            region = by_name[region].within
+        return False
+
+    for i, j in enumerate(injections):
+        for tname, _ in j.tn_ratios:
+            if not inside(region_of[tname], j.name):
+                raise r.fail(f"injections[{i}].tn_ratios.{tname}", f"tumour {tname!r} does not lie in the territory "
+                             f"of injection {j.name!r}: this injection sends it no activity")
+        sess = sessions[session_names.index(j.session)]
+        if j.calibration is not None:
+            if sess.treatment is not None and physics.hours_between(j.calibration, sess.treatment) > usable:
+                raise r.fail(f"injections[{i}].calibration", f"{physics.hours_between(j.calibration, sess.treatment):.0f} h "
+                             f"before session {sess.name!r}'s treatment, beyond the vial's usable life ({usable:g} h)")
     return tuple(sessions), tuple(injections)
 
 

@@ -128,9 +128,17 @@ def joint_space(case: Case, window, *, any_time: bool = False) -> JointSpace:
             times.append((candidate_time(view, physics.hours_between(sess.calibration, sess.treatment), window),))
             continue
         try:
-            times.append(decision_space(view, window, any_time=any_time).times)
+            cands = decision_space(view, window, any_time=any_time).times
         except CaseError as e:
             raise CaseError(case.path, f"sessions[{k}].hours_after_calibration", f"session {sess.name}: {e.message}") from None
+        # a time must be usable for every vial of the session (an injection may have its own calibration)
+        shifts = [physics.hours_between(case.injection_calibration(j), sess.calibration)
+                  for j in case.injections if j.session == sess.name]
+        kept = tuple(t for t in cands if all(0 <= t.hours + d <= case.usable_life_h for d in shifts))
+        if not kept:
+            raise CaseError(case.path, f"sessions[{k}].hours_after_calibration", f"session {sess.name}: no candidate "
+                            "time is after the calibration of every vial of the session and within its usable life")
+        times.append(kept)
         dims.append(("time", k))
     sessions = [x.name for x in case.sessions]
     shift = tuple(physics.hours_between(case.injection_calibration(j), case.session(j.session).calibration)
@@ -449,7 +457,7 @@ def plan_joint_case(case: Case, n: int = 100_000, seed: int = 0, chunk: int | No
     limit = ENUMERATE_LIMIT if enumerate_limit is None else enumerate_limit
     ar = active_rules(case, strict=True)
     model = engine.TreatmentModel.from_case(case)
-    rt = compile_rules(ar, model.quantities)
+    rt = _given_limits_reported(case, compile_rules(ar, model.quantities))
     space = joint_space(case, ar.scenario.window, any_time=any_time)
     if not space.dims:
         raise CaseError(case.path, "sessions", "every session is delivered: nothing is left to plan (use simulate)")
@@ -500,14 +508,30 @@ def plan_joint_case(case: Case, n: int = 100_000, seed: int = 0, chunk: int | No
             # the search is the answer; the sub-grid's exact optimum is its check (Optuna must reach at least it)
             opt["reaches_subgrid_optimum"] = bool(
                 opt["p_success"] is not None and exact["feasible"] and opt["p_success"] >= exact["best_p"] - case.plan.tie_tolerance)
-            if opt["p_success"] is not None and (not exact["feasible"] or opt["p_success"] > exact["best_p"]):
-                chosen_idx = opt["index"]
+            # the planning rule over the sub-grid and Optuna's best together (ties as everywhere)
+            both = np.vstack([idx, np.asarray(opt["index"])[None, :]])
+            d2 = space.decode(both, half)
+            r2 = ev.evaluate(d2["s"])
+            k2 = np.array([not_preferred(row) for row in d2["time_index"]])
+            pick = choose_joint(r2["p_success"], r2["p_limits"], d2["vial"].sum(axis=1), d2["hours"].sum(axis=1), k2,
+                                risk, case.plan.tie_tolerance)
+            chosen_idx = both[pick["index"]]
     ds = _dataset(case, model, rt, space, idx, dec, res, exact, n, seed, dtype, n_invalid, risk)
     summary = _summary(case, ar, rt, space, ev, idx, dec, res, exact, chosen_idx, opt, risk, grid_note, enumerated,
                        window, n, seed, dtype, n_invalid)
     # the summary travels with plan.nc (so that `y90opt report plan.nc` rebuilds the page from the file alone)
     ds.attrs["plan_summary_json"] = json.dumps(summary, allow_nan=False, default=float)
     return JointPlanResult(ds, summary)
+
+
+def _given_limits_reported(case: Case, rt):
+    """The rules with each per-session limit of a delivered session made a reported row (kind ``given``):
+    no choice of the sessions planned can change it, so it is no constraint of theirs (its probability is
+    still computed and shown)."""
+    delivered = {x.name for x in case.sessions if x.delivered}
+    given = {f"{q}.{d}" for d in delivered for q in ("lung_sessions", "whole_normal_liver_sessions")}
+    kinds = tuple("given" if k == "limit" and q in given else k for k, q in zip(rt.kinds, rt.quantities, strict=True))
+    return dataclasses.replace(rt, kinds=kinds)
 
 
 def _coarse_grid(space: JointSpace, limit: int) -> np.ndarray:
@@ -629,6 +653,8 @@ def _summary(case, ar, rt, space, ev, idx, dec, res, exact, chosen_idx, opt, ris
         "rejected_better": better,
         "budgets": budgets,
         "given_sessions": delivered,
+        "given_limits": [{"label": lab, "p_kept": float(p)} for lab, kind, p in
+                         zip(rt.labels, rt.kinds, cres["p_rules"][k], strict=True) if kind == "given"],
         "decision_space": {
             "dims": [f"{kind}:{(space.injections if kind == 'vial' else space.sessions)[i]}" for kind, i in space.dims],
             "shape": list(space.shape), "size": space.size, "evaluated_exactly": int(len(idx)),
@@ -690,6 +716,8 @@ def joint_plan_text(summary: dict[str, Any], top: int = 10) -> str:
     for r in summary["rejected_better"][:top]:
         what = ", ".join(f"{n} {v:g} GBq at {r['hours_after_calibration'][n]:g} h" for n, v in r["injections"].items())
         lines.append(f"ruled out: {what}: P = {r['p_success']:.4f}, by {', '.join(r['ruled_out_by'])}")
+    for g in summary.get("given_limits", []):
+        lines.append(f"given by a delivered session (no constraint of this plan): {g['label']} kept with P {g['p_kept']:.4f}")
     for name, b in summary["budgets"].items():
         lines.append(f"budget {name}: limit {b['limit_gy']:g} Gy - prior {b['prior_gy']:.3g} - delivered "
                      f"{b['delivered_sessions_gy']:.3g} = {b['left_for_planned_sessions_gy']:.3g} Gy left for the sessions planned")

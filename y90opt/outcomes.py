@@ -360,13 +360,17 @@ def treatment_advisories(case: Case, nominal: dict[str, Any], ar: ActiveRules | 
     ar = ar or active_rules(case)
     out: list[dict[str, str]] = []
     by_message: dict[tuple[str, str], list[str]] = {}
+    # the lung activity is judged per session (the IFU's 0.61 GBq holds for one treatment, all its vials)
+    session_lung = {}
+    for j in case.injections:
+        session_lung[j.session] = session_lung.get(j.session, 0.0) + nominal["injections"][j.name]["activity_gbq"]["lung"]
     for j in case.injections:
         inj = nominal["injections"][j.name]
         tn = {t.name: t.tn_ratio.nominal for t in case.tumors if t.injection == j.name}
         tn.update({n: spec.nominal for n, spec in j.tn_ratios})
         shunt = (j.shunt_fraction or case.shunt_fraction).nominal
         adv = _rules.advisories(
-            ar.scenario, tn_ratios=tn, shunt_fraction=shunt, lung_activity_gbq=inj["activity_gbq"]["lung"],
+            ar.scenario, tn_ratios=tn, shunt_fraction=shunt, lung_activity_gbq=session_lung[j.session],
             hours_after_calibration=inj["hours_after_calibration"],
             model="partition" if any(t.treated for t in case.tumors) else "single-compartment",
             hepatic_reserve=session_hepatic_reserve(case, j.session),
