@@ -12,7 +12,7 @@ normal liver and the lungs stay within their limits, given inputs measured with 
     y90opt.sensitivity(case, samples=8192, seed=1).summary   # Sobol' indices
 
 Functions: :func:`load_case`, :func:`parse_case`, :func:`dose`, :func:`simulate`, :func:`plan`,
-:func:`sensitivity`, :func:`cohort`, :func:`list_scenarios`. Bad input raises :class:`InputError` (one line naming the file and
+:func:`sensitivity`, :func:`cohort`, :func:`virtual_patients`, :func:`trial`, :func:`list_scenarios`. Bad input raises :class:`InputError` (one line naming the file and
 the field). See ``docs/api.md``.
 
 Research software: every plan must be checked independently before clinical use.
@@ -34,9 +34,12 @@ __all__ = [
     "list_scenarios",
     "sensitivity",
     "simulate",
+    "trial",
+    "virtual_patients",
 ]
 
-_API = {"cohort", "dose", "list_scenarios", "load_case", "parse_case", "plan", "sensitivity", "simulate"}
+_API = {"cohort", "dose", "list_scenarios", "load_case", "parse_case", "plan", "sensitivity", "simulate", "trial",
+        "virtual_patients"}
 
 
 def __getattr__(name: str):

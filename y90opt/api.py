@@ -353,6 +353,105 @@ def cohort(template: str | os.PathLike, patients: str | os.PathLike, out: str | 
             bar.close()
 
 
+def virtual_patients(template: CaseLike, n: int, *, seed: int = 0, population: str | os.PathLike = "hcc"
+                     ) -> list[dict[str, float]]:
+    """``n`` virtual patients for a template case, drawn from a population file (``configs/populations/``,
+    each distribution with its source): per patient, case path → measured value (a cohort table's row).
+    Patient k depends only on ``seed`` and k (:mod:`y90opt.virtual`)."""
+    import tomllib
+
+    from .virtual import load_population
+    from .virtual import virtual_patients as draw
+
+    c = _case(template)
+    return draw(tomllib.loads(c.text), load_population(population), _count(n, "--virtual"), _seed(seed))
+
+
+@dataclasses.dataclass
+class TrialResult:
+    """Result of :func:`trial`: ``summary`` (per truth model and policy: the share of patients meeting every
+    target and breaking a limit, with standard errors), ``rows`` (per patient, truth and policy) and ``text()``."""
+
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+    def text(self) -> str:
+        from .virtual_trial import trial_text
+
+        return trial_text(self.summary)
+
+    def write(self, out_dir: str | os.PathLike) -> str:
+        """``trial.json`` (the summary) and ``trial.csv`` (the rows) into ``out_dir``; returns the CSV's path."""
+        import csv
+        import json
+
+        out = os.fspath(out_dir)
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "trial.json"), "w", encoding="utf-8") as fh:
+            json.dump(self.summary, fh, indent=1, default=float)
+        path = os.path.join(out, "trial.csv")
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(self.rows[0]) if self.rows else ["patient_id"])
+            w.writeheader()
+            w.writerows(self.rows)
+        return path
+
+
+def trial(template: CaseLike, *, virtual: int | None = None, patients: str | os.PathLike | None = None,
+          population: str | os.PathLike = "hcc", samples: int = 20_000, truth_samples: int = 400, seed: int = 0,
+          progress: bool = False) -> TrialResult:
+    """A virtual trial: every policy of :data:`y90opt.virtual_trial.POLICIES` (deterministic practice and y90opt's
+    chance-constrained plan) on every patient, judged on realised doses from every truth model of
+    :data:`y90opt.virtual_trial.TRUTHS` (the delivered-versus-planned relations, and the planning model itself).
+
+    Patients: ``virtual`` virtual patients from ``population``, or a cohort table ``patients`` (CSV).
+    """
+    from .cohorts import read_patients
+    from .virtual_trial import run_trial
+
+    c = _case(template)
+    if (virtual is None) == (patients is None):
+        raise InputError("trial: give either --virtual N or a patients table")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="y90opt-trial-") as tmp:
+        if virtual is not None:
+            from .virtual import write_patients_csv
+
+            table = write_patients_csv(virtual_patients(c, virtual, seed=seed, population=population),
+                                       os.path.join(tmp, "patients.csv"))
+        else:
+            table = os.fspath(patients)
+        template_path = os.path.join(tmp, "template.toml")
+        with open(template_path, "w", encoding="utf-8") as fh:
+            fh.write(c.text)
+        _, rows = read_patients(template_path, table)
+        from .case import parse_case
+
+        bad = [p for p in rows if p.text is None]
+        if bad:
+            raise InputError(bad[0].error)
+        cases = [(p.patient_id, parse_case(p.text, f"{p.patient_id}")) for p in rows]
+    bar = None
+    if progress:
+        import sys
+
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(cases), desc="patients", unit="patient", leave=False)
+    try:
+        res = run_trial(cases, samples=_count(samples, "--samples"), truth_samples=_count(truth_samples, "--truth-samples"),
+                        seed=_seed(seed), progress=None if bar is None else (lambda k: bar.update(1)))
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = {k: v for k, v in res.items() if k != "rows"}
+    summary.update({"case": c.name, "scenario": c.scenario, "population": str(population) if virtual is not None else None,
+                    "patients": len(cases)})
+    return TrialResult(summary, res["rows"])
+
+
 def list_scenarios() -> list[dict[str, Any]]:
     """The scenario rules (targets, limits, window, alternatives, each with its source), as
     ``y90opt scenarios --json`` prints them, in the committee's order."""

@@ -155,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--write-cases", metavar="DIR", default=None, help="also write each patient's case file")
     sp.add_argument("--json", action="store_true", help="print JSON")
 
+    sp = add("trial", "a virtual trial: deterministic dosing policies against y90opt's plan, judged on realised doses",
+             "y90opt trial configs/examples/multifocal-unilobar.toml --virtual 1000 --out trial/")
+    sp.add_argument("template")
+    sp.add_argument("patients", metavar="PATIENTS.csv", nargs="?", default=None, help="a cohort table (or --virtual N)")
+    sp.add_argument("--virtual", type=_positive_int, default=None, metavar="N", help="N virtual patients from --population")
+    sp.add_argument("--population", default="hcc", help="population file or packaged name (configs/populations/)")
+    sp.add_argument("--out", metavar="DIR", default=None, help="trial.json and trial.csv")
+    sp.add_argument("--samples", type=_positive_int, default=20_000, metavar="N", help="planning samples per patient")
+    sp.add_argument("--truth-samples", type=_positive_int, default=400, metavar="M", help="realised draws per patient")
+    sp.add_argument("--seed", type=_seed, default=0, metavar="S")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+
     sp = add("scenarios", "the DSC 2022 scenario rules with their sources", "y90opt scenarios --json")
     sp.add_argument("--json", action="store_true", help="print JSON")
 
@@ -310,6 +322,20 @@ def cmd_cohort(args) -> int:
     return 0
 
 
+def cmd_trial(args) -> int:
+    from . import api
+    from .textout import dumps
+
+    inputs = [args.template] + ([args.patients] if args.patients else [])
+    out_dir = _output_dir(args.out, inputs, ("trial.json", "trial.csv")) if args.out else None
+    res = api.trial(args.template, virtual=args.virtual, patients=args.patients, population=args.population,
+                    samples=args.samples, truth_samples=args.truth_samples, seed=args.seed, progress=not args.json)
+    if out_dir:
+        res.write(out_dir)
+    print(dumps(res.summary) if args.json else res.text())
+    return 0
+
+
 def cmd_scenarios(args) -> int:
     from . import api
     from .textout import dumps
@@ -388,6 +414,7 @@ COMMANDS = {
     "sensitivity": cmd_sensitivity,
     "scenarios": cmd_scenarios,
     "cohort": cmd_cohort,
+    "trial": cmd_trial,
     "report": cmd_report,
 }
 
