@@ -70,6 +70,14 @@ def test_each_row_equals_the_plan_of_its_case(table, tmp_path):
     ds = res.dataset
     assert list(ds["patient"].values) == ["P1", "P2", "P3"] and ds.attrs["command"] == "cohort"
     assert (tmp_path / "out" / "cohort.nc").is_file()
+    # the cohort page: one embedded figure of the distributions, a row per patient with the plan's numbers
+    html = pathlib.Path(res.report).read_text(encoding="utf-8")
+    assert res.report == str(tmp_path / "out" / "cohort.html")
+    assert html.count("data:image/png;base64,") == 1
+    for row in res.rows:
+        assert f"<td>{row['patient_id']}</td>" in html or row["patient_id"] in html
+        if row["p_success"] is not None:
+            assert f"{row['p_success']:.3f}" in html
 
 
 def test_one_worker_two_workers_and_dask_give_identical_tables(table, tmp_path):

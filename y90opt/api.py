@@ -343,14 +343,18 @@ def cohort(template: str | os.PathLike, patients: str | os.PathLike, out: str | 
             bar.refresh()
 
     try:
-        return run_cohort(os.fspath(template), os.fspath(patients), os.fspath(out), samples=_count(samples, "--samples"),
-                          seed=_seed(seed), dtype=_dtype(dtype),
-                          optuna_trials=None if optuna_trials is None else _count(optuna_trials, "--optuna-trials", 0),
-                          executor=executor, address=address, workers=_count(workers, "--workers"),
-                          write_cases=None if write_cases is None else os.fspath(write_cases), progress=report)
+        res = run_cohort(os.fspath(template), os.fspath(patients), os.fspath(out), samples=_count(samples, "--samples"),
+                         seed=_seed(seed), dtype=_dtype(dtype),
+                         optuna_trials=None if optuna_trials is None else _count(optuna_trials, "--optuna-trials", 0),
+                         executor=executor, address=address, workers=_count(workers, "--workers"),
+                         write_cases=None if write_cases is None else os.fspath(write_cases), progress=report)
     finally:
         if bar is not None:
             bar.close()
+    from .report import write_cohort_report
+
+    res.report = write_cohort_report(res.dataset, os.fspath(out))
+    return res
 
 
 def virtual_patients(template: CaseLike, n: int, *, seed: int = 0, population: str | os.PathLike = "hcc"

@@ -311,7 +311,7 @@ def cmd_cohort(args) -> int:
     from . import api
     from .textout import dumps
 
-    out_dir = _output_dir(args.out, [args.template, args.patients], ("cohort.csv", "cohort.nc"))
+    out_dir = _output_dir(args.out, [args.template, args.patients], ("cohort.csv", "cohort.nc", "cohort.html", "cohort.png"))
     res = api.cohort(args.template, args.patients, out_dir, samples=args.samples, seed=args.seed, dtype=args.dtype,
                      optuna_trials=args.optuna_trials, executor=args.executor, address=args.address,
                      workers=args.workers, write_cases=args.write_cases, progress=not args.json)

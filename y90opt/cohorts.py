@@ -242,6 +242,7 @@ class CohortResult:
     rows: list[dict[str, Any]]
     dataset: Any
     summary: dict[str, Any]
+    report: str | None = None  # cohort.html, when the API wrote it
 
     def text(self) -> str:
         from .textout import table

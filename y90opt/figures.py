@@ -404,3 +404,47 @@ def joint_figure(ds, chosen: dict[str, Any], path: str) -> str:
         ax.set_ylabel("P(all primary targets met)")
         ax.set_title("days at the choice; grey, hatched: a limit fails; outlined: choice", loc="left", fontsize=9.5)
         return _save(fig, path)
+
+
+def cohort_figure(ds, path: str) -> str:
+    """A cohort's distributions (``cohort.nc``): P(all primary targets met) across the patients planned, the
+    vials and days chosen, the status, and how often each limit binds."""
+    status = [str(x) for x in ds["status"].values]
+    ran = np.array([s in ("ok", "low-success", "infeasible") for s in status])
+    ps = ds["p_success"].values.astype(float)[ran]
+    vials = ds["vial_gbq"].values.astype(float)[ran]
+    hours = ds["hours_after_calibration"].values.astype(float)[ran]
+    binding = [str(b) or "none" for b, r in zip(ds["binding_limit"].values, ran, strict=True) if r]
+    with _rc():
+        fig = _figure(11.0, 6.6)
+        axes = fig.subplots(2, 2)
+        ax = axes[0, 0]
+        ax.hist(ps[np.isfinite(ps)], bins=np.linspace(0, 1, 21), color="#0072B2", edgecolor="white")
+        ax.set_xlabel("P(all primary targets met) at the recommendation")
+        ax.set_ylabel("patients")
+        ax.set_title(f"{int(ran.sum())} patients planned", loc="left", fontsize=9.5)
+        ax = axes[0, 1]
+        kinds = ["ok", "low-success", "infeasible", "not-run", "failed"]
+        counts = [status.count(k) for k in kinds]
+        ax.bar(range(len(kinds)), counts, color=["#009E73", "#E69F00", "#D55E00", "#999999", "#000000"])
+        ax.set_xticks(range(len(kinds)), kinds)
+        ax.set_ylabel("patients")
+        ax.set_title("status", loc="left", fontsize=9.5)
+        ax = axes[1, 0]
+        ok = np.isfinite(vials)
+        if ok.any():
+            values, n = np.unique(vials[ok], return_counts=True)
+            ax.bar([f"{v:g}" for v in values], n, color="#56B4E9")
+            hv, hn = np.unique(hours[ok], return_counts=True)
+            label = ", ".join(f"{h:g} h: {c}" for h, c in zip(hv, hn, strict=True))
+            ax.set_title(f"vial chosen (GBq); days: {label}"[:110], loc="left", fontsize=9.0)
+        ax.set_xlabel("vial at calibration (GBq)")
+        ax.set_ylabel("patients")
+        ax = axes[1, 1]
+        names, n = np.unique(np.array(binding, dtype=object), return_counts=True) if binding else ([], [])
+        ax.barh(range(len(names)), n, color="#CC79A7")
+        ax.set_yticks(range(len(names)), list(names))
+        ax.set_xlabel("patients")
+        ax.set_title("the limit that binds at the recommendation", loc="left", fontsize=9.5)
+
+        return _save(fig, path)

@@ -204,6 +204,45 @@ def write_joint_report(ds, summary: dict[str, Any], out_dir: str | os.PathLike) 
     return path
 
 
+def write_cohort_report(ds, out_dir: str | os.PathLike) -> str:
+    """``cohort.html`` beside ``cohort.nc``: the distributions across the patients (P(targets), status, vials
+    and days chosen, the binding limit) as one embedded figure, and the table of every patient."""
+    from .figures import cohort_figure
+
+    out_dir = os.fspath(out_dir)
+    fig = cohort_figure(ds, os.path.join(out_dir, "cohort.png"))
+    def num(v, k, fmt):
+        x = float(ds[v].values[k])
+        return "" if x != x else format(x, fmt)
+
+    rows = []
+    for k, pid in enumerate(ds["patient"].values):
+        rows.append([esc(pid), esc(ds["status"].values[k]), num("vial_gbq", k, "g"),
+                     num("hours_after_calibration", k, ".0f"), num("p_success", k, ".3f"), esc(ds["binding_limit"].values[k]), esc(ds["reason"].values[k])])
+    a = ds.attrs
+    page = "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>y90opt cohort report</title>", f"<style>{_CSS}</style></head><body><main>",
+        f"<h1>Cohort: {len(rows)} patients</h1>",
+        f'<p class="sub">{int(a["sample_count"]):,} samples per patient, seed {a["seed"]}, {esc(a["dtype"])}, '
+        f'executor {esc(a["executor"])} ({a["workers"]} workers), y90opt {esc(a["y90opt_version"])}; template sha256 '
+        f'<code>{esc(a["template_sha256"])}</code></p>',
+        '<div class="banner">Research software. Every plan must be checked independently before clinical use.</div>',
+        f'<section><h2>Across the patients</h2><img alt="cohort distributions" src="{_data_uri(fig)}"></section>',
+        "<section><h2>Every patient</h2>"
+        + _table(["patient", "status", "vial (GBq)", "hours after calibration", "P(targets)", "binding limit", "reason"],
+                 rows, numeric=[False, False, True, True, True, False, False]) + "</section>",
+        "</main></body></html>",
+    ]) + "\n"
+    path = os.path.join(out_dir, "cohort.html")
+    tmp = path + ".part"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(page)
+    os.replace(tmp, path)
+    return path
+
+
 #: What the report reads from a sensitivity Dataset (the Sobol' table and the tornado figures).
 SENSITIVITY_VARIABLES = (
     "output", "input", "S1", "ST", "oat_nominal", "oat_low", "oat_high", "output_units", "input_units",
