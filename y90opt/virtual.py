@@ -69,17 +69,29 @@ def load_population(name_or_path: str | os.PathLike) -> dict[str, Any]:
             "description": doc.get("description", "")}
 
 
+def _settable(raw: Any) -> bool:
+    """The template gives the quantity a single measured value a patient's draw can replace (a number,
+    ``{ value, cv }``, a lognormal median or a normal mean); other forms (uniform, triangular) are kept."""
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return True
+    return isinstance(raw, dict) and any(k in raw for k in ("value", "median", "mean"))
+
+
 def _template_paths(doc: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Population path → the template's case paths it sets (``tumors.*`` expands to every tumour)."""
-    tumors = [t["name"] for t in doc.get("tumors", []) if isinstance(t, dict) and "name" in t]
+    """Population path → the template's case paths it sets (``tumors.*`` expands to every tumour whose form has
+    a measured value to replace)."""
+    tumors = [t for t in doc.get("tumors", []) if isinstance(t, dict) and "name" in t]
     out: dict[str, list[str]] = {}
     for head in ("liver", "lung", "delivery"):
-        for key in doc.get(head, {}) if isinstance(doc.get(head), dict) else {}:
-            out[f"{head}.{key}"] = [f"{head}.{key}"]
+        table = doc.get(head, {}) if isinstance(doc.get(head), dict) else {}
+        for key, raw in table.items():
+            if _settable(raw):
+                out[f"{head}.{key}"] = [f"{head}.{key}"]
     for what in ("volume_ml", "tn_ratio"):
-        out[f"tumors.*.{what}"] = [f"tumors.{t}.{what}" for t in tumors]
+        out[f"tumors.*.{what}"] = [f"tumors.{t['name']}.{what}" for t in tumors if _settable(t.get(what))]
         for t in tumors:
-            out[f"tumors.{t}.{what}"] = [f"tumors.{t}.{what}"]
+            if _settable(t.get(what)):
+                out[f"tumors.{t['name']}.{what}"] = [f"tumors.{t['name']}.{what}"]
     return out
 
 
