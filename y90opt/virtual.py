@@ -30,6 +30,19 @@ MAX_REDRAWS = 1000
 
 
 def population_dir() -> str:
+    """Directory of the packaged population files (``y90opt._populations``), or ``<repo>/configs/populations``
+    when running from a checkout that is not installed."""
+    import importlib.util
+    import pathlib
+
+    try:
+        spec = importlib.util.find_spec("y90opt._populations")
+    except (ImportError, ValueError):
+        spec = None
+    for location in (spec.submodule_search_locations or ()) if spec is not None else ():
+        p = pathlib.Path(location)
+        if p.is_dir() and any(p.glob("*.toml")):
+            return str(p)
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "populations")
 
 
