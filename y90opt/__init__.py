@@ -32,13 +32,14 @@ __all__ = [
     "parse_case",
     "plan",
     "list_scenarios",
+    "measure",
     "sensitivity",
     "simulate",
     "trial",
     "virtual_patients",
 ]
 
-_API = {"cohort", "dose", "list_scenarios", "load_case", "parse_case", "plan", "sensitivity", "simulate", "trial",
+_API = {"cohort", "dose", "list_scenarios", "load_case", "measure", "parse_case", "plan", "sensitivity", "simulate", "trial",
         "virtual_patients"}
 
 

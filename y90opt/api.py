@@ -456,6 +456,15 @@ def trial(template: CaseLike, *, virtual: int | None = None, patients: str | os.
     return TrialResult(summary, res["rows"])
 
 
+def measure(case: str | os.PathLike) -> dict[str, Any]:
+    """Measure a case file's ``[images]`` (NIfTI on the SPECT's grid): returns ``text`` (the completed case, the
+    user's values kept and the measured ones added with their uncertainty and a comment on each),
+    ``measurements`` (the ``measure --json`` keys) and ``disagreements``. See :mod:`y90opt.imaging`."""
+    from .imaging import measure_case
+
+    return measure_case(os.fspath(case))
+
+
 def list_scenarios() -> list[dict[str, Any]]:
     """The scenario rules (targets, limits, window, alternatives, each with its source), as
     ``y90opt scenarios --json`` prints them, in the committee's order."""

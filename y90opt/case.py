@@ -268,7 +268,7 @@ class Case:
 # ---------------------------------------------------------------------------------------------------------
 
 _TOP = {"name", "scenario", "conventions", "liver", "tumors", "lung", "delivery", "vials", "plan", "correlations", "rules",
-        "sessions", "injections"}
+        "sessions", "injections", "images"}
 _LIVER = {"perfused_volume_ml", "whole_liver_volume_ml"}
 _TUMOR = {"name", "volume_ml", "tn_ratio", "treated", "injection"}
 _SESSION = {"name", "calibration", "treatment", "hours_after_calibration", "delivered"}
@@ -617,6 +617,7 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
     rules = doc.get("rules", {})
     if not isinstance(rules, dict):
         raise r.fail("rules", "expected a table")
+    _check_images(r, doc.get("images"))
 
     case = Case(
         path=file,
@@ -802,6 +803,30 @@ def _parse_treatment(r: _Reader, doc: dict, tumors: list[Tumor], lsf: Spec | Non
                 raise r.fail(f"injections[{i}].calibration", f"{physics.hours_between(j.calibration, sess.treatment):.0f} h "
                              f"before session {sess.name!r}'s treatment, beyond the vial's usable life ({usable:g} h)")
     return tuple(sessions), tuple(injections)
+
+
+_IMAGES = {"ct", "spect", "masks", "spect_by_injection"}
+_MASKS = {"liver", "lungs", "perfused", "tumors", "injections"}
+
+
+def _check_images(r: _Reader, raw: Any) -> None:
+    """``[images]`` (read by ``y90opt measure``): image paths as strings, relative to the case file."""
+    if raw is None:
+        return
+    r.table(raw, "images", _IMAGES)
+    for key in ("ct", "spect"):
+        if key in raw:
+            r.string(raw[key], f"images.{key}")
+    masks = r.table(raw.get("masks", {}), "images.masks", _MASKS)
+    for key in ("liver", "lungs", "perfused"):
+        if key in masks:
+            r.string(masks[key], f"images.masks.{key}")
+    for group in ("tumors", "injections"):
+        for name, v in r.table(masks.get(group, {}), f"images.masks.{group}", set(masks.get(group, {}))).items():
+            r.string(v, f"images.masks.{group}.{name}")
+    for name, v in r.table(raw.get("spect_by_injection", {}), "images.spect_by_injection",
+                           set(raw.get("spect_by_injection", {}))).items():
+        r.string(v, f"images.spect_by_injection.{name}")
 
 
 def _name(r: _Reader, raw: Any, field: str, taken: set[str], what: str) -> str:

@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=_seed, default=0, metavar="S")
     sp.add_argument("--json", action="store_true", help="print JSON")
 
+    sp = add("measure", "volumes, T:N, lung shunt and lung mass from the case's [images]: the completed case",
+             "y90opt measure case.toml -o measured.toml")
+    sp.add_argument("case")
+    sp.add_argument("-o", "--output", metavar="OUT.toml", default=None, help="write the completed case (never the input)")
+    sp.add_argument("--json", action="store_true", help="print the measurements as JSON")
+
     sp = add("scenarios", "the DSC 2022 scenario rules with their sources", "y90opt scenarios --json")
     sp.add_argument("--json", action="store_true", help="print JSON")
 
@@ -322,6 +328,33 @@ def cmd_cohort(args) -> int:
     return 0
 
 
+def cmd_measure(args) -> int:
+    from . import api
+    from .textout import dumps
+
+    if args.output is not None:
+        if not args.output.strip():
+            raise BadInput("-o: an empty path")
+        if os.path.exists(args.output) and _same_file(args.output, args.case):
+            raise BadInput(f"-o: {args.output} is the input case; measure never overwrites its input")
+    res = api.measure(args.case)
+    for d in res["disagreements"]:
+        print(f"y90opt: {args.case}: {d['field']}: the images measure {d['measured']:.4g}, the case gives {d['given']:.4g} "
+              f"(uncertainty {d['uncertainty']:.3g}): the case's value is kept", file=sys.stderr)
+    if args.output is not None:
+        tmp = args.output + ".part"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(res["text"])
+        os.replace(tmp, args.output)
+    if args.json:
+        print(dumps(res["measurements"]))
+    elif args.output is None:
+        print(res["text"], end="")
+    else:
+        print(f"completed case written to {args.output}")
+    return 0
+
+
 def cmd_trial(args) -> int:
     from . import api
     from .textout import dumps
@@ -415,6 +448,7 @@ COMMANDS = {
     "scenarios": cmd_scenarios,
     "cohort": cmd_cohort,
     "trial": cmd_trial,
+    "measure": cmd_measure,
     "report": cmd_report,
 }
 

@@ -1,0 +1,267 @@
+"""From images to a case (``y90opt measure``): volumes, T:N, lung shunt and lung mass, with the uncertainty the
+images imply.
+
+Images are read with nibabel (NIfTI; its affine is the geometry). Every mask must lie on the SPECT's grid
+(same shape, same affine within :data:`GRID_TOLERANCE_MM`): a mismatch is an error naming both files (no
+silent resampling; resampling is not done here yet). Measurements, on the case's ``[images]``:
+
+* volumes: voxel count × voxel volume of each mask (a voxel is in or out: no partial voxels);
+* T:N: mean SPECT count concentration in the tumour over that in the normal perfused tissue (perfused mask
+  less every tumour mask);
+* lung shunt fraction: lung counts / (lung + liver counts) on the SPECT (the lungs must be in its field);
+* lung mass: Σ voxel volume × density over the lung mask, density ρ = 1 + HU/1000 g/mL from the CT (Kao et
+  al., "Lung shunt fraction ... and lung mass", 2014: mass from CT densities rather than the 1 kg
+  assumption); HU from the NIfTI's scaling (slope and intercept);
+* hepatic reserve: 1 − perfused / whole liver.
+
+Uncertainty (each written as a comment in the completed case):
+
+* a volume: the mask eroded and dilated by one voxel (6-connected, scipy.ndimage) changes it by −Δ₋/+Δ₊;
+  the CV written is (Δ₋ + Δ₊) / (4 V), half the half-range taken as one standard deviation (our convention);
+* T:N: Poisson statistics of the counts (CV² = 1/N_tumour + 1/N_normal, N the counts in each region)
+  combined with the MAA-to-Y-90 mismatch of the domain reference (σ_ln 0.3, Kafrouni et al. 2019);
+* LSF: the binomial SD of the counts combined with the SPECT/CT LSF's SD of 3.6 percentage points against
+  the delivered shunt (Young et al., domain reference §5), a normal truncated to [0, 0.99];
+* lung mass: the one-voxel erosion/dilation of the lung mask, as for the volumes.
+
+``measure`` fills only the values the case leaves out; a value the user gave is never replaced: when the
+image's measurement disagrees with it by more than its uncertainty, the disagreement is reported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+#: Largest difference between two images' affines [mm] still taken as one grid.
+GRID_TOLERANCE_MM = 1e-3
+#: σ_ln of the MAA-to-Y-90 T:N mismatch (Kafrouni et al. 2019; domain reference §5).
+TN_MISMATCH_SIGMA_LN = 0.3
+#: SD of the SPECT/CT lung shunt fraction against the delivered one (Young et al.; domain reference §5).
+LSF_SPECT_SD = 0.036
+
+
+def _load(path: str, what: str):
+    import nibabel as nib
+
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: {what}: no such image file")
+    try:
+        img = nib.load(path)
+        data = np.asarray(img.get_fdata(dtype=np.float64))
+    except Exception as e:  # noqa: BLE001 - any unreadable file is this file's error, one line
+        raise InputError(f"{path}: {what}: not a readable NIfTI image ({type(e).__name__}: {e})") from None
+    if data.ndim != 3:
+        raise InputError(f"{path}: {what}: expected a 3-D image, got {data.ndim} dimensions {data.shape}")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def _same_grid(a_path: str, a, b_path: str, b) -> None:
+    (da, aa), (db, ab) = a, b
+    if da.shape != db.shape or np.max(np.abs(aa - ab)) > GRID_TOLERANCE_MM:
+        raise InputError(f"{b_path}: not on the grid of {a_path} (shape {db.shape} vs {da.shape}, affines differ by "
+                         f"{np.max(np.abs(aa - ab)):.3g} mm): resample it onto the SPECT's grid first")
+
+
+def _mask(path: str, what: str, grid) -> np.ndarray:
+    data, aff = _load(path, what)
+    _same_grid(grid[0], grid[1], path, (data, aff))
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{path}: {what}: the mask has non-finite values")
+    m = data > 0.5
+    if not m.any():
+        raise InputError(f"{path}: {what}: the mask is empty")
+    return m
+
+
+def _segmentation_cv(mask: np.ndarray) -> tuple[float, float, float]:
+    """(CV, volume change eroded, volume change dilated) in voxels, for the one-voxel convention."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    v = float(mask.sum())
+    lo = v - float(binary_erosion(mask).sum())
+    hi = float(binary_dilation(mask).sum()) - v
+    return (lo + hi) / (4.0 * v), lo, hi
+
+
+def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str], file: str = "") -> dict[str, Any]:
+    """Every measurement the ``[images]`` table allows, with its uncertainty and how it was obtained.
+
+    Returns a dict: ``volumes_ml`` (liver, perfused, lungs, tumors.<name>), ``tn_ratio.<name>``,
+    ``shunt_fraction``, ``lung_mass_kg``, ``hepatic_reserve`` (those the images allow) and ``how`` (key →
+    a sentence), ``cv`` (key → CV or SD)."""
+    def path_of(rel: str) -> str:
+        return rel if os.path.isabs(rel) else os.path.join(case_dir, rel)
+
+    if "spect" not in images:
+        raise InputError(f"{file}: images.spect: missing (the masks lie on the SPECT's grid)")
+    spect_path = path_of(images["spect"])
+    spect = _load(spect_path, "images.spect")
+    counts = spect[0]
+    if not np.all(np.isfinite(counts)) or (counts < 0).any():
+        raise InputError(f"{spect_path}: images.spect: counts must be finite and >= 0")
+    grid = (spect_path, spect)
+    voxel_ml = abs(float(np.linalg.det(spect[1][:3, :3]))) / 1000.0
+    masks_raw = images.get("masks", {})
+    masks: dict[str, np.ndarray] = {}
+    for key in ("liver", "perfused", "lungs"):
+        if key in masks_raw:
+            masks[key] = _mask(path_of(masks_raw[key]), f"images.masks.{key}", grid)
+    tumor_masks = {}
+    for name, rel in masks_raw.get("tumors", {}).items():
+        if name not in tumor_names:
+            raise InputError(f"{file}: images.masks.tumors.{name}: no tumour named {name!r} in the case")
+        tumor_masks[name] = _mask(path_of(rel), f"images.masks.tumors.{name}", grid)
+        if "perfused" in masks and (tumor_masks[name] & ~masks["perfused"]).any():
+            raise InputError(f"{path_of(rel)}: images.masks.tumors.{name}: the tumour mask lies partly outside the "
+                             "perfused mask")
+    out: dict[str, Any] = {"volumes_ml": {"tumors": {}}, "tn_ratio": {}, "how": {}, "cv": {}}
+    for key, m in masks.items():
+        cv, lo, hi = _segmentation_cv(m)
+        out["volumes_ml"][key] = float(m.sum()) * voxel_ml
+        out["cv"][f"volumes_ml.{key}"] = cv
+        out["how"][f"volumes_ml.{key}"] = (f"{int(m.sum())} voxels of {voxel_ml * 1000:.4g} uL in "
+                                           f"{masks_raw[key]}; CV {cv:.3f} from one-voxel erosion/dilation "
+                                           f"(-{lo:.0f}/+{hi:.0f} voxels)")
+    for name, m in tumor_masks.items():
+        cv, lo, hi = _segmentation_cv(m)
+        out["volumes_ml"]["tumors"][name] = float(m.sum()) * voxel_ml
+        out["cv"][f"volumes_ml.tumors.{name}"] = cv
+        out["how"][f"volumes_ml.tumors.{name}"] = (f"{int(m.sum())} voxels in {masks_raw['tumors'][name]}; CV {cv:.3f} "
+                                                   f"from one-voxel erosion/dilation (-{lo:.0f}/+{hi:.0f} voxels)")
+    if "perfused" in masks and tumor_masks:
+        normal = masks["perfused"].copy()
+        for m in tumor_masks.values():
+            normal &= ~m
+        n_normal = float(counts[normal].sum())
+        if n_normal <= 0:
+            raise InputError(f"{spect_path}: images.spect: no counts in the normal perfused tissue")
+        c_normal = n_normal / normal.sum()
+        for name, m in tumor_masks.items():
+            n_t = float(counts[m].sum())
+            tn = (n_t / m.sum()) / c_normal
+            poisson = math.sqrt((1.0 / n_t if n_t > 0 else math.inf) + 1.0 / n_normal)
+            cv = math.sqrt(math.expm1(TN_MISMATCH_SIGMA_LN ** 2) + poisson ** 2)
+            out["tn_ratio"][name] = tn
+            out["cv"][f"tn_ratio.{name}"] = cv
+            out["how"][f"tn_ratio.{name}"] = (f"mean counts in the tumour / in the normal perfused tissue; CV {cv:.3f}: "
+                                              f"Poisson {poisson:.4f} with the MAA-to-Y-90 mismatch (sigma_ln "
+                                              f"{TN_MISMATCH_SIGMA_LN:g}, Kafrouni et al. 2019)")
+    if "lungs" in masks and "liver" in masks:
+        n_lung = float(counts[masks["lungs"]].sum())
+        n_liver = float(counts[masks["liver"]].sum())
+        if n_lung + n_liver <= 0:
+            raise InputError(f"{spect_path}: images.spect: no counts in the lungs or the liver")
+        f = n_lung / (n_lung + n_liver)
+        sd = math.sqrt(f * (1 - f) / (n_lung + n_liver) + LSF_SPECT_SD ** 2)
+        out["shunt_fraction"] = f
+        out["cv"]["shunt_fraction"] = sd
+        out["how"]["shunt_fraction"] = (f"SPECT lung counts / (lung + liver counts); SD {sd:.4f}: binomial counts "
+                                        f"with the SPECT/CT LSF's {100 * LSF_SPECT_SD:g} pp (Young et al.)")
+    if "lungs" in masks and "ct" in images:
+        ct_path = path_of(images["ct"])
+        ct = _load(ct_path, "images.ct")
+        _same_grid(spect_path, spect, ct_path, ct)
+        hu = ct[0][masks["lungs"]]
+        rho = np.clip(1.0 + hu / 1000.0, 0.0, None)  # g/mL
+        mass = float(rho.sum()) * voxel_ml / 1000.0
+        cv, lo, hi = _segmentation_cv(masks["lungs"])
+        out["lung_mass_kg"] = mass
+        out["cv"]["lung_mass_kg"] = cv
+        out["how"]["lung_mass_kg"] = (f"CT density 1 + HU/1000 g/mL summed over the lung mask (Kao et al. 2014); "
+                                      f"CV {cv:.3f} from one-voxel erosion/dilation of the mask")
+    if "liver" in masks and "perfused" in masks:
+        out["hepatic_reserve"] = 1.0 - out["volumes_ml"]["perfused"] / out["volumes_ml"]["liver"]
+    return out
+
+
+# -- the case ------------------------------------------------------------------------------------------------
+
+_TARGETS = {
+    # measurement key → (case table path, key, form)
+    "volumes_ml.perfused": (("liver",), "perfused_volume_ml", "cv"),
+    "volumes_ml.liver": (("liver",), "whole_liver_volume_ml", "cv"),
+    "shunt_fraction": (("lung",), "shunt_fraction", "sd"),
+    "lung_mass_kg": (("lung",), "mass_kg", "cv"),
+}
+
+
+def _value_of(raw: Any) -> float | None:
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return float(raw)
+    if isinstance(raw, dict):
+        for k in ("value", "median", "mean"):
+            if k in raw:
+                return float(raw[k])
+    return None
+
+
+def measure_case(path: str, text: str | None = None) -> dict[str, Any]:
+    """Measure a case's ``[images]`` and complete the case: returns ``text`` (the completed case TOML, the
+    user's text kept and the measured values added with a comment on each), ``measurements`` (the ``--json``
+    keys) and ``disagreements`` (values the user gave that the images contradict)."""
+    import tomlkit
+
+    if text is None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        doc = tomlkit.parse(text)
+    except Exception as e:  # noqa: BLE001 - the TOML library's error is this file's error
+        raise InputError(f"{path}: not valid TOML: {e}") from None
+    images = doc.get("images")
+    if not isinstance(images, dict):
+        raise InputError(f"{path}: images: missing ([images] names the CT, the SPECT and the masks)")
+    images = images.unwrap() if hasattr(images, "unwrap") else dict(images)
+    tumors = doc.get("tumors", [])
+    names = [str(t["name"]) for t in tumors if "name" in t]
+    m = measure_images(os.path.dirname(os.path.abspath(path)), images, names, path)
+    disagreements = []
+
+    def place(table, key, value, spread, form, how, label):
+        given = table.get(key)
+        if given is not None:
+            v = _value_of(given.unwrap() if hasattr(given, "unwrap") else given)
+            if v is not None:
+                width = spread * (v if form == "cv" else 1.0)
+                if abs(v - value) > max(width, 1e-12):
+                    disagreements.append({"field": label, "given": v, "measured": value, "uncertainty": width})
+            return
+        if form == "cv":
+            item = tomlkit.inline_table()
+            item.update({"value": round(value, 6), "cv": round(spread, 4)})
+        else:
+            item = tomlkit.inline_table()
+            item.update({"dist": "normal", "mean": round(value, 6), "sd": round(spread, 5), "min": 0.0, "max": 0.99})
+        table[key] = item
+        table[key].comment(f"measured: {how}")
+
+    for mkey, (tpath, key, form) in _TARGETS.items():
+        head, _, rest = mkey.partition(".")
+        value = m.get(head) if not rest else m.get(head, {}).get(rest)
+        if value is None:
+            continue
+        table = doc.setdefault(tpath[0], tomlkit.table())
+        place(table, key, value, m["cv"][mkey], form, m["how"][mkey], f"{tpath[0]}.{key}")
+    for k, t in enumerate(tumors):
+        name = str(t.get("name"))
+        if name in m["volumes_ml"]["tumors"]:
+            place(t, "volume_ml", m["volumes_ml"]["tumors"][name], m["cv"][f"volumes_ml.tumors.{name}"], "cv",
+                  m["how"][f"volumes_ml.tumors.{name}"], f"tumors[{k}].volume_ml")
+        if name in m["tn_ratio"]:
+            place(t, "tn_ratio", m["tn_ratio"][name], m["cv"][f"tn_ratio.{name}"], "cv",
+                  m["how"][f"tn_ratio.{name}"], f"tumors[{k}].tn_ratio")
+    out_text = tomlkit.dumps(doc)
+    from .case import parse_case
+
+    parse_case(out_text, path)  # the completed case must be a case
+    measurements = {k: v for k, v in m.items() if k not in ("how", "cv")}
+    return {"text": out_text, "measurements": measurements, "disagreements": disagreements, "how": m["how"]}
