@@ -903,6 +903,42 @@ class Bench:
         log(f"joint exhaustive {space_f.size} candidates x {ev_f.n} samples: {t_full:.1f} s")
         self.res["sections"]["joint"] = out
 
+    def measure(self) -> None:
+        """y90opt measure on a 256 × 256 × 200 phantom (CT, SPECT and five masks as NIfTI, read from disk):
+        wall time and peak memory in copies of one float64 volume (the issue's budget: ≤ 10 s, ≤ 4 copies)."""
+        import tempfile
+
+        from y90opt.imaging import measure_case
+        from y90opt.phantoms import make_phantom
+
+        shape = (256, 256, 200)
+        ph = make_phantom(shape=shape, voxel_mm=2.0, tumors={"T1": (12.0, 4.0), "T2": (8.0, 2.5)}, lsf=0.07)
+        folder = tempfile.mkdtemp(prefix="y90opt-bench-measure-")
+        ph.write_nifti(folder)
+        case = os.path.join(folder, "case.toml")
+        with open(case, "w") as fh:
+            fh.write(MEASURE_CASE)
+        del ph
+        t = timing.time_call(lambda: measure_case(case), repeats=3)
+        volume = float(np.prod(shape)) * 8
+        # the peak memory of one measure in a fresh process (this one holds the phantom's peak), less that of
+        # the same process importing what measure imports
+        import subprocess
+
+        probe = ("import sys; sys.path[:0] = [{root!r}]; import numpy, scipy.ndimage, nibabel, tomlkit, pydicom; {call}"
+                 "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        base = int(subprocess.run([sys.executable, "-c", probe.format(root=root, call="")], capture_output=True,
+                                  text=True, check=True).stdout.split()[-1]) * 1024
+        call = f"from y90opt.imaging import measure_case; measure_case({case!r}); "
+        peak = int(subprocess.run([sys.executable, "-c", probe.format(root=root, call=call)], capture_output=True,
+                                  text=True, check=True).stdout.split()[-1]) * 1024
+        out = {"shape": list(shape), "masks": 5, **t.as_dict(), "peak_rss_bytes": peak, "import_rss_bytes": base,
+               "one_volume_float64_bytes": volume, "peak_in_volumes": (peak - base) / volume}
+        log(f"measure {shape} with 5 masks: {t.median_s:.2f} s warm (first {t.first_s:.2f} s); peak RSS of one measure "
+            f"{peak / 2**20:.0f} MiB, {(peak - base) / volume:.2f} float64 volumes above the imports ({base / 2**20:.0f} MiB)")
+        self.res["sections"]["measure"] = out
+
     def chunk_sweep(self) -> None:
         """GPU only: throughput at one large N for several chunk sizes."""
         import jax
@@ -969,6 +1005,9 @@ class Bench:
         if on("cohort", not self.a.quick):
             with self.section("cohort"):
                 self.cohort()
+        if on("measure", not self.a.quick):
+            with self.section("measure"):
+                self.measure()
         if on("joint"):
             with self.section("joint"):
                 self.joint()
@@ -1222,7 +1261,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true", help="require a GPU: GPU sizes, chunk sweep; CPU figures up to 1e7")
     ap.add_argument("--table", metavar="JSON", help="print the short table of a saved run and exit")
     ap.add_argument("--markdown", metavar="JSON", help="print the tables of a saved run as Markdown and exit")
-    ap.add_argument("--sections", help="comma list: forward,ceilings,model,startup,plan,naive,optuna,sobol,sensitivity,cohort,joint,memory,chunks")
+    ap.add_argument("--sections", help="comma list: forward,ceilings,model,startup,plan,naive,optuna,sobol,sensitivity,cohort,measure,joint,memory,chunks")
     ap.add_argument("--sizes", nargs="*", help="forward sample counts (e.g. 1e4 1e6)")
     ap.add_argument("--max-n", type=float, help="drop forward sizes above this")
     ap.add_argument("--chunk", type=int, help="JAX chunk on CPU (default engine.DEFAULT_CHUNK)")
@@ -1264,6 +1303,29 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(text)
     return 0
+
+
+MEASURE_CASE = """
+name = "bench-measure"
+scenario = "multifocal-unilobar"
+[images]
+ct = "ct.nii.gz"
+spect = "spect.nii.gz"
+[images.masks]
+liver = "mask_liver.nii.gz"
+perfused = "mask_perfused.nii.gz"
+lungs = "mask_lungs.nii.gz"
+[images.masks.tumors]
+T1 = "mask_tumors_T1.nii.gz"
+T2 = "mask_tumors_T2.nii.gz"
+[[tumors]]
+name = "T1"
+[[tumors]]
+name = "T2"
+[lung]
+[vials]
+calibration = "2026-12-06T12:00:00-05:00"
+"""
 
 
 def _peak_rss() -> int | None:

@@ -1,7 +1,8 @@
 """From images to a case (``y90opt measure``): volumes, T:N, lung shunt and lung mass, with the uncertainty the
 images imply.
 
-Images are read with nibabel (NIfTI; its affine is the geometry). Every mask must lie on the SPECT's grid
+Images are read with nibabel (NIfTI; its affine is the geometry) or, for a folder, pydicom (a DICOM series
+of single-frame slices; the affine built from its orientation, spacing and positions, LPS turned into RAS). Every mask must lie on the SPECT's grid
 (same shape, same affine within :data:`GRID_TOLERANCE_MM`): a mismatch is an error naming both files (no
 silent resampling; resampling is not done here yet). Measurements, on the case's ``[images]``:
 
@@ -46,9 +47,50 @@ TN_MISMATCH_SIGMA_LN = 0.3
 LSF_SPECT_SD = 0.036
 
 
+def _load_dicom(folder: str, what: str):
+    """A DICOM series (a folder of single-frame slices, one series) as (array[i, j, k], RAS affine), read with
+    pydicom: slices ordered along the slice normal, stored values rescaled (slope, intercept), the affine from
+    ImageOrientationPatient, PixelSpacing and ImagePositionPatient (LPS turned into NIfTI's RAS)."""
+    import pydicom
+
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if not f.startswith("."))
+    slices = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f)
+        except Exception:  # noqa: BLE001 - a file that is not DICOM in the folder: not a slice
+            continue
+        if "PixelData" in ds:
+            slices.append(ds)
+    if not slices:
+        raise InputError(f"{folder}: {what}: no DICOM image slices in the folder")
+    if len({str(ds.SeriesInstanceUID) for ds in slices}) > 1:
+        raise InputError(f"{folder}: {what}: the folder holds more than one series")
+    iop = np.asarray(slices[0].ImageOrientationPatient, dtype=np.float64)
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    slices.sort(key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=np.float64))))
+    pos = np.array([np.asarray(ds.ImagePositionPatient, dtype=np.float64) for ds in slices])
+    dr, dc = (float(x) for x in slices[0].PixelSpacing)  # between rows, between columns
+    if len(slices) > 1:
+        steps = np.diff(pos, axis=0)
+        step = steps.mean(axis=0)
+        if np.max(np.abs(steps - step)) > GRID_TOLERANCE_MM:
+            raise InputError(f"{folder}: {what}: the slices are not evenly spaced")
+    else:
+        step = normal * float(getattr(slices[0], "SliceThickness", 1.0))
+    vol = np.stack([ds.pixel_array.astype(np.float64).T * float(getattr(ds, "RescaleSlope", 1.0))
+                    + float(getattr(ds, "RescaleIntercept", 0.0)) for ds in slices], axis=2)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row * dc, col * dr, step, pos[0]
+    return vol, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
 def _load(path: str, what: str):
     import nibabel as nib
 
+    if os.path.isdir(path):
+        return _load_dicom(path, what)
     if not os.path.isfile(path):
         raise InputError(f"{path}: {what}: no such image file")
     try:

@@ -55,6 +55,68 @@ class Phantom:
         return out
 
 
+    def write_dicom(self, folder: str) -> dict[str, str]:
+        """Write the CT, the SPECT and the masks as DICOM series (one folder each, single-frame CT-image
+        slices, axial, LPS patient coordinates; pydicom) and their NIfTI twins of the same stored values (the
+        SPECT quantised to 16 bits through its rescale slope). Returns name → folder (and ``<name>_nifti``)."""
+        import nibabel as nib
+
+        os.makedirs(folder, exist_ok=True)
+        out = {}
+        arrays = {"ct": (self.ct, 1.0, -1024.0), "spect": (self.spect, None, 0.0)}
+        arrays.update({f"mask_{k.replace('.', '_')}": (v.astype(np.float64), 1.0, 0.0) for k, v in self.masks.items()})
+        for k, (name, (arr, slope, intercept)) in enumerate(arrays.items()):
+            if slope is None:  # the SPECT: the largest count fits 16 bits; a slope DICOM's 16-character DS holds
+                slope = float(format(max(float(arr.max()), 1.0) / 60000.0, ".8g"))
+            stored = np.rint((arr - intercept) / slope).astype(np.uint16)
+            values = stored.astype(np.float64) * slope + intercept
+            series = os.path.join(folder, name)
+            _write_series(series, stored, slope, intercept, self.voxel_mm, series_number=k + 1)
+            out[name] = series
+            twin = os.path.join(folder, f"{name}.nii.gz")
+            nib.save(nib.Nifti1Image(values.astype(np.float64), _lps_to_ras(self.voxel_mm)), twin)
+            out[f"{name}_nifti"] = twin
+        return out
+
+
+def _lps_to_ras(voxel_mm) -> np.ndarray:
+    """The NIfTI (RAS) affine of the DICOM series :func:`_write_series` writes (origin 0, axes along LPS)."""
+    return np.diag([-voxel_mm[0], -voxel_mm[1], voxel_mm[2], 1.0])
+
+
+def _write_series(folder: str, stored: np.ndarray, slope: float, intercept: float, voxel_mm, series_number: int) -> None:
+    """One axial slice per k of ``stored[i, j, k]`` (i along the rows' direction +x, j along +y, LPS)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    os.makedirs(folder, exist_ok=True)
+    study, series, frame = generate_uid(entropy_srcs=["y90opt-phantom-study"]), \
+        generate_uid(entropy_srcs=[f"y90opt-phantom-series-{series_number}"]), \
+        generate_uid(entropy_srcs=["y90opt-phantom-frame"])
+    for k in range(stored.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[f"y90opt-phantom-{series_number}-{k}"])
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality, ds.PatientName, ds.PatientID = "CT", "Phantom^y90opt", "PHANTOM"
+        ds.SeriesNumber, ds.InstanceNumber = series_number, k + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, float(k * voxel_mm[2])]
+        ds.PixelSpacing = [float(voxel_mm[1]), float(voxel_mm[0])]  # between rows (y), between columns (x)
+        ds.SliceThickness = float(voxel_mm[2])
+        ds.Rows, ds.Columns = stored.shape[1], stored.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = format(float(slope), ".8g"), format(float(intercept), ".8g")
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # rows (y) × columns (x)
+        pydicom.dcmwrite(os.path.join(folder, f"slice{k:04d}.dcm"), ds, enforce_file_format=True)
+
+
 def _ellipsoid(shape, centre, radii) -> np.ndarray:
     idx = np.indices(shape, dtype=np.float64)
     r = sum(((idx[i] - centre[i]) / radii[i]) ** 2 for i in range(3))
@@ -63,8 +125,8 @@ def _ellipsoid(shape, centre, radii) -> np.ndarray:
 
 def make_phantom(n: int = 64, voxel_mm: float = 4.0, tumors: dict[str, tuple[float, float]] | None = None,
                  lsf: float = 0.06, counts_per_voxel: float = 100.0, fwhm_mm: float | None = None,
-                 noise_seed: int | None = None) -> Phantom:
-    """A phantom on an ``n``³ grid of ``voxel_mm`` voxels.
+                 noise_seed: int | None = None, shape: tuple[int, int, int] | None = None) -> Phantom:
+    """A phantom on an ``n``³ grid (or ``shape``) of ``voxel_mm`` voxels.
 
     Args:
         tumors: name → (radius in voxels, T:N); placed along the perfused half's axis.
@@ -73,7 +135,8 @@ def make_phantom(n: int = 64, voxel_mm: float = 4.0, tumors: dict[str, tuple[flo
         fwhm_mm, noise_seed: blur the SPECT (Gaussian, FWHM in mm) and add Poisson noise (seeded).
     """
     tumors = {"T1": (3.0, 4.0), "T2": (2.0, 2.5)} if tumors is None else tumors
-    shape = (n, n, n)
+    shape = (n, n, n) if shape is None else tuple(shape)
+    n = min(shape)
     c = n / 2
     liver = _ellipsoid(shape, (c, c, c * 0.8), (0.38 * n, 0.28 * n, 0.2 * n))
     perfused = liver & (np.indices(shape)[0] >= c)
