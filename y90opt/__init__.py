@@ -37,10 +37,11 @@ __all__ = [
     "simulate",
     "trial",
     "virtual_patients",
+    "voxel",
 ]
 
 _API = {"cohort", "dose", "list_scenarios", "load_case", "measure", "parse_case", "plan", "sensitivity", "simulate", "trial",
-        "virtual_patients"}
+        "virtual_patients", "voxel"}
 
 
 def __getattr__(name: str):

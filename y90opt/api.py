@@ -465,6 +465,18 @@ def measure(case: str | os.PathLike) -> dict[str, Any]:
     return measure_case(os.fspath(case))
 
 
+def voxel(case: str | os.PathLike, *, method: str = "ldm", out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The absorbed-dose map of a case with ``[images]`` at its ``[plan]`` decision (local deposition), its VOI
+    metrics (``vois``: mean, D50/D70/D90/D95, V at the scenario's thresholds) and DVH; with ``out``, writes
+    ``dose.nii.gz``, ``dvh.csv`` and ``dvh.png`` there. See :mod:`y90opt.voxel_dosimetry`."""
+    from .voxel_dosimetry import voxel_case, write_voxel_outputs
+
+    res = voxel_case(os.fspath(case), method=method)
+    if out is not None:
+        res["files"] = write_voxel_outputs(res, os.fspath(out))
+    return res
+
+
 def list_scenarios() -> list[dict[str, Any]]:
     """The scenario rules (targets, limits, window, alternatives, each with its source), as
     ``y90opt scenarios --json`` prints them, in the committee's order."""

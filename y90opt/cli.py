@@ -173,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", metavar="OUT.toml", default=None, help="write the completed case (never the input)")
     sp.add_argument("--json", action="store_true", help="print the measurements as JSON")
 
+    sp = add("voxel", "the absorbed-dose map at [plan] from the case's [images] (local deposition), VOI metrics and DVH",
+             "y90opt voxel measured.toml --out voxel/")
+    sp.add_argument("case")
+    sp.add_argument("--method", choices=("ldm", "kernel"), default="ldm", help="ldm (the kernel is not shipped yet)")
+    sp.add_argument("--out", metavar="DIR", default=None, help="dose.nii.gz, dvh.csv and dvh.png")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+
     sp = add("scenarios", "the DSC 2022 scenario rules with their sources", "y90opt scenarios --json")
     sp.add_argument("--json", action="store_true", help="print JSON")
 
@@ -355,6 +362,26 @@ def cmd_measure(args) -> int:
     return 0
 
 
+def cmd_voxel(args) -> int:
+    from . import api
+    from .textout import dumps, table
+
+    out_dir = _output_dir(args.out, [args.case], ("dose.nii.gz", "dvh.csv", "dvh.png")) if args.out else None
+    res = api.voxel(args.case, method=args.method, out=out_dir)
+    summary = {k: res[k] for k in ("case", "method", "hours_after_calibration", "vial_at_treatment_gbq", "activity_gbq",
+                                   "density", "voxel_ml", "vois", "thresholds_gy")}
+    if args.json:
+        print(dumps(summary))
+        return 0
+    rows = [(k, v["mean_gy"], v["d50_gy"], v["d70_gy"], v["d90_gy"], v["d95_gy"]) for k, v in res["vois"].items() if k != "tumors"]
+    rows += [(f"tumors.{n}", v["mean_gy"], v["d50_gy"], v["d70_gy"], v["d90_gy"], v["d95_gy"]) for n, v in res["vois"]["tumors"].items()]
+    print(f"case {res['case']!r}: {res['method']} dose at {res['hours_after_calibration']:.1f} h, density from {res['density']}")
+    print(table(rows, header=("VOI", "mean Gy", "D50", "D70", "D90", "D95")))
+    if out_dir:
+        print(f"\ndose map, DVH table and figure written to {out_dir}")
+    return 0
+
+
 def cmd_trial(args) -> int:
     from . import api
     from .textout import dumps
@@ -449,6 +476,7 @@ COMMANDS = {
     "cohort": cmd_cohort,
     "trial": cmd_trial,
     "measure": cmd_measure,
+    "voxel": cmd_voxel,
     "report": cmd_report,
 }
 

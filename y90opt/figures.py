@@ -448,3 +448,22 @@ def cohort_figure(ds, path: str) -> str:
         ax.set_title("the limit that binds at the recommendation", loc="left", fontsize=9.5)
 
         return _save(fig, path)
+
+
+def dvh_figure(edges, curves: dict, thresholds, path: str) -> str:
+    """Cumulative dose-volume histograms (share of each VOI receiving at least a dose), the scenario's
+    thresholds as vertical lines."""
+    with _rc():
+        fig = _figure(7.5, 4.2)
+        ax = fig.add_subplot()
+        for k, (name, c) in enumerate(curves.items()):
+            ax.plot(edges, 100 * np.asarray(c), label=name, color=_LIMIT_COLOURS[k % len(_LIMIT_COLOURS)],
+                    linestyle="-" if k < len(_LIMIT_COLOURS) else "--")
+        for t in thresholds:
+            ax.axvline(t, color="#999999", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("absorbed dose (Gy)")
+        ax.set_ylabel("volume receiving at least it (%)")
+        ax.set_ylim(0, 101)
+        ax.legend(fontsize=8, loc="upper right")
+        ax.set_title("cumulative DVH (local deposition); dotted: the scenario's thresholds", loc="left", fontsize=9.5)
+        return _save(fig, path)

@@ -1,0 +1,168 @@
+"""Voxel dosimetry (``y90opt voxel``): the absorbed-dose map at the case's decision, its VOI metrics and DVH.
+
+Activity map: the case's decision gives the activity injected, A = s (1 − R) (s the vial at treatment, R the
+residual, each once), to the liver A (1 − F) and to the lungs A F (F the lung shunt fraction of the case).
+The liver activity is spread over the perfused mask in proportion to the 99mTc-MAA SPECT counts, the lung
+activity over the lung mask in proportion to its counts (uniformly where it has none).
+
+Dose: **local deposition (LDM)**: every voxel keeps the energy of its decays, D = K · A_voxel / m_voxel with K
+the case's dose constant (Gy·kg/GBq) and m_voxel = ρ · V_voxel, ρ from the CT (1 + HU/1000 g/mL) when the
+case names one, else the case's tissue density. Pure JAX (jit), the same code on CPU and GPU. With a uniform
+density, the LDM mean over the normal perfused tissue and over each tumour equals the partition model for the
+same counts exactly (``tests/test_voxel.py``).
+
+Not available yet: the dose-voxel-kernel convolution (it needs a published Y-90 kernel table whose licence
+allows shipping it), several injections, voxel-level uncertainty.
+
+Metrics per VOI: mean, Dx (the dose at least x % of the VOI receives: D50, D70, D90, D95) and Vx (the share
+of the VOI receiving at least x Gy, x from the scenario's rule thresholds), and the cumulative DVH.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+#: The Dx of every VOI (percent of its volume).
+D_LEVELS = (50, 70, 90, 95)
+#: DVH bins [Gy] of the table and figure.
+DVH_BINS = 400
+
+
+def ldm_dose(activity_gbq, density_g_per_ml, voxel_ml: float, k_gy_kg_per_gbq: float):
+    """Local deposition: dose [Gy] per voxel = K · A / (ρ V). Pure JAX (jit-compatible)."""
+    import jax.numpy as jnp
+
+    mass_kg = jnp.maximum(density_g_per_ml, 1e-6) * voxel_ml / 1000.0
+    return k_gy_kg_per_gbq * activity_gbq / mass_kg
+
+
+def voi_metrics(dose: np.ndarray, mask: np.ndarray, thresholds: tuple[float, ...] = ()) -> dict[str, float]:
+    """Mean, D50/D70/D90/D95 and V<threshold> (shares) of the dose over a VOI."""
+    d = np.sort(np.asarray(dose, dtype=np.float64)[mask])[::-1]
+    n = len(d)
+    out = {"mean_gy": float(d.mean()), "voxels": n}
+    for x in D_LEVELS:
+        # the dose at least x % of the voxels receive: the value of the ceil(x n / 100)-th hottest voxel
+        out[f"d{x}_gy"] = float(d[max(int(np.ceil(x * n / 100.0)) - 1, 0)])
+    for t in thresholds:
+        out[f"v{t:g}"] = float(np.mean(d >= t))
+    return out
+
+
+def dvh(dose: np.ndarray, mask: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Cumulative DVH: the share of the VOI's voxels receiving at least each edge's dose."""
+    d = np.asarray(dose, dtype=np.float64)[mask]
+    counts, _ = np.histogram(d, bins=np.append(edges, np.inf))
+    return counts[::-1].cumsum()[::-1] / max(len(d), 1)
+
+
+def voxel_case(path: str, method: str = "ldm") -> dict[str, Any]:
+    """The dose map and VOI metrics of a case with ``[images]`` at its ``[plan]`` decision."""
+    import tomllib
+
+    import jax
+    import jax.numpy as jnp
+
+    from .case import load_case
+    from .imaging import _load, _mask, _same_grid
+    from .outcomes import active_rules
+
+    if method != "ldm":
+        raise InputError(f"--method: {method!r} is not available yet (the dose-voxel kernel needs a published Y-90 "
+                         "kernel table; only ldm is shipped)")
+    case = load_case(path)
+    if case.multi:
+        raise InputError(f"{path}: injections: voxel dosimetry of several injections is not available yet")
+    with open(path, "rb") as fh:
+        images = tomllib.load(fh).get("images")
+    if not isinstance(images, dict) or "spect" not in images:
+        raise InputError(f"{path}: images.spect: missing (voxel dosimetry spreads the activity by the MAA counts)")
+    base = os.path.dirname(os.path.abspath(path))
+
+    def where(rel: str) -> str:
+        return rel if os.path.isabs(rel) else os.path.join(base, rel)
+
+    spect_path = where(images["spect"])
+    counts, affine = _load(spect_path, "images.spect")
+    if not np.all(np.isfinite(counts)) or (counts < 0).any():
+        raise InputError(f"{spect_path}: images.spect: counts must be finite and >= 0")
+    grid = (spect_path, (counts, affine))
+    masks_raw = images.get("masks", {})
+    if "perfused" not in masks_raw:
+        raise InputError(f"{path}: images.masks.perfused: missing (the territory the liver activity spreads over)")
+    masks = {k: _mask(where(masks_raw[k]), f"images.masks.{k}", grid) for k in ("liver", "perfused", "lungs")
+             if k in masks_raw}
+    tumors = {n: _mask(where(p), f"images.masks.tumors.{n}", grid) for n, p in masks_raw.get("tumors", {}).items()}
+    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+    conv = case.conventions
+    density = np.full(counts.shape, conv.tissue_density_g_per_ml)
+    density_source = f"the case's tissue density {conv.tissue_density_g_per_ml:g} g/mL"
+    if "ct" in images:
+        ct_path = where(images["ct"])
+        ct = _load(ct_path, "images.ct")
+        _same_grid(spect_path, (counts, affine), ct_path, ct)
+        density = np.clip(1.0 + ct[0] / 1000.0, 0.0, None)
+        density_source = "the CT, 1 + HU/1000 g/mL"
+    hours, s = case.decision("`voxel`")
+    nominal = case.nominal()
+    injected = s * nominal["delivery.activity_factor"] * (1.0 - nominal["delivery.residual_fraction"])
+    f = nominal["lung.shunt_fraction"]
+    activity = np.zeros(counts.shape)
+    perf = masks["perfused"]
+    c_perf = counts[perf].sum()
+    if c_perf <= 0:
+        raise InputError(f"{spect_path}: images.spect: no counts in the perfused mask")
+    activity[perf] = injected * (1.0 - f) * counts[perf] / c_perf
+    if "lungs" in masks:
+        lungs = masks["lungs"] & ~perf
+        c_lung = counts[lungs].sum()
+        activity[lungs] += injected * f * (counts[lungs] / c_lung if c_lung > 0 else 1.0 / lungs.sum())
+    dose_fn = jax.jit(ldm_dose, static_argnums=(2, 3))
+    dose = np.asarray(dose_fn(jnp.asarray(activity), jnp.asarray(density), voxel_ml, conv.dose_constant_gy_kg_per_gbq))
+    scen = active_rules(case).scenario
+    thresholds = tuple(sorted({r.threshold_gy for r in scen.rules}))
+    normal = perf.copy()
+    for m in tumors.values():
+        normal &= ~m
+    vois: dict[str, Any] = {k: voi_metrics(dose, m, thresholds) for k, m in masks.items()}
+    vois["normal_perfused"] = voi_metrics(dose, normal, thresholds)
+    vois["tumors"] = {n: voi_metrics(dose, m, thresholds) for n, m in tumors.items()}
+    top = max(float(dose.max()), 1.0)
+    edges = np.linspace(0.0, top, DVH_BINS)
+    curves = {k: dvh(dose, m, edges) for k, m in {**masks, "normal_perfused": normal,
+                                                    **{f"tumors.{n}": m for n, m in tumors.items()}}.items()}
+    return {
+        "case": case.name, "method": method, "hours_after_calibration": hours, "vial_at_treatment_gbq": s,
+        "activity_gbq": {"injected": injected, "liver": injected * (1 - f), "lung": injected * f},
+        "density": density_source, "voxel_ml": voxel_ml, "vois": vois, "thresholds_gy": list(thresholds),
+        "dose": dose, "affine": affine, "dvh_edges_gy": edges, "dvh": curves,
+    }
+
+
+def write_voxel_outputs(res: dict[str, Any], out_dir: str) -> dict[str, str]:
+    """``dose.nii.gz`` (Gy on the SPECT grid), ``dvh.csv`` and ``dvh.png`` into ``out_dir``."""
+    import csv
+
+    import nibabel as nib
+
+    from .figures import dvh_figure
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"dose": os.path.join(out_dir, "dose.nii.gz"), "dvh_csv": os.path.join(out_dir, "dvh.csv"),
+             "dvh_png": os.path.join(out_dir, "dvh.png")}
+    img = nib.Nifti1Image(res["dose"].astype(np.float32), res["affine"])
+    img.header.set_xyzt_units("mm")
+    nib.save(img, paths["dose"])
+    with open(paths["dvh_csv"], "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        names = list(res["dvh"])
+        w.writerow(["dose_gy", *names])
+        for i, e in enumerate(res["dvh_edges_gy"]):
+            w.writerow([f"{e:.6g}", *[f"{res['dvh'][n][i]:.6g}" for n in names]])
+    dvh_figure(res["dvh_edges_gy"], res["dvh"], res["thresholds_gy"], paths["dvh_png"])
+    return paths
