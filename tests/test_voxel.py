@@ -80,3 +80,39 @@ def test_voxel_cli_writes_the_dose_map(measured, tmp_path):
     with contextlib.redirect_stderr(io.StringIO()) as err:
         code = main(["voxel", str(path), "--method", "kernel"])
     assert code == 2 and "not available yet" in err.getvalue()
+
+
+def test_a_plan_with_a_tumour_d70_target(tmp_path):
+    """A blurred phantom (14 mm FWHM): voxel writes each tumour's D70/mean ratio into the case; a research
+    target on the tumours' D70 then plans, and its probability equals that of the mean-dose target at the
+    threshold divided by the ratio (the same samples: D70 = ratio × mean, linear in the activity)."""
+    import tomllib
+
+    import tomli_w
+
+    ph = make_phantom(n=40, voxel_mm=4.0, lsf=0.06, fwhm_mm=14.0, noise_seed=1, counts_per_voxel=400.0)
+    ph.write_nifti(str(tmp_path))
+    (tmp_path / "case.toml").write_text(CASE, encoding="utf-8")
+    (tmp_path / "measured.toml").write_text(y90opt.measure(tmp_path / "case.toml")["text"], encoding="utf-8")
+    y90opt.voxel(tmp_path / "measured.toml", case_out=tmp_path / "d70.toml")
+    doc = tomllib.loads((tmp_path / "d70.toml").read_text(encoding="utf-8"))
+    ratio = {t["name"]: t["d70_ratio"] for t in doc["tumors"]}
+    assert all(0 < r < 1 for r in ratio.values())  # blur: the tumour's cold edge lowers D70 below the mean
+    doc["rules"] = {"targets": [{"id": "tumor-d70", "quantity": "tumors_d70", "min_gy": 150.0, "level": "secondary",
+                                 "source": "research: a D70 target for the test"}]}
+    case = y90opt.parse_case(tomli_w.dumps(doc), "d70.toml")
+    sim = y90opt.simulate(case, samples=8000, seed=2).summary
+    by = {r["label"]: r for r in sim["rules"]}
+    assert "tumor-d70:T1" in by and "tumors_d70" in sim["dose_gy"]
+    # the same samples judged on the mean dose at 150 / ratio
+    doc2 = dict(doc)
+    doc2["rules"] = {"targets": [{"id": "tumor-mean", "quantity": "tumors", "min_gy": 150.0 / ratio["T1"],
+                                  "level": "secondary", "source": "the same threshold on the mean"}]}
+    sim2 = y90opt.simulate(y90opt.parse_case(tomli_w.dumps(doc2), "m.toml"), samples=8000, seed=2).summary
+    p2 = {r["label"]: r for r in sim2["rules"]}["tumor-mean:T1"]["probability"]
+    assert abs(by["tumor-d70:T1"]["probability"] - p2) <= 2 / 8000
+    s = y90opt.plan(case, samples=4000, optuna_trials=0).summary
+    assert any(r["id"] == "tumor-d70" for r in s["rules"])
+    d = y90opt.dose(case).summary
+    row = next(r for r in d["rules"] if r["label"] == "tumor-d70:T1")
+    assert row["value"] == pytest.approx(d["dose_gy"]["tumors"]["T1"] * ratio["T1"], rel=1e-9)

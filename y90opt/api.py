@@ -465,15 +465,27 @@ def measure(case: str | os.PathLike) -> dict[str, Any]:
     return measure_case(os.fspath(case))
 
 
-def voxel(case: str | os.PathLike, *, method: str = "ldm", out: str | os.PathLike | None = None) -> dict[str, Any]:
+def voxel(case: str | os.PathLike, *, method: str = "ldm", out: str | os.PathLike | None = None,
+          case_out: str | os.PathLike | None = None) -> dict[str, Any]:
     """The absorbed-dose map of a case with ``[images]`` at its ``[plan]`` decision (local deposition), its VOI
     metrics (``vois``: mean, D50/D70/D90/D95, V at the scenario's thresholds) and DVH; with ``out``, writes
-    ``dose.nii.gz``, ``dvh.csv`` and ``dvh.png`` there. See :mod:`y90opt.voxel_dosimetry`."""
-    from .voxel_dosimetry import voxel_case, write_voxel_outputs
+    ``dose.nii.gz``, ``dvh.csv`` and ``dvh.png`` there; with ``case_out``, writes the case with each tumour's
+    ``d70_ratio`` (so that rules may name ``tumors_d70``). See :mod:`y90opt.voxel_dosimetry`."""
+    from .voxel_dosimetry import case_with_d70, voxel_case, write_voxel_outputs
 
     res = voxel_case(os.fspath(case), method=method)
     if out is not None:
         res["files"] = write_voxel_outputs(res, os.fspath(out))
+    if case_out is not None:
+        target = os.fspath(case_out)
+        if os.path.exists(target) and os.path.samefile(target, os.fspath(case)):
+            raise InputError(f"--case-out: {target} is the input case; voxel never overwrites its input")
+        text = case_with_d70(os.fspath(case), res)
+        from .case import parse_case
+
+        parse_case(text, target)
+        with open(target, "w", encoding="utf-8") as fh:
+            fh.write(text)
     return res
 
 

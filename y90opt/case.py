@@ -43,6 +43,7 @@ class Tumor:
     tn_ratio: Spec
     treated: bool = True
     injection: str | None = None  # with [[injections]]: the innermost territory the tumour lies in
+    d70_ratio: float | None = None  # its D70 over its mean dose (voxel dosimetry, ``y90opt voxel --case-out``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +271,7 @@ class Case:
 _TOP = {"name", "scenario", "conventions", "liver", "tumors", "lung", "delivery", "vials", "plan", "correlations", "rules",
         "sessions", "injections", "images"}
 _LIVER = {"perfused_volume_ml", "whole_liver_volume_ml"}
-_TUMOR = {"name", "volume_ml", "tn_ratio", "treated", "injection"}
+_TUMOR = {"name", "volume_ml", "tn_ratio", "treated", "injection", "d70_ratio"}
 _SESSION = {"name", "calibration", "treatment", "hours_after_calibration", "delivered"}
 _INJECTION = {"name", "session", "role", "perfused_volume_ml", "within", "vial_gbq", "shunt_fraction",
               "residual_fraction", "tn_ratios", "calibration", "activities_gbq"}
@@ -510,6 +511,13 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
             elif treated:
                 raise r.fail(f"{f}.injection", "missing: name the injection whose territory holds the tumour "
                              "(or say treated = false for a tumour outside every territory)")
+        d70 = None
+        if "d70_ratio" in traw:
+            d70 = r.number(traw["d70_ratio"], f"{f}.d70_ratio")
+            if not 0 < d70 <= 2:
+                raise r.fail(f"{f}.d70_ratio", "must be in (0, 2] (a tumour's D70 over its mean dose)")
+            if multi:
+                raise r.fail(f"{f}.d70_ratio", "not available with [[injections]] yet")
         tumors.append(
             Tumor(
                 name=tname,
@@ -517,6 +525,7 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
                 tn_ratio=r.spec(traw["tn_ratio"], f"{f}.tn_ratio", "positive"),
                 treated=treated,
                 injection=where,
+                d70_ratio=d70,
             )
         )
 

@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("case")
     sp.add_argument("--method", choices=("ldm", "kernel"), default="ldm", help="ldm (the kernel is not shipped yet)")
     sp.add_argument("--out", metavar="DIR", default=None, help="dose.nii.gz, dvh.csv and dvh.png")
+    sp.add_argument("--case-out", metavar="OUT.toml", default=None, help="the case with each tumour's d70_ratio")
     sp.add_argument("--json", action="store_true", help="print JSON")
 
     sp = add("scenarios", "the DSC 2022 scenario rules with their sources", "y90opt scenarios --json")
@@ -367,7 +368,7 @@ def cmd_voxel(args) -> int:
     from .textout import dumps, table
 
     out_dir = _output_dir(args.out, [args.case], ("dose.nii.gz", "dvh.csv", "dvh.png")) if args.out else None
-    res = api.voxel(args.case, method=args.method, out=out_dir)
+    res = api.voxel(args.case, method=args.method, out=out_dir, case_out=args.case_out)
     summary = {k: res[k] for k in ("case", "method", "hours_after_calibration", "vial_at_treatment_gbq", "activity_gbq",
                                    "density", "voxel_ml", "vois", "thresholds_gy")}
     if args.json:

@@ -50,7 +50,9 @@ def dose_case(case: Case, prescribe: Iterable[tuple[str, float]] = ()) -> DoseRe
         return DoseResult(case, out)
     model = Model.from_case(case)
     out = nominal_doses(case, model)
-    out.update(nominal_outcome(case, out))
+    _, s = case.decision("`dose` and `simulate`")
+    values = dict(zip(model.quantities, s * model.nominal_factors() + model.offsets, strict=True))
+    out.update(nominal_outcome(case, out, values))
     items = list(prescribe)
     if items:
         out["prescriptions"] = [required_activity(case, q, gy, model=model, doses=True) for q, gy in items]
@@ -156,6 +158,9 @@ def _dose_names(case: Case, values: dict[str, float]) -> dict[str, Any]:
     if "tumor_total" in values:
         dose_gy["tumor_total"] = values["tumor_total"]
     dose_gy["tumors"] = {n: values[f"tumors.{n}"] for n in case.tumor_names}
+    d70 = {q.split(".", 1)[1]: v for q, v in values.items() if q.startswith("tumors_d70.")}
+    if d70:
+        dose_gy["tumors_d70"] = d70
     return dose_gy
 
 

@@ -109,6 +109,9 @@ def rule_items(case: Case, quantity: str, counted: tuple[str, ...]) -> list[tupl
     :func:`_why_not_evaluable`)."""
     if quantity == "tumors":
         return [(n, f"tumors.{n}") for n in counted]
+    if quantity == "tumors_d70":
+        ratio = {t.name: t.d70_ratio for t in case.tumors}
+        return [(n, f"tumors_d70.{n}") for n in counted if ratio.get(n) is not None]
     if not case.multi:
         return [] if quantity.startswith(_TREATMENT_HEADS) else [(None, quantity)]
     sessions = [x.name for x in case.sessions]
@@ -147,6 +150,8 @@ def _why_not_evaluable(case: Case, quantity: str, counted: tuple[str, ...]) -> t
         return "liver.whole_liver_volume_ml", "the case gives no whole-liver volume"
     if quantity == "tumors" and not counted:
         return "tumors", "the case lists no treated tumour"
+    if quantity == "tumors_d70" and not rule_items(case, quantity, counted):
+        return "tumors", "no counted tumour gives its d70_ratio (y90opt voxel --case-out writes it)"
     if quantity == "tumor_total" and not any(t.treated for t in case.tumors):
         return "tumors", "the case lists no treated tumour"
     return None
@@ -245,8 +250,11 @@ def nominal_outcome(case: Case, nominal: dict[str, Any], values: dict[str, float
     """Rule outcome at the nominal doses and the advisories, for ``dose``. With ``[[injections]]``,
     ``values`` holds the doses by model column (``regions.lobe.normal`` …)."""
     ar = active_rules(case)
-    if case.multi:
-        return _treatment_outcome(case, nominal, ar, values or {})
+    if case.multi or any(r.quantity == "tumors_d70" for r in ar.targets + ar.secondary + ar.limits):
+        out = _treatment_outcome(case, nominal, ar, values or {})
+        if not case.multi:
+            out["advisories"] = nominal_advisories(case, nominal, ar)
+        return out
     flat = flatten_doses(nominal["dose_gy"])
     doses = {k: np.asarray(v) for k, v in flat.items() if not k.startswith("tumors.")}
     if case.tumor_names:

@@ -60,6 +60,8 @@ def quantity_label(q: str) -> str:
     """A reader's short name for a quantity (``tumors.T1`` → ``tumour T1``)."""
     if q.startswith("tumors."):
         return f"tumour {q.split('.', 1)[1]}"
+    if q.startswith("tumors_d70."):
+        return f"tumour {q.split('.', 1)[1]} D70"
     return QUANTITY_NAMES[q][0] if q in QUANTITY_NAMES else q
 
 
@@ -67,6 +69,8 @@ def quantity_description(q: str) -> str:
     """A reader's description of a quantity (``tumors.T1`` → ``dose to tumour T1``)."""
     if q.startswith("tumors."):
         return f"dose to tumour {q.split('.', 1)[1]}"
+    if q.startswith("tumors_d70."):
+        return f"D70 of tumour {q.split('.', 1)[1]} (voxel, local deposition: d70_ratio x its mean dose)"
     return QUANTITY_NAMES[q][1] if q in QUANTITY_NAMES else q
 
 

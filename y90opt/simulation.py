@@ -329,6 +329,8 @@ def summarize_simulation(ds, case: Case) -> dict[str, Any]:
             act[q] = st
         elif q.startswith("tumors."):
             dose_gy.setdefault("tumors", {})[q.split(".", 1)[1]] = st
+        elif q.startswith("tumors_d70."):
+            dose_gy.setdefault("tumors_d70", {})[q.split(".", 1)[1]] = st
         else:
             dose_gy[q] = st
     a = ds.attrs

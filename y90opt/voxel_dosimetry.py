@@ -144,6 +144,21 @@ def voxel_case(path: str, method: str = "ldm") -> dict[str, Any]:
     }
 
 
+def case_with_d70(path: str, res: dict[str, Any]) -> str:
+    """The case's text with each imaged tumour's ``d70_ratio`` (its D70 over its mean dose, by local deposition)
+    set, so that rules may name ``tumors_d70`` (tomlkit: the rest of the text kept)."""
+    import tomlkit
+
+    with open(path, encoding="utf-8") as fh:
+        doc = tomlkit.parse(fh.read())
+    for t in doc.get("tumors", []):
+        v = res["vois"]["tumors"].get(str(t.get("name")))
+        if v is not None and v["mean_gy"] > 0:
+            t["d70_ratio"] = round(v["d70_gy"] / v["mean_gy"], 6)
+            t["d70_ratio"].comment(f"voxel ({res['method']}): D70 {v['d70_gy']:.4g} Gy / mean {v['mean_gy']:.4g} Gy")
+    return tomlkit.dumps(doc)
+
+
 def write_voxel_outputs(res: dict[str, Any], out_dir: str) -> dict[str, str]:
     """``dose.nii.gz`` (Gy on the SPECT grid), ``dvh.csv`` and ``dvh.png`` into ``out_dir``."""
     import csv
