@@ -185,6 +185,17 @@ def sensitivity(case: CaseLike, *, samples: int = 8192, seed: int = 0, chunk: in
                             progress=progress)
 
 
+def _plan_dir(out_dir: str | os.PathLike) -> str:
+    """The folder a plan writes into, made if missing; :class:`InputError` for an empty path or a file."""
+    out = os.fspath(out_dir)
+    if not out:
+        raise InputError("--out: an empty path")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"{out}: exists and is not a directory")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
 @dataclasses.dataclass
 class PlanResult(_PlanResult):
     """Result of :func:`plan`: ``summary`` (``plan --json``), ``dataset`` (``plan.nc``), ``text()``, and
@@ -199,12 +210,7 @@ class PlanResult(_PlanResult):
         from .report import write_report
         from .results import write_netcdf
 
-        out = os.fspath(out_dir)
-        if not out:
-            raise InputError("--out: an empty path")
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise InputError(f"{out}: exists and is not a directory")
-        os.makedirs(out, exist_ok=True)
+        out = _plan_dir(out_dir)
         write_netcdf(self.dataset, os.path.join(out, "plan.nc"))
         if self.sensitivity is not None:
             write_netcdf(self.sensitivity.dataset, os.path.join(out, "sensitivity.nc"))
@@ -283,12 +289,7 @@ class JointPlanResult(PlanResult):
         from .report import write_joint_report
         from .results import write_netcdf
 
-        out = os.fspath(out_dir)
-        if not out:
-            raise InputError("--out: an empty path")
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise InputError(f"{out}: exists and is not a directory")
-        os.makedirs(out, exist_ok=True)
+        out = _plan_dir(out_dir)
         write_netcdf(self.dataset, os.path.join(out, "plan.nc"))
         return write_joint_report(self.dataset, self.summary, out)
 

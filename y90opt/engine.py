@@ -125,6 +125,17 @@ def _cgroup_headroom(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgrou
         return None
 
 
+def _cholesky(case: Case, uncertain: tuple[str, ...]) -> np.ndarray | None:
+    """The Cholesky factor of the case's correlation matrix over its uncertain inputs (None without any)."""
+    if not case.correlations:
+        return None
+    m = np.eye(len(uncertain))
+    for a, b, rho in case.correlations:
+        i, j = uncertain.index(a), uncertain.index(b)
+        m[i, j] = m[j, i] = rho
+    return np.linalg.cholesky(m)
+
+
 def _form(spec) -> tuple:
     """A form's structure: its class chain and whether it is truncated (its numbers are :meth:`params`)."""
     base = getattr(spec, "base", None)
@@ -168,14 +179,7 @@ class Model:
         units = ["Gy"] * len(q)
         q += list(ACTIVITY_QUANTITIES)
         units += ["GBq"] * len(ACTIVITY_QUANTITIES)
-        chol = None
-        if case.correlations:
-            m = np.eye(len(uncertain))
-            for a, b, rho in case.correlations:
-                i, j = uncertain.index(a), uncertain.index(b)
-                m[i, j] = m[j, i] = rho
-            chol = np.linalg.cholesky(m)
-        return cls(case, uncertain, tuple(q), tuple(units), chol)
+        return cls(case, uncertain, tuple(q), tuple(units), _cholesky(case, uncertain))
 
     @property
     def n_dims(self) -> int:
@@ -422,14 +426,7 @@ class TreatmentModel(Model):
         for n in inj:
             q += [f"injections.{n}.{a}" for a in ACTIVITY_QUANTITIES]
         units += ["GBq"] * (len(q) - len(units))
-        chol = None
-        if case.correlations:
-            m = np.eye(len(uncertain))
-            for a, b, rho in case.correlations:
-                i, j = uncertain.index(a), uncertain.index(b)
-                m[i, j] = m[j, i] = rho
-            chol = np.linalg.cholesky(m)
-        return cls(case, uncertain, tuple(q), tuple(units), chol)
+        return cls(case, uncertain, tuple(q), tuple(units), _cholesky(case, uncertain))
 
     @property
     def n_vials(self) -> int:

@@ -69,6 +69,15 @@ ALTERNATIVES_BELOW = 5
 # --- public API --------------------------------------------------------------------------------------------
 
 
+def _write_page(path: str, page: str) -> str:
+    """Write a page through a temporary file and a rename (a reader never sees half a page)."""
+    tmp = path + ".part"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(page)
+    os.replace(tmp, path)
+    return path
+
+
 def _data_uri(path: str) -> str:
     """A PNG file as a ``data:`` URI, so that the page carries its figures (opens offline, e-mailed alone)."""
     import base64
@@ -102,11 +111,7 @@ def write_report(ds, out_dir: str | os.PathLike, sensitivity=None) -> str:
         sens = _sensitivity_section(ds, sensitivity, out_dir)
     page = render_html(ds, ctx, {k: _data_uri(v) for k, v in figures.items()}, sens)
     path = os.path.join(out_dir, "report.html")
-    tmp = path + ".part"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(page)
-    os.replace(tmp, path)
-    return path
+    return _write_page(path, page)
 
 
 #: The joint plan's figure (several injections).
@@ -197,11 +202,7 @@ def write_joint_report(ds, summary: dict[str, Any], out_dir: str | os.PathLike) 
         "</main></body></html>",
     ]) + "\n"
     path = os.path.join(out_dir, "report.html")
-    tmp = path + ".part"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(page)
-    os.replace(tmp, path)
-    return path
+    return _write_page(path, page)
 
 
 def write_cohort_report(ds, out_dir: str | os.PathLike) -> str:
@@ -236,11 +237,7 @@ def write_cohort_report(ds, out_dir: str | os.PathLike) -> str:
         "</main></body></html>",
     ]) + "\n"
     path = os.path.join(out_dir, "cohort.html")
-    tmp = path + ".part"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(page)
-    os.replace(tmp, path)
-    return path
+    return _write_page(path, page)
 
 
 #: What the report reads from a sensitivity Dataset (the Sobol' table and the tornado figures).

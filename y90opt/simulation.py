@@ -334,22 +334,8 @@ def summarize_simulation(ds, case: Case) -> dict[str, Any]:
         else:
             dose_gy[q] = st
     a = ds.attrs
-    rules = [
-        {
-            "label": str(r),
-            "kind": str(ds["rule_kind"].sel(rule=r).item()),
-            "quantity": str(ds["rule_quantity"].sel(rule=r).item()),
-            "threshold_gy": float(ds["threshold"].sel(rule=r)),
-            "probability": float(ds["probability"].sel(rule=r)),
-            "probability_se": float(ds["probability_se"].sel(rule=r)),
-            "ci95": wilson_interval(float(ds["probability"].sel(rule=r)), int(a["valid_sample_count"])),
-            "source": str(ds["rule_source"].sel(rule=r).item()),
-        }
-        for r in ds["rule"].values.tolist()
-    ]
+    rules = _rule_summaries(ds)
     not_evaluable = json.loads(a.get("rules_not_evaluable", "[]"))
-    rules += [{"label": r["id"], "kind": r["kind"], "quantity": r["quantity"], "status": "not evaluable",
-               "reason": r["reason"], "probability": None} for r in not_evaluable]
     nominal = {
         "activity_gbq": {"lung": float(ds["nominal"].sel(quantity="lung_activity"))},
         "hours_after_calibration": float(a["hours_after_calibration"]),
