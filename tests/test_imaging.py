@@ -132,10 +132,12 @@ def test_bad_images_exit_2_with_one_line_naming_the_file(phantom_case, tmp_path)
     nib.save(nib.Nifti1Image(np.zeros_like(ph.masks["lungs"], dtype=np.uint8), ph.affine), str(folder / "mask_lungs.nii.gz"))
     code, err = _run(["measure", str(path)])
     assert code == 2 and "empty" in err
-    # a mask on another grid
-    nib.save(nib.Nifti1Image(ph.masks["lungs"][:-1].astype(np.uint8), ph.affine), str(folder / "mask_lungs.nii.gz"))
+    # a mask on another grid, with no spatial transform to resample it by
+    img = nib.Nifti1Image(ph.masks["lungs"][:-1].astype(np.uint8), None)
+    img.header["sform_code"], img.header["qform_code"] = 0, 0
+    nib.save(img, str(folder / "mask_lungs.nii.gz"))
     code, err = _run(["measure", str(path)])
-    assert code == 2 and "not on the grid" in err and "spect.nii.gz" in err
+    assert code == 2 and "not on the grid" in err and "spect.nii.gz" in err and "no spatial transform" in err
     nib.save(nib.Nifti1Image(ph.masks["lungs"].astype(np.uint8), ph.affine), str(folder / "mask_lungs.nii.gz"))
     # a tumour mask outside the perfused mask
     outside = np.zeros_like(ph.masks["liver"])
@@ -190,3 +192,26 @@ def test_a_dicom_phantom_gives_the_numbers_of_its_nifti_twin(tmp_path):
     assert a["tn_ratio"] == pytest.approx(b["tn_ratio"], rel=1e-12)
     assert a["volumes_ml"]["perfused"] == pytest.approx(ph.truth["volumes_ml"]["perfused"], rel=1e-12)
     assert a["shunt_fraction"] == pytest.approx(0.07, rel=1e-3)  # 16-bit quantisation of the counts
+
+
+def test_a_mask_on_another_grid_is_resampled(phantom_case):
+    """The lung and perfused masks cropped to their bounding boxes (another shape and origin, the same voxels in
+    space) and the CT at half the resolution: resampled through the affines onto the SPECT's grid, the masks
+    give the same voxels (nearest neighbour is exact on a grid shifted by whole voxels)."""
+    import nibabel as nib
+
+    path, ph = phantom_case
+    folder = path.parent
+    before = y90opt.measure(path)["measurements"]
+    for name in ("lungs", "perfused"):
+        m = ph.masks[name]
+        lo = np.argwhere(m).min(axis=0) - 1
+        hi = np.argwhere(m).max(axis=0) + 2
+        crop = m[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        aff = ph.affine.copy()
+        aff[:3, 3] = ph.affine[:3, :3] @ lo
+        nib.save(nib.Nifti1Image(crop.astype(np.uint8), aff), str(folder / f"mask_{name}.nii.gz"))
+    after = y90opt.measure(path)["measurements"]
+    for k in ("lungs", "perfused", "liver"):
+        assert after["volumes_ml"][k] == before["volumes_ml"][k]
+    assert after["shunt_fraction"] == before["shunt_fraction"] and after["tn_ratio"] == before["tn_ratio"]

@@ -2,9 +2,10 @@
 images imply.
 
 Images are read with nibabel (NIfTI; its affine is the geometry) or, for a folder, pydicom (a DICOM series
-of single-frame slices; the affine built from its orientation, spacing and positions, LPS turned into RAS). Every mask must lie on the SPECT's grid
-(same shape, same affine within :data:`GRID_TOLERANCE_MM`): a mismatch is an error naming both files (no
-silent resampling; resampling is not done here yet). Measurements, on the case's ``[images]``:
+of single-frame slices; the affine built from its orientation, spacing and positions, LPS turned into RAS).
+Every measurement is made on the SPECT's grid: a mask or a CT on another grid is resampled onto it through both
+affines (nearest neighbour for masks, trilinear for CT numbers, :func:`_on_grid`); an image on another grid
+without a spatial transform is an error naming both files. Measurements, on the case's ``[images]``:
 
 * volumes: voxel count × voxel volume of each mask (a voxel is in or out: no partial voxels);
 * T:N: mean SPECT count concentration in the tumour over that in the normal perfused tissue (perfused mask
@@ -103,16 +104,42 @@ def _load(path: str, what: str):
     return data, np.asarray(img.affine, dtype=np.float64)
 
 
-def _same_grid(a_path: str, a, b_path: str, b) -> None:
-    (da, aa), (db, ab) = a, b
-    if da.shape != db.shape or np.max(np.abs(aa - ab)) > GRID_TOLERANCE_MM:
-        raise InputError(f"{b_path}: not on the grid of {a_path} (shape {db.shape} vs {da.shape}, affines differ by "
-                         f"{np.max(np.abs(aa - ab)):.3g} mm): resample it onto the SPECT's grid first")
+def _has_transform(path: str) -> bool:
+    """The image places its voxels in patient space: a DICOM series always; a NIfTI when its sform or qform is
+    set (code > 0). Without one, its affine is only the voxel size and nothing ties it to another image."""
+    if os.path.isdir(path):
+        return True
+    import nibabel as nib
+
+    hdr = nib.load(path).header
+    return int(hdr["sform_code"]) > 0 or int(hdr["qform_code"]) > 0
+
+
+def _on_grid(ref_path: str, ref, path: str, img, what: str, order: int, fill: float) -> np.ndarray:
+    """``img`` (data, affine) on the grid of ``ref``: as it is when the grids agree (shape, and affines within
+    :data:`GRID_TOLERANCE_MM`), else resampled through both affines (each reference voxel centre mapped into the
+    image, ``scipy.ndimage.map_coordinates`` of ``order``: 0 nearest neighbour for masks, 1 trilinear for CT;
+    ``fill`` outside the image). An image on another grid with no spatial transform is an error naming both."""
+    (dr, ar), (di, ai) = ref, img
+    if dr.shape == di.shape and np.max(np.abs(ar - ai)) <= GRID_TOLERANCE_MM:
+        return di
+    if not _has_transform(path):
+        raise InputError(f"{path}: {what}: not on the grid of {ref_path} (shape {di.shape} vs {dr.shape}) and has no "
+                         "spatial transform (sform/qform) to resample it by")
+    from scipy.ndimage import map_coordinates
+
+    to_img = np.linalg.inv(ai) @ ar  # reference voxel index -> image voxel index
+    idx = np.indices(dr.shape, dtype=np.float64).reshape(3, -1)
+    coords = to_img[:3, :3] @ idx + to_img[:3, 3:4]
+    out = map_coordinates(di, coords, order=order, mode="constant", cval=fill, prefilter=False)
+    return out.reshape(dr.shape)
 
 
 def _mask(path: str, what: str, grid) -> np.ndarray:
     data, aff = _load(path, what)
-    _same_grid(grid[0], grid[1], path, (data, aff))
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{path}: {what}: the mask has non-finite values")
+    data = _on_grid(grid[0], grid[1], path, (data, aff), what, order=0, fill=0.0)
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path}: {what}: the mask has non-finite values")
     m = data > 0.5
@@ -208,8 +235,7 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
     if "lungs" in masks and "ct" in images:
         ct_path = path_of(images["ct"])
         ct = _load(ct_path, "images.ct")
-        _same_grid(spect_path, spect, ct_path, ct)
-        hu = ct[0][masks["lungs"]]
+        hu = _on_grid(spect_path, spect, ct_path, ct, "images.ct", order=1, fill=-1000.0)[masks["lungs"]]
         rho = np.clip(1.0 + hu / 1000.0, 0.0, None)  # g/mL
         mass = float(rho.sum()) * voxel_ml / 1000.0
         cv, lo, hi = _segmentation_cv(masks["lungs"])

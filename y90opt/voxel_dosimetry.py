@@ -69,7 +69,7 @@ def voxel_case(path: str, method: str = "ldm") -> dict[str, Any]:
     import jax.numpy as jnp
 
     from .case import load_case
-    from .imaging import _load, _mask, _same_grid
+    from .imaging import _load, _mask, _on_grid
     from .outcomes import active_rules
 
     if method != "ldm":
@@ -105,8 +105,8 @@ def voxel_case(path: str, method: str = "ldm") -> dict[str, Any]:
     if "ct" in images:
         ct_path = where(images["ct"])
         ct = _load(ct_path, "images.ct")
-        _same_grid(spect_path, (counts, affine), ct_path, ct)
-        density = np.clip(1.0 + ct[0] / 1000.0, 0.0, None)
+        hu = _on_grid(spect_path, (counts, affine), ct_path, ct, "images.ct", order=1, fill=-1000.0)
+        density = np.clip(1.0 + hu / 1000.0, 0.0, None)
         density_source = "the CT, 1 + HU/1000 g/mL"
     hours, s = case.decision("`voxel`")
     nominal = case.nominal()
