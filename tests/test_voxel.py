@@ -76,6 +76,16 @@ def test_voxel_cli_writes_the_dose_map(measured, tmp_path):
     assert set(d["vois"]["tumors"]) == {"T1", "T2"}
     img = nib.load(str(tmp_path / "v" / "dose.nii.gz"))
     assert img.shape == ph.spect.shape and (tmp_path / "v" / "dvh.png").exists()
+    # the RT Dose: the same doses (to its 32-bit scaling) at the same place in patient space (LPS = RAS with x, y negated)
+    import pydicom
+
+    rt = pydicom.dcmread(str(tmp_path / "v" / "dose_rtdose.dcm"))
+    assert rt.Modality == "RTDOSE" and rt.DoseUnits == "GY"
+    frames = rt.pixel_array.astype(np.float64) * float(rt.DoseGridScaling)  # (k, j, i)
+    dose = np.asarray(img.get_fdata())
+    np.testing.assert_allclose(np.transpose(frames, (2, 1, 0)), dose, atol=float(rt.DoseGridScaling) * 0.6 + 1e-4 * dose.max())
+    origin_ras = img.affine[:3, 3]
+    assert list(map(float, rt.ImagePositionPatient)) == pytest.approx([-origin_ras[0], -origin_ras[1], origin_ras[2]])
     code = None
     with contextlib.redirect_stderr(io.StringIO()) as err:
         code = main(["voxel", str(path), "--method", "kernel"])

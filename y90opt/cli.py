@@ -367,7 +367,7 @@ def cmd_voxel(args) -> int:
     from . import api
     from .textout import dumps, table
 
-    out_dir = _output_dir(args.out, [args.case], ("dose.nii.gz", "dvh.csv", "dvh.png")) if args.out else None
+    out_dir = _output_dir(args.out, [args.case], ("dose.nii.gz", "dose_rtdose.dcm", "dvh.csv", "dvh.png")) if args.out else None
     res = api.voxel(args.case, method=args.method, out=out_dir, case_out=args.case_out)
     summary = {k: res[k] for k in ("case", "method", "hours_after_calibration", "vial_at_treatment_gbq", "activity_gbq",
                                    "density", "voxel_ml", "vois", "thresholds_gy")}

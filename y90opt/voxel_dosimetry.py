@@ -11,6 +11,8 @@ case names one, else the case's tissue density. Pure JAX (jit), the same code on
 density, the LDM mean over the normal perfused tissue and over each tumour equals the partition model for the
 same counts exactly (``tests/test_voxel.py``).
 
+Outputs: the dose map as NIfTI and as a DICOM RT Dose (for the clinic's viewers).
+
 Not available yet: the dose-voxel-kernel convolution (it needs a published Y-90 kernel table whose licence
 allows shipping it), several injections, voxel-level uncertainty.
 
@@ -159,8 +161,51 @@ def case_with_d70(path: str, res: dict[str, Any]) -> str:
     return tomlkit.dumps(doc)
 
 
+def write_rtdose(dose: np.ndarray, affine: np.ndarray, path: str) -> str:
+    """The dose map as a DICOM RT Dose (pydicom; multi-frame, 32-bit with DoseGridScaling, Gy, PHYSICAL, PLAN),
+    on the SPECT's grid: the NIfTI (RAS) affine turned into DICOM's LPS patient coordinates. The grid's in-plane
+    axes must be orthogonal (as every SPECT/CT grid is)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, RTDoseStorage, generate_uid
+
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    col_step, row_step, slice_step = lps[:3, 0], lps[:3, 1], lps[:3, 2]  # along i (columns), j (rows), k
+    dc, dr, dz = (float(np.linalg.norm(v)) for v in (col_step, row_step, slice_step))
+    if abs(float(np.dot(col_step, row_step))) > 1e-6 * dc * dr:
+        raise InputError(f"{path}: the dose grid's in-plane axes are not orthogonal: no RT Dose written")
+    scale = max(float(dose.max()), 1e-12) / (2**32 - 1)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = RTDoseStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = RTDoseStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.Modality, ds.PatientName, ds.PatientID = "RTDOSE", "", ""
+    ds.SeriesDescription = "y90opt local deposition dose (research)"
+    ds.ImagePositionPatient = [float(x) for x in lps[:3, 3]]
+    ds.ImageOrientationPatient = [*(col_step / dc).tolist(), *(row_step / dr).tolist()]
+    ds.PixelSpacing = [dr, dc]
+    ds.SliceThickness = dz
+    ds.NumberOfFrames = dose.shape[2]
+    ds.FrameIncrementPointer = pydicom.tag.Tag(0x3004, 0x000C)
+    ds.GridFrameOffsetVector = [float(k * dz) for k in range(dose.shape[2])]
+    ds.Rows, ds.Columns = dose.shape[1], dose.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 32, 31, 0
+    ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", "PLAN"
+    ds.DoseGridScaling = format(scale, ".10g")
+    stored = np.rint(dose / float(ds.DoseGridScaling)).clip(0, 2**32 - 1).astype(np.uint32)
+    ds.PixelData = np.ascontiguousarray(np.transpose(stored, (2, 1, 0))).tobytes()  # frames × rows × columns
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
 def write_voxel_outputs(res: dict[str, Any], out_dir: str) -> dict[str, str]:
-    """``dose.nii.gz`` (Gy on the SPECT grid), ``dvh.csv`` and ``dvh.png`` into ``out_dir``."""
+    """``dose.nii.gz`` (Gy on the SPECT grid), ``dose_rtdose.dcm`` (DICOM RT Dose), ``dvh.csv`` and ``dvh.png``
+    into ``out_dir``."""
     import csv
 
     import nibabel as nib
@@ -180,4 +225,5 @@ def write_voxel_outputs(res: dict[str, Any], out_dir: str) -> dict[str, str]:
         for i, e in enumerate(res["dvh_edges_gy"]):
             w.writerow([f"{e:.6g}", *[f"{res['dvh'][n][i]:.6g}" for n in names]])
     dvh_figure(res["dvh_edges_gy"], res["dvh"], res["thresholds_gy"], paths["dvh_png"])
+    paths["rtdose"] = write_rtdose(res["dose"], res["affine"], os.path.join(out_dir, "dose_rtdose.dcm"))
     return paths
