@@ -939,6 +939,53 @@ class Bench:
             f"{peak / 2**20:.0f} MiB, {(peak - base) / volume:.2f} float64 volumes above the imports ({base / 2**20:.0f} MiB)")
         self.res["sections"]["measure"] = out
 
+    def voxel(self) -> None:
+        """Local-deposition dose maps of 64³, 128³ and 256³ phantoms (JAX, jit, warm) against the same formula in
+        numpy (the same-run baseline), the DVH and VOI metrics of every VOI against the dose's time, and how far
+        the LDM tumour and normal-perfused means are from the phantom's analytic partition-model doses."""
+        import jax
+
+        from y90opt.voxel_dosimetry import ldm_dose
+
+        f = jax.jit(ldm_dose, static_argnums=(2, 3))
+        rows = [self._voxel_row(n, f) for n in (64, 128, 256)]
+        self.res["sections"]["voxel"] = {"rows": rows, "tag": timing.tag("jax-cpu", "float32", self.env)}
+
+    def _voxel_row(self, n: int, f) -> dict:
+        import jax.numpy as jnp
+
+        from y90opt.phantoms import make_phantom
+        from y90opt.voxel_dosimetry import dvh, voi_metrics
+
+        ph = make_phantom(n=n, voxel_mm=4.0 * 64 / n, lsf=0.06)
+        act = ph.spect / ph.spect[ph.masks["perfused"]].sum() * 2.0  # 2 GBq over the perfused territory
+        act[~ph.masks["perfused"]] = 0.0
+        rho = np.full(act.shape, 1.03)
+        v_ml = (4.0 * 64 / n) ** 3 / 1000.0
+        a, r = jnp.asarray(act, jnp.float32), jnp.asarray(rho, jnp.float32)
+        t = timing.time_call(lambda: f(a, r, v_ml, 50.0), repeats=self.repeats(10**5))
+        tn = timing.time_call(lambda: 50.0 * act / (rho * v_ml / 1000.0), repeats=3)
+        dose = np.asarray(f(a, r, v_ml, 50.0), dtype=np.float64)
+        edges = np.linspace(0, dose.max(), 400)
+        td = timing.time_call(lambda: [(voi_metrics(dose, m, (120.0, 205.0)), dvh(dose, m, edges))
+                                       for m in ph.masks.values()], repeats=3)
+        normal = ph.masks["perfused"] & ~ph.masks["tumors.T1"] & ~ph.masks["tumors.T2"]
+
+        def ml(m):
+            return float(m.sum()) * v_ml
+
+        w = ml(normal) + 4.0 * ml(ph.masks["tumors.T1"]) + 2.5 * ml(ph.masks["tumors.T2"])
+        d_n = 50.0 * 2.0 / (1.03 * w / 1000.0)  # the partition model's normal dose for the phantom's counts
+        row = {"n": n, "ldm_jax": t.as_dict(n**3), "ldm_numpy": tn.as_dict(n**3),
+               "ratio_to_numpy": tn.median_s / t.median_s, "metrics_and_dvh_s": td.median_s,
+               "metrics_share_of_dose_time": td.median_s / t.median_s,
+               "normal_rel_diff": float(dose[normal].mean() / d_n - 1),
+               "tumour_T1_rel_diff": float(dose[ph.masks["tumors.T1"]].mean() / (4.0 * d_n) - 1)}
+        log(f"voxel LDM {n}³: jax {t.median_s * 1e3:.1f} ms, numpy {tn.median_s * 1e3:.1f} ms "
+            f"(x{tn.median_s / t.median_s:.2f}); metrics+DVH of {len(ph.masks)} VOIs {td.median_s * 1e3:.0f} ms; "
+            f"LDM vs partition: normal {row['normal_rel_diff']:.2e}, T1 {row['tumour_T1_rel_diff']:.2e}")
+        return row
+
     def chunk_sweep(self) -> None:
         """GPU only: throughput at one large N for several chunk sizes."""
         import jax
@@ -1008,6 +1055,9 @@ class Bench:
         if on("measure", not self.a.quick):
             with self.section("measure"):
                 self.measure()
+        if on("voxel", not self.a.quick):
+            with self.section("voxel"):
+                self.voxel()
         if on("joint"):
             with self.section("joint"):
                 self.joint()
@@ -1261,7 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true", help="require a GPU: GPU sizes, chunk sweep; CPU figures up to 1e7")
     ap.add_argument("--table", metavar="JSON", help="print the short table of a saved run and exit")
     ap.add_argument("--markdown", metavar="JSON", help="print the tables of a saved run as Markdown and exit")
-    ap.add_argument("--sections", help="comma list: forward,ceilings,model,startup,plan,naive,optuna,sobol,sensitivity,cohort,measure,joint,memory,chunks")
+    ap.add_argument("--sections", help="comma list: forward,ceilings,model,startup,plan,naive,optuna,sobol,sensitivity,cohort,measure,voxel,joint,memory,chunks")
     ap.add_argument("--sizes", nargs="*", help="forward sample counts (e.g. 1e4 1e6)")
     ap.add_argument("--max-n", type=float, help="drop forward sizes above this")
     ap.add_argument("--chunk", type=int, help="JAX chunk on CPU (default engine.DEFAULT_CHUNK)")
