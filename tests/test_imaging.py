@@ -215,3 +215,26 @@ def test_a_mask_on_another_grid_is_resampled(phantom_case):
     for k in ("lungs", "perfused", "liver"):
         assert after["volumes_ml"][k] == before["volumes_ml"][k]
     assert after["shunt_fraction"] == before["shunt_fraction"] and after["tn_ratio"] == before["tn_ratio"]
+
+
+def test_the_dicom_affine_equals_the_nifti_twins(tmp_path):
+    """Anisotropic voxels: the DICOM series' affine (LPS to RAS) equals the NIfTI twin's."""
+    from y90opt.imaging import _load
+
+    ph = make_phantom(n=24, voxel_mm=4.0)
+    ph.voxel_mm = (3.0, 2.0, 4.0)
+    paths = ph.write_dicom(str(tmp_path))
+    data, affine = _load(paths["ct"], "ct")
+    import nibabel as nib
+
+    twin = nib.load(paths["ct_nifti"])
+    np.testing.assert_allclose(affine, twin.affine, atol=1e-9)
+    np.testing.assert_allclose(data, twin.get_fdata(), atol=1e-9)
+
+
+@pytest.mark.parametrize("images", ['spect = 3', 'spect = "spect.nii.gz"\n[images.masks]\ntumors = "x"'])
+def test_a_malformed_images_table_is_one_line(tmp_path, images):
+    p = tmp_path / "c.toml"
+    p.write_text(CASE.split("[images]")[0] + "[images]\n" + images + "\n", encoding="utf-8")
+    code, err = _run(["measure", str(p)])
+    assert code == 2 and err.count("\n") == 1 and "images" in err

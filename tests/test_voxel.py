@@ -126,3 +126,41 @@ def test_a_plan_with_a_tumour_d70_target(tmp_path):
     d = y90opt.dose(case).summary
     row = next(r for r in d["rules"] if r["label"] == "tumor-d70:T1")
     assert row["value"] == pytest.approx(d["dose_gy"]["tumors"]["T1"] * ratio["T1"], rel=1e-9)
+
+
+@pytest.mark.parametrize("diag", [(4.0, 4.0, 4.0), (-4.0, 4.0, 4.0), (4.0, 4.0, -4.0), (3.0, -2.0, -5.0)])
+def test_rtdose_places_every_voxel_where_the_nifti_does(tmp_path, diag):
+    """On flipped and anisotropic grids: each voxel of the RT Dose sits at the NIfTI voxel's position (LPS =
+    RAS with x and y negated), frames along the normal of the planes (GridFrameOffsetVector)."""
+    import pydicom
+
+    from y90opt.voxel_dosimetry import write_rtdose
+
+    rng = np.random.default_rng(0)
+    dose = rng.uniform(0, 100, (4, 5, 6))
+    affine = np.diag([*diag, 1.0])
+    affine[:3, 3] = [10.0, -20.0, 30.0]
+    rt = pydicom.dcmread(write_rtdose(dose, affine, str(tmp_path / "d.dcm")))
+    iop = np.asarray(rt.ImageOrientationPatient, float)
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    dr, dc = (float(x) for x in rt.PixelSpacing)
+    ipp = np.asarray(rt.ImagePositionPatient, float)
+    frames = rt.pixel_array.astype(float) * float(rt.DoseGridScaling)  # (frame, row, column)
+    for (i, j, k) in [(0, 0, 0), (3, 1, 2), (2, 4, 5)]:
+        ras = affine @ [i, j, k, 1.0]
+        lps = np.array([-ras[0], -ras[1], ras[2]])
+        pos = ipp + i * dc * row + j * dr * col + float(rt.GridFrameOffsetVector[k]) * normal
+        assert pos == pytest.approx(lps, abs=1e-6)
+        assert frames[k, j, i] == pytest.approx(dose[i, j, k], abs=float(rt.DoseGridScaling))
+
+
+def test_a_ct_that_does_not_cover_the_masks_is_refused(measured, tmp_path):
+    import nibabel as nib
+
+    path, ph = measured
+    ct = ph.ct[: ph.ct.shape[0] // 2]  # the CT stops halfway: the perfused half has no CT
+    nib.save(nib.Nifti1Image(ct.astype(np.int16), ph.affine), str(path.parent / "ct.nii.gz"))
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["voxel", str(path)]) == 2
+    assert "ct.nii.gz" in err.getvalue() and "does not cover" in err.getvalue()

@@ -67,6 +67,9 @@ def _load_dicom(folder: str, what: str):
         raise InputError(f"{folder}: {what}: no DICOM image slices in the folder")
     if len({str(ds.SeriesInstanceUID) for ds in slices}) > 1:
         raise InputError(f"{folder}: {what}: the folder holds more than one series")
+    for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+        if any(tag not in ds for ds in slices):
+            raise InputError(f"{folder}: {what}: a slice has no {tag}: the series has no voxel geometry")
     iop = np.asarray(slices[0].ImageOrientationPatient, dtype=np.float64)
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
@@ -101,7 +104,10 @@ def _load(path: str, what: str):
         raise InputError(f"{path}: {what}: not a readable NIfTI image ({type(e).__name__}: {e})") from None
     if data.ndim != 3:
         raise InputError(f"{path}: {what}: expected a 3-D image, got {data.ndim} dimensions {data.shape}")
-    return data, np.asarray(img.affine, dtype=np.float64)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(float(np.linalg.det(affine[:3, :3]))) < 1e-12:
+        raise InputError(f"{path}: {what}: the image's affine is singular or not finite (no voxel geometry)")
+    return data, affine
 
 
 def _has_transform(path: str) -> bool:
@@ -128,24 +134,33 @@ def _on_grid(ref_path: str, ref, path: str, img, what: str, order: int, fill: fl
                          "spatial transform (sform/qform) to resample it by")
     from scipy.ndimage import map_coordinates
 
-    to_img = np.linalg.inv(ai) @ ar  # reference voxel index -> image voxel index
+    try:
+        to_img = np.linalg.inv(ai) @ ar  # reference voxel index -> image voxel index
+    except np.linalg.LinAlgError:
+        raise InputError(f"{path}: {what}: the image's affine is singular (no voxel geometry)") from None
     idx = np.indices(dr.shape, dtype=np.float64).reshape(3, -1)
     coords = to_img[:3, :3] @ idx + to_img[:3, 3:4]
     out = map_coordinates(di, coords, order=order, mode="constant", cval=fill, prefilter=False)
     return out.reshape(dr.shape)
 
 
-def _mask(path: str, what: str, grid) -> np.ndarray:
+def _mask(path: str, what: str, grid, native: dict | None = None) -> np.ndarray:
+    """The mask on the SPECT's grid (resampled when it lies on another). With ``native``, the mask on its own
+    grid and its voxel volume [mL] are kept there by path, so that volumes are measured at its own resolution."""
     data, aff = _load(path, what)
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path}: {what}: the mask has non-finite values")
-    data = _on_grid(grid[0], grid[1], path, (data, aff), what, order=0, fill=0.0)
-    if not np.all(np.isfinite(data)):
-        raise InputError(f"{path}: {what}: the mask has non-finite values")
-    m = data > 0.5
-    if not m.any():
+    mask_native = data > 0.5
+    if not mask_native.any():
         raise InputError(f"{path}: {what}: the mask is empty")
+    if native is not None:
+        native[path] = (mask_native, abs(float(np.linalg.det(aff[:3, :3]))) / 1000.0)
+    m = _on_grid(grid[0], grid[1], path, (data, aff), what, order=0, fill=0.0) > 0.5
+    if not m.any():
+        raise InputError(f"{path}: {what}: the mask does not overlap the SPECT's field ({grid[0]})")
     return m
+
+
 
 
 def _segmentation_cv(mask: np.ndarray) -> tuple[float, float, float]:
@@ -178,30 +193,33 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
     voxel_ml = abs(float(np.linalg.det(spect[1][:3, :3]))) / 1000.0
     masks_raw = images.get("masks", {})
     masks: dict[str, np.ndarray] = {}
+    native: dict[str, tuple[np.ndarray, float]] = {}
     for key in ("liver", "perfused", "lungs"):
         if key in masks_raw:
-            masks[key] = _mask(path_of(masks_raw[key]), f"images.masks.{key}", grid)
+            masks[key] = _mask(path_of(masks_raw[key]), f"images.masks.{key}", grid, native)
     tumor_masks = {}
     for name, rel in masks_raw.get("tumors", {}).items():
         if name not in tumor_names:
             raise InputError(f"{file}: images.masks.tumors.{name}: no tumour named {name!r} in the case")
-        tumor_masks[name] = _mask(path_of(rel), f"images.masks.tumors.{name}", grid)
+        tumor_masks[name] = _mask(path_of(rel), f"images.masks.tumors.{name}", grid, native)
         if "perfused" in masks and (tumor_masks[name] & ~masks["perfused"]).any():
             raise InputError(f"{path_of(rel)}: images.masks.tumors.{name}: the tumour mask lies partly outside the "
                              "perfused mask")
     out: dict[str, Any] = {"volumes_ml": {"tumors": {}}, "tn_ratio": {}, "how": {}, "cv": {}}
-    for key, m in masks.items():
-        cv, lo, hi = _segmentation_cv(m)
-        out["volumes_ml"][key] = float(m.sum()) * voxel_ml
+    for key in masks:  # volumes on each mask's own grid (its own resolution)
+        nm, nv = native[path_of(masks_raw[key])]
+        cv, lo, hi = _segmentation_cv(nm)
+        out["volumes_ml"][key] = float(nm.sum()) * nv
         out["cv"][f"volumes_ml.{key}"] = cv
-        out["how"][f"volumes_ml.{key}"] = (f"{int(m.sum())} voxels of {voxel_ml * 1000:.4g} uL in "
+        out["how"][f"volumes_ml.{key}"] = (f"{int(nm.sum())} voxels of {nv * 1000:.4g} uL in "
                                            f"{masks_raw[key]}; CV {cv:.3f} from one-voxel erosion/dilation "
                                            f"(-{lo:.0f}/+{hi:.0f} voxels)")
-    for name, m in tumor_masks.items():
-        cv, lo, hi = _segmentation_cv(m)
-        out["volumes_ml"]["tumors"][name] = float(m.sum()) * voxel_ml
+    for name in tumor_masks:
+        nm, nv = native[path_of(masks_raw["tumors"][name])]
+        cv, lo, hi = _segmentation_cv(nm)
+        out["volumes_ml"]["tumors"][name] = float(nm.sum()) * nv
         out["cv"][f"volumes_ml.tumors.{name}"] = cv
-        out["how"][f"volumes_ml.tumors.{name}"] = (f"{int(m.sum())} voxels in {masks_raw['tumors'][name]}; CV {cv:.3f} "
+        out["how"][f"volumes_ml.tumors.{name}"] = (f"{int(nm.sum())} voxels in {masks_raw['tumors'][name]}; CV {cv:.3f} "
                                                    f"from one-voxel erosion/dilation (-{lo:.0f}/+{hi:.0f} voxels)")
     if "perfused" in masks and tumor_masks:
         normal = masks["perfused"].copy()
@@ -213,6 +231,9 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
         c_normal = n_normal / normal.sum()
         for name, m in tumor_masks.items():
             n_t = float(counts[m].sum())
+            if n_t <= 0:
+                raise InputError(f"{spect_path}: images.spect: no counts in tumour {name}'s mask "
+                                 f"({masks_raw['tumors'][name]}): its T:N cannot be measured")
             tn = (n_t / m.sum()) / c_normal
             poisson = math.sqrt((1.0 / n_t if n_t > 0 else math.inf) + 1.0 / n_normal)
             cv = math.sqrt(math.expm1(TN_MISMATCH_SIGMA_LN ** 2) + poisson ** 2)
@@ -289,6 +310,9 @@ def measure_case(path: str, text: str | None = None) -> dict[str, Any]:
     if not isinstance(images, dict):
         raise InputError(f"{path}: images: missing ([images] names the CT, the SPECT and the masks)")
     images = images.unwrap() if hasattr(images, "unwrap") else dict(images)
+    from .case import _check_images, _Reader
+
+    _check_images(_Reader(path), images)  # the [images] table's own form: strings and tables, one-line errors
     tumors = doc.get("tumors", [])
     names = [str(t["name"]) for t in tumors if "name" in t]
     m = measure_images(os.path.dirname(os.path.abspath(path)), images, names, path)

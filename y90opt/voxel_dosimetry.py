@@ -107,9 +107,17 @@ def voxel_case(path: str, method: str = "ldm") -> dict[str, Any]:
     if "ct" in images:
         ct_path = where(images["ct"])
         ct = _load(ct_path, "images.ct")
-        hu = _on_grid(spect_path, (counts, affine), ct_path, ct, "images.ct", order=1, fill=-1000.0)
+        hu = _on_grid(spect_path, (counts, affine), ct_path, ct, "images.ct", order=1, fill=np.nan)
         density = np.clip(1.0 + hu / 1000.0, 0.0, None)
         density_source = "the CT, 1 + HU/1000 g/mL"
+        inside = np.zeros(counts.shape, bool)
+        for m in masks.values():
+            inside |= m
+        if not np.all(np.isfinite(density[inside])):
+            raise InputError(f"{ct_path}: images.ct: the CT does not cover every mask (resampled onto {spect_path})")
+        if (density[inside] < 0.05).any():
+            raise InputError(f"{ct_path}: images.ct: air (density < 0.05 g/mL) inside a mask: a voxel's dose would "
+                             "have no mass to deposit in; check the masks against the CT")
     hours, s = case.decision("`voxel`")
     nominal = case.nominal()
     injected = s * nominal["delivery.activity_factor"] * (1.0 - nominal["delivery.residual_fraction"])
@@ -155,7 +163,7 @@ def case_with_d70(path: str, res: dict[str, Any]) -> str:
         doc = tomlkit.parse(fh.read())
     for t in doc.get("tumors", []):
         v = res["vois"]["tumors"].get(str(t.get("name")))
-        if v is not None and v["mean_gy"] > 0:
+        if v is not None and v["mean_gy"] > 0 and v["d70_gy"] > 0:
             t["d70_ratio"] = round(v["d70_gy"] / v["mean_gy"], 6)
             t["d70_ratio"].comment(f"voxel ({res['method']}): D70 {v['d70_gy']:.4g} Gy / mean {v['mean_gy']:.4g} Gy")
     return tomlkit.dumps(doc)
@@ -174,6 +182,10 @@ def write_rtdose(dose: np.ndarray, affine: np.ndarray, path: str) -> str:
     dc, dr, dz = (float(np.linalg.norm(v)) for v in (col_step, row_step, slice_step))
     if abs(float(np.dot(col_step, row_step))) > 1e-6 * dc * dr:
         raise InputError(f"{path}: the dose grid's in-plane axes are not orthogonal: no RT Dose written")
+    normal = np.cross(col_step / dc, row_step / dr)
+    along = float(np.dot(slice_step, normal))  # frames lie along the in-plane axes' normal (it may point back)
+    if abs(abs(along) - dz) > 1e-6 * dz:
+        raise InputError(f"{path}: the dose grid's slices are not along the normal of its planes: no RT Dose written")
     scale = max(float(dose.max()), 1e-12) / (2**32 - 1)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTDoseStorage
@@ -191,7 +203,7 @@ def write_rtdose(dose: np.ndarray, affine: np.ndarray, path: str) -> str:
     ds.SliceThickness = dz
     ds.NumberOfFrames = dose.shape[2]
     ds.FrameIncrementPointer = pydicom.tag.Tag(0x3004, 0x000C)
-    ds.GridFrameOffsetVector = [float(k * dz) for k in range(dose.shape[2])]
+    ds.GridFrameOffsetVector = [float(k * along) for k in range(dose.shape[2])]
     ds.Rows, ds.Columns = dose.shape[1], dose.shape[0]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 32, 31, 0
