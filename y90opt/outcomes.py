@@ -279,18 +279,7 @@ def nominal_outcome(case: Case, nominal: dict[str, Any], values: dict[str, float
                     "status": ("met" if ok else "not met") if r.kind == "target" else ("kept" if ok else "EXCEEDED"),
                     "source": r.source,
                 })
-    for ne in ar.not_evaluable:
-        rows.append({
-            "label": ne.id,
-            "kind": {"target": "target" if ne.level == "primary" else "secondary target"}.get(ne.kind, ne.kind),
-            "quantity": ne.quantity,
-            "threshold_gy": _threshold(ar.scenario, ne.id),
-            "value": None,
-            "margin_gy": None,
-            "status": "not evaluable",
-            "reason": ne.reason,
-            "source": _source(ar.scenario, ne.id),
-        })
+    rows += _not_evaluable_rows(ar)
     judged = [r for r in rows if r["status"] != "not evaluable"]
     primary = [r for r in judged if r["kind"] == "target"]
     return {
