@@ -238,3 +238,28 @@ def test_a_malformed_images_table_is_one_line(tmp_path, images):
     p.write_text(CASE.split("[images]")[0] + "[images]\n" + images + "\n", encoding="utf-8")
     code, err = _run(["measure", str(p)])
     assert code == 2 and err.count("\n") == 1 and "images" in err
+
+
+def test_planar_lsf_from_anterior_and_posterior_views(tmp_path):
+    """Planar views without attenuation (the phantom's counts projected): the geometric-mean LSF is exact; with
+    SPECT lungs as well the SPECT/CT value is used and the planar one reported beside it."""
+    ph = make_phantom(n=40, voxel_mm=4.0, lsf=0.09)
+    ph.write_nifti(str(tmp_path))
+    ph.write_planar(str(tmp_path))
+    planar = ('planar_anterior = "planar_anterior.nii.gz"\nplanar_posterior = "planar_posterior.nii.gz"\n')
+    rois = 'planar_lungs = "planar_lungs.nii.gz"\nplanar_liver = "planar_liver.nii.gz"\n'
+    text = CASE.replace('spect = "spect.nii.gz"\n', 'spect = "spect.nii.gz"\n' + planar)
+    text = text.replace('lungs = "mask_lungs.nii.gz"\n', rois)  # no SPECT lung mask: the planar LSF is the one
+    p = tmp_path / "planar.toml"
+    p.write_text(text, encoding="utf-8")
+    res = y90opt.measure(p)
+    assert res["measurements"]["shunt_fraction"] == pytest.approx(0.09, rel=1e-6)
+    assert "planar geometric mean" in res["text"]
+    both = text.replace(rois, rois + 'lungs = "mask_lungs.nii.gz"\n')
+    p.write_text(both, encoding="utf-8")
+    m = y90opt.measure(p)["measurements"]
+    assert m["shunt_fraction_planar"] == pytest.approx(0.09, rel=1e-6)
+    assert m["shunt_fraction"] == pytest.approx(0.09, rel=1e-6)  # SPECT and planar agree without blur
+    p.write_text(text.replace(rois, 'planar_lungs = "planar_lungs.nii.gz"\n'), encoding="utf-8")
+    code, err = _run(["measure", str(p)])
+    assert code == 2 and "planar_liver" in err

@@ -814,8 +814,8 @@ def _parse_treatment(r: _Reader, doc: dict, tumors: list[Tumor], lsf: Spec | Non
     return tuple(sessions), tuple(injections)
 
 
-_IMAGES = {"ct", "spect", "masks", "spect_by_injection"}
-_MASKS = {"liver", "lungs", "perfused", "tumors", "injections"}
+_IMAGES = {"ct", "spect", "masks", "spect_by_injection", "planar_anterior", "planar_posterior"}
+_MASKS = {"liver", "lungs", "perfused", "tumors", "injections", "planar_liver", "planar_lungs"}
 
 
 def _check_images(r: _Reader, raw: Any) -> None:
@@ -823,11 +823,11 @@ def _check_images(r: _Reader, raw: Any) -> None:
     if raw is None:
         return
     r.table(raw, "images", _IMAGES)
-    for key in ("ct", "spect"):
+    for key in ("ct", "spect", "planar_anterior", "planar_posterior"):
         if key in raw:
             r.string(raw[key], f"images.{key}")
     masks = r.table(raw.get("masks", {}), "images.masks", _MASKS)
-    for key in ("liver", "lungs", "perfused"):
+    for key in ("liver", "lungs", "perfused", "planar_liver", "planar_lungs"):
         if key in masks:
             r.string(masks[key], f"images.masks.{key}")
     for group in ("tumors", "injections"):

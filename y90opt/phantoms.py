@@ -55,6 +55,26 @@ class Phantom:
         return out
 
 
+    def write_planar(self, folder: str, axis: int = 1) -> dict[str, str]:
+        """Planar anterior and posterior views (the SPECT's counts summed along ``axis``, no attenuation; the
+        posterior mirrored left-right as a camera behind the patient sees it) and the lung and liver ROIs (the
+        masks' projections), as 2-D NIfTI: ``planar_anterior``, ``planar_posterior``, ``planar_lungs``,
+        ``planar_liver``. Without attenuation both views hold the same counts: the planar LSF is exact."""
+        import nibabel as nib
+
+        os.makedirs(folder, exist_ok=True)
+        ant = self.spect.sum(axis=axis)
+        images = {"planar_anterior": ant, "planar_posterior": ant[::-1, :],
+                  "planar_lungs": self.masks["lungs"].any(axis=axis).astype(np.uint8),
+                  "planar_liver": self.masks["liver"].any(axis=axis).astype(np.uint8)}
+        out = {}
+        for name, arr in images.items():
+            path = os.path.join(folder, f"{name}.nii.gz")
+            nib.save(nib.Nifti1Image(np.asarray(arr, dtype=np.float32 if "planar_a" in name or "posterior" in name
+                                                else np.uint8), np.eye(4)), path)
+            out[name] = path
+        return out
+
     def write_dicom(self, folder: str) -> dict[str, str]:
         """Write the CT, the SPECT and the masks as DICOM series (one folder each, single-frame CT-image
         slices, axial, LPS patient coordinates; pydicom) and their NIfTI twins of the same stored values (the
