@@ -909,7 +909,7 @@ class Bench:
         import tempfile
 
         from y90opt.imaging import measure_case
-        from y90opt.phantoms import make_phantom
+        from y90opt.phantoms import PHANTOM_CASE, make_phantom
 
         shape = (256, 256, 200)
         ph = make_phantom(shape=shape, voxel_mm=2.0, tumors={"T1": (12.0, 4.0), "T2": (8.0, 2.5)}, lsf=0.07)
@@ -917,7 +917,7 @@ class Bench:
         ph.write_nifti(folder)
         case = os.path.join(folder, "case.toml")
         with open(case, "w") as fh:
-            fh.write(MEASURE_CASE)
+            fh.write(PHANTOM_CASE)
         del ph
         t = timing.time_call(lambda: measure_case(case), repeats=3)
         volume = float(np.prod(shape)) * 8
@@ -1353,29 +1353,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(text)
     return 0
-
-
-MEASURE_CASE = """
-name = "bench-measure"
-scenario = "multifocal-unilobar"
-[images]
-ct = "ct.nii.gz"
-spect = "spect.nii.gz"
-[images.masks]
-liver = "mask_liver.nii.gz"
-perfused = "mask_perfused.nii.gz"
-lungs = "mask_lungs.nii.gz"
-[images.masks.tumors]
-T1 = "mask_tumors_T1.nii.gz"
-T2 = "mask_tumors_T2.nii.gz"
-[[tumors]]
-name = "T1"
-[[tumors]]
-name = "T2"
-[lung]
-[vials]
-calibration = "2026-12-06T12:00:00-05:00"
-"""
 
 
 def _peak_rss() -> int | None:

@@ -13,40 +13,9 @@ import pytest
 
 import y90opt
 from y90opt.cli import main
-from y90opt.phantoms import make_phantom
+from y90opt.phantoms import PHANTOM_CASE, make_phantom
 
-CASE = """
-name = "phantom"
-scenario = "multifocal-unilobar"
-
-[images]
-ct = "ct.nii.gz"
-spect = "spect.nii.gz"
-
-[images.masks]
-liver = "mask_liver.nii.gz"
-perfused = "mask_perfused.nii.gz"
-lungs = "mask_lungs.nii.gz"
-
-[images.masks.tumors]
-T1 = "mask_tumors_T1.nii.gz"
-T2 = "mask_tumors_T2.nii.gz"
-
-[[tumors]]
-name = "T1"
-
-[[tumors]]
-name = "T2"
-
-[lung]
-
-[vials]
-calibration = "2026-12-06T12:00:00-05:00"
-
-[plan]
-vial_gbq = 5
-treatment = "2026-12-09T12:00:00-05:00"
-"""
+CASE = PHANTOM_CASE  # the case naming the files Phantom.write_nifti writes (its values left to measure)
 
 
 @pytest.fixture

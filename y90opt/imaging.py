@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .virtual import measured_value
 
 #: Largest difference between two images' affines [mm] still taken as one grid.
 GRID_TOLERANCE_MM = 1e-3
@@ -345,16 +346,6 @@ _TARGETS = {
 }
 
 
-def _value_of(raw: Any) -> float | None:
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return float(raw)
-    if isinstance(raw, dict):
-        for k in ("value", "median", "mean"):
-            if k in raw:
-                return float(raw[k])
-    return None
-
-
 def measure_case(path: str, text: str | None = None) -> dict[str, Any]:
     """Measure a case's ``[images]`` and complete the case: returns ``text`` (the completed case TOML, the
     user's text kept and the measured values added with a comment on each), ``measurements`` (the ``--json``
@@ -386,7 +377,7 @@ def measure_case(path: str, text: str | None = None) -> dict[str, Any]:
     def place(table, key, value, spread, form, how, label):
         given = table.get(key)
         if given is not None:
-            v = _value_of(given.unwrap() if hasattr(given, "unwrap") else given)
+            v = measured_value(given.unwrap() if hasattr(given, "unwrap") else given)
             if v is not None:
                 width = spread * (v if form == "cv" else 1.0)
                 if abs(v - value) > max(width, 1e-12):

@@ -49,9 +49,8 @@ def dose_case(case: Case, prescribe: Iterable[tuple[str, float]] = ()) -> DoseRe
         out.update(nominal_outcome(case, out, values))
         return DoseResult(case, out)
     model = Model.from_case(case)
-    out = nominal_doses(case, model)
-    _, s = case.decision("`dose` and `simulate`")
-    values = dict(zip(model.quantities, s * model.nominal_factors() + model.offsets, strict=True))
+    values = nominal_values(case, model)
+    out = nominal_doses(case, model, values)
     out.update(nominal_outcome(case, out, values))
     items = list(prescribe)
     if items:
@@ -59,16 +58,22 @@ def dose_case(case: Case, prescribe: Iterable[tuple[str, float]] = ()) -> DoseRe
     return DoseResult(case, out)
 
 
-def nominal_doses(case: Case, model: Model | None = None) -> dict[str, Any]:
-    """Activities [GBq] and doses [Gy] at the nominal inputs, as the pinned ``dose --json`` keys.
+def nominal_values(case: Case, model: Model | None = None) -> dict[str, float]:
+    """Every model column (dose [Gy], activity [GBq]) at the nominal inputs and the ``[plan]`` decision."""
+    _, s = case.decision("`dose` and `simulate`")
+    model = model or Model.from_case(case)
+    return dict(zip(model.quantities, s * model.nominal_factors() + model.offsets, strict=True))
+
+
+def nominal_doses(case: Case, model: Model | None = None, values: dict[str, float] | None = None) -> dict[str, Any]:
+    """Activities [GBq] and doses [Gy] at the nominal inputs, as the pinned ``dose --json`` keys (``values``: the
+    columns of :func:`nominal_values`, when the caller has them).
 
     Raises :class:`CaseError` when ``[plan].vial_gbq`` or ``[plan].treatment`` is missing.
     """
     delay_h, s = case.decision("`dose` and `simulate`")
-    model = model or Model.from_case(case)
     conv = case.conventions
-    f = model.nominal_factors()
-    values = dict(zip(model.quantities, s * f + model.offsets, strict=True))
+    values = values if values is not None else nominal_values(case, model)
     dose_gy = _dose_names(case, values)
     return {
         "case": case.name,

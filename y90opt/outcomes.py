@@ -251,10 +251,7 @@ def nominal_outcome(case: Case, nominal: dict[str, Any], values: dict[str, float
     ``values`` holds the doses by model column (``regions.lobe.normal`` …)."""
     ar = active_rules(case)
     if case.multi or any(r.quantity == "tumors_d70" for r in ar.targets + ar.secondary + ar.limits):
-        out = _treatment_outcome(case, nominal, ar, values or {})
-        if not case.multi:
-            out["advisories"] = nominal_advisories(case, nominal, ar)
-        return out
+        return _treatment_outcome(case, nominal, ar, values or {})
     flat = flatten_doses(nominal["dose_gy"])
     doses = {k: np.asarray(v) for k, v in flat.items() if not k.startswith("tumors.")}
     if case.tumor_names:
@@ -268,18 +265,24 @@ def nominal_outcome(case: Case, nominal: dict[str, Any], values: dict[str, float
                     continue
                 # margin = threshold − dose for a target, dose − threshold for a limit
                 value = r.threshold_gy - float(margin) if r.kind == "target" else r.threshold_gy + float(margin)
-                ok = float(margin) <= 0
-                rows.append({
-                    "label": label,
-                    "kind": kind,
-                    "quantity": r.quantity,
-                    "threshold_gy": r.threshold_gy,
-                    "value": value,
-                    "margin_gy": float(margin),
-                    "status": ("met" if ok else "not met") if r.kind == "target" else ("kept" if ok else "EXCEEDED"),
-                    "source": r.source,
-                })
-    rows += _not_evaluable_rows(ar)
+                rows.append(_rule_row(r, label, kind, r.quantity, value, float(margin)))
+    return _outcome(rows, ar, nominal_advisories(case, nominal, ar))
+
+
+def _rule_row(r, label: str, kind: str, quantity: str, value: float, margin: float) -> dict[str, Any]:
+    """One judged rule of ``dose``: its dose, margin (≤ 0 satisfied) and status."""
+    ok = margin <= 0
+    return {
+        "label": label, "kind": kind, "quantity": quantity, "threshold_gy": r.threshold_gy, "value": value,
+        "margin_gy": margin,
+        "status": ("met" if ok else "not met") if r.kind == "target" else ("kept" if ok else "EXCEEDED"),
+        "source": r.source,
+    }
+
+
+def _outcome(rows: list[dict[str, Any]], ar: ActiveRules, advisories: list[dict[str, str]]) -> dict[str, Any]:
+    """The rule outcome of ``dose`` from its judged rows, with the rules it cannot evaluate and the advisories."""
+    rows = rows + _not_evaluable_rows(ar)
     judged = [r for r in rows if r["status"] != "not evaluable"]
     primary = [r for r in judged if r["kind"] == "target"]
     return {
@@ -289,35 +292,22 @@ def nominal_outcome(case: Case, nominal: dict[str, Any], values: dict[str, float
         # no primary target to meet: undefined (null), never a vacuous true
         "targets_met": all(r["status"] == "met" for r in primary) if primary else None,
         "limits_kept": all(r["status"] == "kept" for r in judged if r["kind"] == "limit"),
-        "advisories": nominal_advisories(case, nominal, ar),
+        "advisories": advisories,
     }
 
 
 def _treatment_outcome(case: Case, nominal: dict[str, Any], ar: ActiveRules, values: dict[str, float]) -> dict[str, Any]:
+    """The rule outcome judged by model column (``values``): every rule of a case of several injections, and the
+    voxel D70 rules of one (whose columns :func:`rules.margins` does not know)."""
     rows = []
     for kind, group in (("target", ar.targets), ("secondary target", ar.secondary), ("limit", ar.limits)):
         for r in group:
             for label, col in _labels(ar, r):
                 value = float(values[col])
                 margin = r.threshold_gy - value if r.kind == "target" else value - r.threshold_gy
-                ok = margin <= 0
-                rows.append({
-                    "label": label, "kind": kind, "quantity": col, "threshold_gy": r.threshold_gy, "value": value,
-                    "margin_gy": margin,
-                    "status": ("met" if ok else "not met") if r.kind == "target" else ("kept" if ok else "EXCEEDED"),
-                    "source": r.source,
-                })
-    rows += _not_evaluable_rows(ar)
-    judged = [r for r in rows if r["status"] != "not evaluable"]
-    primary = [r for r in judged if r["kind"] == "target"]
-    return {
-        "rules": rows,
-        "rules_not_evaluated": [ne.id for ne in ar.not_evaluable],
-        "rules_not_evaluable": [ne.to_dict() for ne in ar.not_evaluable],
-        "targets_met": all(r["status"] == "met" for r in primary) if primary else None,
-        "limits_kept": all(r["status"] == "kept" for r in judged if r["kind"] == "limit"),
-        "advisories": treatment_advisories(case, nominal, ar),
-    }
+                rows.append(_rule_row(r, label, kind, col, value, margin))
+    advisories = treatment_advisories(case, nominal, ar) if case.multi else nominal_advisories(case, nominal, ar)
+    return _outcome(rows, ar, advisories)
 
 
 def _not_evaluable_rows(ar: ActiveRules) -> list[dict[str, Any]]:

@@ -20,6 +20,41 @@ from typing import Any
 
 import numpy as np
 
+#: A case naming the files :meth:`Phantom.write_nifti` writes (with the default tumours T1 and T2), its measured
+#: values left for ``y90opt measure`` to fill in.
+PHANTOM_CASE = """
+name = "phantom"
+scenario = "multifocal-unilobar"
+
+[images]
+ct = "ct.nii.gz"
+spect = "spect.nii.gz"
+
+[images.masks]
+liver = "mask_liver.nii.gz"
+perfused = "mask_perfused.nii.gz"
+lungs = "mask_lungs.nii.gz"
+
+[images.masks.tumors]
+T1 = "mask_tumors_T1.nii.gz"
+T2 = "mask_tumors_T2.nii.gz"
+
+[[tumors]]
+name = "T1"
+
+[[tumors]]
+name = "T2"
+
+[lung]
+
+[vials]
+calibration = "2026-12-06T12:00:00-05:00"
+
+[plan]
+vial_gbq = 5
+treatment = "2026-12-09T12:00:00-05:00"
+"""
+
 #: CT numbers of the phantom's tissues [HU].
 HU_SOFT, HU_LUNG, HU_AIR = 40.0, -750.0, -1000.0
 

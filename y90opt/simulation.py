@@ -461,6 +461,16 @@ def simulation_text(summary: dict[str, Any]) -> str:
     rows = [(k, v["nominal"], v["mean"], v["p05"], v["p50"], v["p95"]) for k, v in flatten_doses(summary["dose_gy"]).items()]
     lines.append(table(rows, header=("dose (Gy)", "nominal", "mean", "p05", "p50", "p95")))
     lines.append("")
+    lines += _rule_lines(summary, "tumours larger than their territory, or a whole liver smaller than the perfused "
+                                  "territory and the untreated tumours")
+    return "\n".join(lines)
+
+
+def _rule_lines(summary: dict[str, Any], unphysical: str) -> list[str]:
+    """The rules table (P ± SE, Wilson interval; the rules not evaluable with their reason), P(success), the
+    unphysical samples (``unphysical``: what makes one) and the advisories of a ``simulate`` summary."""
+    from .textout import table
+
     rrows = [
         (r["label"], r["kind"], ("≥ " if r["kind"] != "limit" else "≤ ") + f"{r['threshold_gy']:g}",
          f"{r['probability']:.4f} ± {r['probability_se']:.4f}", f"[{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}]")
@@ -468,16 +478,14 @@ def simulation_text(summary: dict[str, Any]) -> str:
     ]
     rrows += [(r["label"], r["kind"], "", "not evaluable", r["reason"])
               for r in summary["rules"] if r.get("status") == "not evaluable"]
-    lines.append(table(rrows, header=("rule", "kind", "Gy", "P(satisfied) ± SE", "95 % CI (Wilson)"), align="lllrr"))
+    lines = [table(rrows, header=("rule", "kind", "Gy", "P(satisfied) ± SE", "95 % CI (Wilson)"), align="lllrr")]
     success = ("no primary target evaluable" if summary["p_success"] is None
                else f"{summary['p_success']:.4f} ± {summary['p_success_se']:.4f}")
     lines.append(f"\nP(all primary targets met) = {success}; P(all limits kept) = {summary['p_limits']:.4f}")
     if summary["unphysical_samples"]:
-        lines.append(f"{summary['unphysical_samples']} unphysical samples excluded (tumours larger than their territory, "
-                     "or a whole liver smaller than the perfused territory and the untreated tumours)")
-    for a in summary["advisories"]:
-        lines.append(f"advisory [{a['code']}]: {a['message']}")
-    return "\n".join(lines)
+        lines.append(f"{summary['unphysical_samples']} unphysical samples excluded ({unphysical})")
+    lines += [f"advisory [{a['code']}]: {a['message']}" for a in summary["advisories"]]
+    return lines
 
 
 def _treatment_simulation_text(summary: dict[str, Any]) -> str:
@@ -495,19 +503,8 @@ def _treatment_simulation_text(summary: dict[str, Any]) -> str:
     lines.append(table([(k, v["nominal"], v["mean"], v["p05"], v["p50"], v["p95"]) for k, v in flat.items()],
                        header=("dose (Gy)", "nominal", "mean", "p05", "p50", "p95")))
     lines.append("")
-    lines.append(table(
-        [(r["label"], r["kind"], ("≥ " if r["kind"] != "limit" else "≤ ") + f"{r['threshold_gy']:g}",
-          f"{r['probability']:.4f} ± {r['probability_se']:.4f}") for r in summary["rules"] if r.get("status") != "not evaluable"]
-        + [(r["label"], r["kind"], "", "not evaluable: " + r["reason"]) for r in summary["rules"] if r.get("status") == "not evaluable"],
-        header=("rule", "kind", "Gy", "P(satisfied) ± SE"), align="lllr"))
-    success = ("no primary target evaluable" if summary["p_success"] is None
-               else f"{summary['p_success']:.4f} ± {summary['p_success_se']:.4f}")
-    lines.append(f"\nP(all primary targets met) = {success}; P(all limits kept) = {summary['p_limits']:.4f}")
-    if summary["unphysical_samples"]:
-        lines.append(f"{summary['unphysical_samples']} unphysical samples excluded (a region without normal tissue: "
-                     "nested territories or tumours larger than their container, or a whole liver too small)")
-    for a in summary["advisories"]:
-        lines.append(f"advisory [{a['code']}]: {a['message']}")
+    lines += _rule_lines(summary, "a region without normal tissue: nested territories or tumours larger than their "
+                                  "container, or a whole liver too small")
     return "\n".join(lines)
 
 

@@ -82,6 +82,18 @@ def load_population(name_or_path: str | os.PathLike) -> dict[str, Any]:
             "description": doc.get("description", "")}
 
 
+def measured_value(raw: Any) -> float | None:
+    """The measured value a case file gives a quantity: a plain number, or the ``value``/``median``/``mean`` of
+    its uncertainty form; None for a form without one (uniform, triangular)."""
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return float(raw)
+    if isinstance(raw, Mapping):
+        for k in ("value", "median", "mean"):
+            if k in raw:
+                return float(raw[k])
+    return None
+
+
 def _settable(raw: Any) -> bool:
     """The template gives the quantity a single measured value a patient's draw can replace (a number,
     ``{ value, cv }``, a lognormal median or a normal mean); other forms (uniform, triangular) are kept."""
@@ -128,21 +140,11 @@ def _geometry_ok(doc: Mapping[str, Any], row: Mapping[str, float]) -> bool:
         if path in row:
             return row[path]
         head, _, key = path.partition(".")
-        raw = doc.get(head, {}).get(key) if isinstance(doc.get(head), dict) else None
-        if isinstance(raw, int | float):
-            return float(raw)
-        if isinstance(raw, dict):
-            for k in ("value", "median", "mean"):
-                if k in raw:
-                    return float(raw[k])
-        return None
+        return measured_value(doc.get(head, {}).get(key) if isinstance(doc.get(head), dict) else None)
 
     def tumour(t: Mapping[str, Any]) -> float:
         path = f"tumors.{t['name']}.volume_ml"
-        if path in row:
-            return row[path]
-        raw = t.get("volume_ml")
-        return float(raw if isinstance(raw, int | float) else next(raw[k] for k in ("value", "median", "mean") if k in raw))
+        return row[path] if path in row else (measured_value(t.get("volume_ml")) or 0.0)
 
     perfused = value("liver.perfused_volume_ml")
     tumors = [t for t in doc.get("tumors", []) if isinstance(t, dict)]
