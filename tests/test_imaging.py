@@ -232,3 +232,106 @@ def test_planar_lsf_from_anterior_and_posterior_views(tmp_path):
     p.write_text(text.replace(rois, 'planar_lungs = "planar_lungs.nii.gz"\n'), encoding="utf-8")
     code, err = _run(["measure", str(p)])
     assert code == 2 and "planar_liver" in err
+
+
+@pytest.fixture
+def two_injection_case(tmp_path):
+    from y90opt.phantoms import TWO_INJECTION_CASE, make_two_injection_phantom
+
+    ph = make_two_injection_phantom(n=48, voxel_mm=4.0, lsf=0.07, tn_segment=6.0, lsf_segment=0.03)
+    ph.write_nifti(str(tmp_path))
+    path = tmp_path / "case.toml"
+    path.write_text(TWO_INJECTION_CASE, encoding="utf-8")
+    return path, ph
+
+
+def test_several_injections_each_territory_its_own_volume_tn_and_shunt(two_injection_case):
+    """One territory mask per injection and the segment's own MAA SPECT: each injection's volume exact to the
+    voxel; T1's T:N on the segmental study (its own injection), and the lobe's own T:N of T1 on the lobar study;
+    T2's on the lobar; the segment's shunt on its study, the lobar study's as the case's shunt."""
+    path, ph = two_injection_case
+    r = y90opt.measure(path)
+    m, t = r["measurements"], ph.truth
+    for name in ("segment", "lobe"):
+        assert m["injections"][name]["perfused_volume_ml"] == pytest.approx(
+            t["injections"][name]["perfused_volume_ml"], rel=1e-12)
+    assert m["tn_ratio"]["T1"] == pytest.approx(6.0, rel=1e-6)
+    assert m["tn_ratio"]["T2"] == pytest.approx(2.5, rel=1e-6)
+    assert m["injections"]["lobe"]["tn_ratios"]["T1"] == pytest.approx(4.0, rel=1e-6)
+    assert "T1" not in m["injections"]["segment"]["tn_ratios"]  # the segment's T:N is T1's own
+    assert m["injections"]["segment"]["shunt_fraction"] == pytest.approx(0.03, rel=1e-6)
+    assert m["shunt_fraction"] == pytest.approx(0.07, rel=1e-6)
+    union = ph.masks["injections.lobe"]  # the segment lies inside the lobe
+    assert m["hepatic_reserve"] == pytest.approx(1 - union.sum() / ph.masks["liver"].sum(), rel=1e-12)
+    case = y90opt.parse_case(r["text"], str(path))
+    seg, lobe = case.injection("segment"), case.injection("lobe")
+    assert seg.perfused_volume_ml.nominal == pytest.approx(t["injections"]["segment"]["perfused_volume_ml"], rel=1e-5)
+    assert dict(lobe.tn_ratios)["T1"].nominal == pytest.approx(4.0, rel=1e-5)
+    assert r["text"].count("# measured:") >= 8  # every measured value says how it was obtained
+
+
+def test_several_injections_measure_then_plan(two_injection_case, tmp_path):
+    path, _ = two_injection_case
+    out = tmp_path / "measured.toml"
+    assert _run(["measure", str(path), "-o", str(out)])[0] == 0
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["plan", str(out), "--samples", "2000", "--optuna-trials", "0", "--json"]) == 0
+    s = json.loads(buf.getvalue())
+    assert s["status"] in ("ok", "low-success", "infeasible")
+    shown = s["recommended"] if s["recommended"] is not None else s["least_risky"]
+    assert set(shown["injections"]) == {"segment", "lobe"}
+
+
+def test_several_injections_bad_masks_are_one_line(two_injection_case):
+    import nibabel as nib
+
+    path, ph = two_injection_case
+    folder, text = path.parent, path.read_text(encoding="utf-8")
+    # a territory partly outside the territory it lies within
+    seg = ph.masks["injections.segment"].copy()
+    seg[0:2, 0:2, 0:2] = True
+    nib.save(nib.Nifti1Image(seg.astype(np.uint8), ph.affine), str(folder / "mask_injections_segment.nii.gz"))
+    code, err = _run(["measure", str(path)])
+    assert code == 2 and "mask_injections_segment.nii.gz" in err and "outside that of 'lobe'" in err
+    assert err.count("\n") == 1
+    # a tumour outside its injection's territory (T2 lies in the lobe, not in the segment)
+    nib.save(nib.Nifti1Image(ph.masks["injections.segment"].astype(np.uint8), ph.affine),
+             str(folder / "mask_injections_segment.nii.gz"))
+    path.write_text(text.replace('name = "T2"\ninjection = "lobe"', 'name = "T2"\ninjection = "segment"'), encoding="utf-8")
+    code, err = _run(["measure", str(path)])
+    assert code == 2 and "mask_tumors_T2.nii.gz" in err and "territory of injection 'segment'" in err
+    # a mask for an injection the case does not have; one perfused mask beside [[injections]]
+    for bad, words in ((text.replace("lobe = \"mask_injections_lobe", "lobar = \"mask_injections_lobe"),
+                        "images.masks.injections.lobar"),
+                       (text.replace("lungs = \"mask_lungs.nii.gz\"", "lungs = \"mask_lungs.nii.gz\"\nperfused = \"m.nii\""),
+                        "images.masks.perfused")):
+        path.write_text(bad, encoding="utf-8")
+        code, err = _run(["measure", str(path)])
+        assert code == 2 and words in err and err.count("\n") == 1
+
+
+def test_lung_base_margin_keeps_a_uniform_lung_exact_and_removes_the_spill(tmp_path):
+    """The lung-base band: on the unblurred phantom (uniform lung concentration) the kept lung's concentration
+    scaled to the whole mask gives the exact LSF; on a 12 mm FWHM SPECT whose lung bases sit on the liver's dome
+    the band removes the liver counts spilled into the lung base (the LSF falls toward that of the same phantom
+    with a gap between lungs and liver)."""
+    def lsf(ph, margin, folder):
+        ph.write_nifti(str(folder))
+        p = folder / "case.toml"
+        p.write_text(CASE.replace('spect = "spect.nii.gz"', f'spect = "spect.nii.gz"\nlung_base_margin_mm = {margin}'),
+                     encoding="utf-8")
+        return y90opt.measure(p)["measurements"]["shunt_fraction"]
+
+    exact = make_phantom(n=48, voxel_mm=4.0, lsf=0.07, lung_height=0.68)
+    assert lsf(exact, 20, tmp_path) == pytest.approx(0.07, rel=1e-6)
+    kw = dict(n=48, voxel_mm=4.0, lsf=0.07, fwhm_mm=12.0, counts_per_voxel=400.0)
+    on_dome = make_phantom(lung_height=0.68, **kw)
+    clear = make_phantom(lung_height=0.75, **kw)
+    with_spill, banded, reference = lsf(on_dome, 0, tmp_path), lsf(on_dome, 10, tmp_path), lsf(clear, 0, tmp_path)
+    assert with_spill > banded  # the spill raised the LSF; the band takes it out
+    assert abs(banded - reference) < 0.5 * (with_spill - reference)
+    bad = CASE.replace('spect = "spect.nii.gz"', 'spect = "spect.nii.gz"\nlung_base_margin_mm = -5')
+    (tmp_path / "bad.toml").write_text(bad, encoding="utf-8")
+    code, err = _run(["measure", str(tmp_path / "bad.toml")])
+    assert code == 2 and "images.lung_base_margin_mm" in err

@@ -814,7 +814,7 @@ def _parse_treatment(r: _Reader, doc: dict, tumors: list[Tumor], lsf: Spec | Non
     return tuple(sessions), tuple(injections)
 
 
-_IMAGES = {"ct", "spect", "masks", "spect_by_injection", "planar_anterior", "planar_posterior"}
+_IMAGES = {"ct", "spect", "masks", "spect_by_injection", "planar_anterior", "planar_posterior", "lung_base_margin_mm"}
 _MASKS = {"liver", "lungs", "perfused", "tumors", "injections", "planar_liver", "planar_lungs"}
 
 
@@ -826,6 +826,10 @@ def _check_images(r: _Reader, raw: Any) -> None:
     for key in ("ct", "spect", "planar_anterior", "planar_posterior"):
         if key in raw:
             r.string(raw[key], f"images.{key}")
+    if "lung_base_margin_mm" in raw:
+        margin = r.number(raw["lung_base_margin_mm"], "images.lung_base_margin_mm")
+        if not 0.0 <= margin <= 100.0:
+            raise r.fail("images.lung_base_margin_mm", f"{margin:g} mm: expected 0 to 100 mm")
     masks = r.table(raw.get("masks", {}), "images.masks", _MASKS)
     for key in ("liver", "lungs", "perfused", "planar_liver", "planar_lungs"):
         if key in masks:

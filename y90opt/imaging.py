@@ -231,86 +231,191 @@ def _planar_lsf(images, masks_raw, path_of, file: str):
     return f, sd, how
 
 
-def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str], file: str = "") -> dict[str, Any]:
+def _spect(path: str, what: str):
+    """A SPECT (data, affine) whose counts are finite and non-negative."""
+    img = _load(path, what)
+    if not np.all(np.isfinite(img[0])) or (img[0] < 0).any():
+        raise InputError(f"{path}: {what}: counts must be finite and >= 0")
+    return img
+
+
+def _volume(out: dict, key: str, rel: str, native_mask: np.ndarray, voxel_ml: float) -> float:
+    """A mask's volume on its own grid with its one-voxel segmentation CV, recorded under ``key``."""
+    cv, lo, hi = _segmentation_cv(native_mask)
+    v = float(native_mask.sum()) * voxel_ml
+    out["cv"][key] = cv
+    out["how"][key] = (f"{int(native_mask.sum())} voxels of {voxel_ml * 1000:.4g} uL in {rel}; CV {cv:.3f} from "
+                       f"one-voxel erosion/dilation (-{lo:.0f}/+{hi:.0f} voxels)")
+    return v
+
+
+def _tn_ratios(counts, spect_path: str, what: str, normal: np.ndarray, tumours: dict[str, np.ndarray],
+               where: str) -> dict[str, tuple[float, float, str]]:
+    """T:N of each tumour on one SPECT: its mean count concentration over that of ``normal`` (the territory less
+    every tumour), with its CV (Poisson counts and the MAA-to-Y-90 mismatch) and how it was obtained."""
+    n_normal = float(counts[normal].sum())
+    if n_normal <= 0:
+        raise InputError(f"{spect_path}: {what}: no counts in the normal tissue of {where}")
+    c_normal = n_normal / normal.sum()
+    out = {}
+    for name, m in tumours.items():
+        n_t = float(counts[m].sum())
+        if n_t <= 0:
+            raise InputError(f"{spect_path}: {what}: no counts in tumour {name}'s mask: its T:N cannot be measured")
+        tn = (n_t / m.sum()) / c_normal
+        poisson = math.sqrt(1.0 / n_t + 1.0 / n_normal)
+        cv = math.sqrt(math.expm1(TN_MISMATCH_SIGMA_LN ** 2) + poisson ** 2)
+        out[name] = (tn, cv, f"mean counts in the tumour / in the normal tissue of {where} on {os.path.basename(spect_path)}; "
+                             f"CV {cv:.3f}: Poisson {poisson:.4f} with the MAA-to-Y-90 mismatch (sigma_ln "
+                             f"{TN_MISMATCH_SIGMA_LN:g}, Kafrouni et al. 2019)")
+    return out
+
+
+def _lsf(counts, affine, spect_path: str, what: str, lungs: np.ndarray, liver: np.ndarray,
+         margin_mm: float) -> tuple[float, float, str]:
+    """The SPECT lung shunt fraction lungs / (lungs + liver), with its SD and how it was obtained.
+
+    With ``margin_mm`` > 0 the lung voxels within that distance of the liver mask (the lung base, where liver
+    counts spill into the lungs at SPECT resolution) are left out, and the lung counts are the kept lung's mean
+    concentration times the whole lung mask's voxels."""
+    n_liver = float(counts[liver].sum())
+    kept, band = lungs, ""
+    if margin_mm > 0:
+        from scipy.ndimage import distance_transform_edt
+
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        kept = lungs & (distance_transform_edt(~liver, sampling=spacing) > margin_mm)
+        if not kept.any():
+            raise InputError(f"{spect_path}: {what}: no lung voxel lies farther than lung_base_margin_mm = "
+                             f"{margin_mm:g} mm from the liver mask")
+        band = (f"; the {int(lungs.sum() - kept.sum())} lung voxels within {margin_mm:g} mm of the liver left out "
+                "and the lung counts scaled from the kept lung's mean concentration to the whole lung mask")
+    n_kept = float(counts[kept].sum())
+    n_lung = n_kept * float(lungs.sum()) / float(kept.sum())
+    if n_lung + n_liver <= 0:
+        raise InputError(f"{spect_path}: {what}: no counts in the lungs or the liver")
+    f = n_lung / (n_lung + n_liver)
+    sd = math.sqrt(f * (1 - f) / (n_kept + n_liver) + LSF_SPECT_SD ** 2)
+    how = (f"lung counts / (lung + liver counts) on {os.path.basename(spect_path)}{band}; SD {sd:.4f}: binomial "
+           f"counts with the SPECT/CT LSF's {100 * LSF_SPECT_SD:g} pp (Young et al.)")
+    return f, sd, how
+
+
+def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str], file: str = "",
+                   injections: dict[str, str | None] | None = None,
+                   tumor_injection: dict[str, str] | None = None) -> dict[str, Any]:
     """Every measurement the ``[images]`` table allows, with its uncertainty and how it was obtained.
 
+    ``injections`` (name → the territory it lies ``within``, or None) and ``tumor_injection`` (tumour → its
+    injection) describe a case of several injections; ``[images.masks.injections]`` then gives each
+    territory's mask, ``[images.spect_by_injection]`` each injection's own MAA SPECT (else ``spect``).
+
     Returns a dict: ``volumes_ml`` (liver, perfused, lungs, tumors.<name>), ``tn_ratio.<name>``,
-    ``shunt_fraction``, ``lung_mass_kg``, ``hepatic_reserve`` (those the images allow) and ``how`` (key →
-    a sentence), ``cv`` (key → CV or SD)."""
+    ``shunt_fraction``, ``lung_mass_kg``, ``hepatic_reserve`` (those the images allow), with several injections
+    ``injections.<name>.{perfused_volume_ml, shunt_fraction, tn_ratios.<tumour>}``, and ``how`` (key → a
+    sentence), ``cv`` (key → CV or SD)."""
     def path_of(rel: str) -> str:
         return rel if os.path.isabs(rel) else os.path.join(case_dir, rel)
 
-    if "spect" not in images:
-        raise InputError(f"{file}: images.spect: missing (the masks lie on the SPECT's grid)")
-    spect_path = path_of(images["spect"])
-    spect = _load(spect_path, "images.spect")
-    counts = spect[0]
-    if not np.all(np.isfinite(counts)) or (counts < 0).any():
-        raise InputError(f"{spect_path}: images.spect: counts must be finite and >= 0")
-    grid = (spect_path, spect)
-    voxel_ml = abs(float(np.linalg.det(spect[1][:3, :3]))) / 1000.0
+    injections = injections or {}
+    tumor_injection = tumor_injection or {}
     masks_raw = images.get("masks", {})
-    masks: dict[str, np.ndarray] = {}
+    by_injection = images.get("spect_by_injection", {})
+    for name in list(by_injection) + list(masks_raw.get("injections", {})):
+        if name not in injections:
+            where = "spect_by_injection" if name in by_injection else "masks.injections"
+            raise InputError(f"{file}: images.{where}.{name}: no injection named {name!r} in the case")
+    if injections and "perfused" in masks_raw:
+        raise InputError(f"{file}: images.masks.perfused: ambiguous with [[injections]]: give each territory's mask "
+                         "in [images.masks.injections]")
+    if "spect" in images:
+        ref_what, ref_path = "images.spect", path_of(images["spect"])
+    elif by_injection:
+        first = next(iter(by_injection))
+        ref_what, ref_path = f"images.spect_by_injection.{first}", path_of(by_injection[first])
+    else:
+        raise InputError(f"{file}: images.spect: missing (the masks lie on the SPECT's grid)")
+    spects = {ref_path: _spect(ref_path, ref_what)}
+    grid = (ref_path, spects[ref_path])
+    affine = grid[1][1]
+    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     native: dict[str, tuple[np.ndarray, float]] = {}
+    masks: dict[str, np.ndarray] = {}
     for key in ("liver", "perfused", "lungs"):
         if key in masks_raw:
             masks[key] = _mask(path_of(masks_raw[key]), f"images.masks.{key}", grid, native)
+    territories = {name: _mask(path_of(rel), f"images.masks.injections.{name}", grid, native)
+                   for name, rel in masks_raw.get("injections", {}).items()}
+    for name, m in territories.items():
+        outer = injections.get(name)
+        if outer in territories and (m & ~territories[outer]).any():
+            raise InputError(f"{path_of(masks_raw['injections'][name])}: images.masks.injections.{name}: the "
+                             f"territory lies partly outside that of {outer!r}, which it lies within")
     tumor_masks = {}
     for name, rel in masks_raw.get("tumors", {}).items():
         if name not in tumor_names:
             raise InputError(f"{file}: images.masks.tumors.{name}: no tumour named {name!r} in the case")
-        tumor_masks[name] = _mask(path_of(rel), f"images.masks.tumors.{name}", grid, native)
-        if "perfused" in masks and (tumor_masks[name] & ~masks["perfused"]).any():
-            raise InputError(f"{path_of(rel)}: images.masks.tumors.{name}: the tumour mask lies partly outside the "
-                             "perfused mask")
+        m = tumor_masks[name] = _mask(path_of(rel), f"images.masks.tumors.{name}", grid, native)
+        home, label = ("perfused", "the perfused mask") if not injections else \
+            (tumor_injection.get(name), f"the territory of injection {tumor_injection.get(name)!r}")
+        container = masks.get("perfused") if not injections else territories.get(home)
+        if container is not None and (m & ~container).any():
+            raise InputError(f"{path_of(rel)}: images.masks.tumors.{name}: the tumour mask lies partly outside {label}")
     out: dict[str, Any] = {"volumes_ml": {"tumors": {}}, "tn_ratio": {}, "how": {}, "cv": {}}
     for key in masks:  # volumes on each mask's own grid (its own resolution)
-        nm, nv = native[path_of(masks_raw[key])]
-        cv, lo, hi = _segmentation_cv(nm)
-        out["volumes_ml"][key] = float(nm.sum()) * nv
-        out["cv"][f"volumes_ml.{key}"] = cv
-        out["how"][f"volumes_ml.{key}"] = (f"{int(nm.sum())} voxels of {nv * 1000:.4g} uL in "
-                                           f"{masks_raw[key]}; CV {cv:.3f} from one-voxel erosion/dilation "
-                                           f"(-{lo:.0f}/+{hi:.0f} voxels)")
+        out["volumes_ml"][key] = _volume(out, f"volumes_ml.{key}", masks_raw[key], *native[path_of(masks_raw[key])])
     for name in tumor_masks:
-        nm, nv = native[path_of(masks_raw["tumors"][name])]
-        cv, lo, hi = _segmentation_cv(nm)
-        out["volumes_ml"]["tumors"][name] = float(nm.sum()) * nv
-        out["cv"][f"volumes_ml.tumors.{name}"] = cv
-        out["how"][f"volumes_ml.tumors.{name}"] = (f"{int(nm.sum())} voxels in {masks_raw['tumors'][name]}; CV {cv:.3f} "
-                                                   f"from one-voxel erosion/dilation (-{lo:.0f}/+{hi:.0f} voxels)")
+        rel = masks_raw["tumors"][name]
+        out["volumes_ml"]["tumors"][name] = _volume(out, f"volumes_ml.tumors.{name}", rel, *native[path_of(rel)])
+    counts = spects[ref_path][0]
     if "perfused" in masks and tumor_masks:
-        normal = masks["perfused"].copy()
-        for m in tumor_masks.values():
-            normal &= ~m
-        n_normal = float(counts[normal].sum())
-        if n_normal <= 0:
-            raise InputError(f"{spect_path}: images.spect: no counts in the normal perfused tissue")
-        c_normal = n_normal / normal.sum()
-        for name, m in tumor_masks.items():
-            n_t = float(counts[m].sum())
-            if n_t <= 0:
-                raise InputError(f"{spect_path}: images.spect: no counts in tumour {name}'s mask "
-                                 f"({masks_raw['tumors'][name]}): its T:N cannot be measured")
-            tn = (n_t / m.sum()) / c_normal
-            poisson = math.sqrt((1.0 / n_t if n_t > 0 else math.inf) + 1.0 / n_normal)
-            cv = math.sqrt(math.expm1(TN_MISMATCH_SIGMA_LN ** 2) + poisson ** 2)
-            out["tn_ratio"][name] = tn
-            out["cv"][f"tn_ratio.{name}"] = cv
-            out["how"][f"tn_ratio.{name}"] = (f"mean counts in the tumour / in the normal perfused tissue; CV {cv:.3f}: "
-                                              f"Poisson {poisson:.4f} with the MAA-to-Y-90 mismatch (sigma_ln "
-                                              f"{TN_MISMATCH_SIGMA_LN:g}, Kafrouni et al. 2019)")
-    if "lungs" in masks and "liver" in masks:
-        n_lung = float(counts[masks["lungs"]].sum())
-        n_liver = float(counts[masks["liver"]].sum())
-        if n_lung + n_liver <= 0:
-            raise InputError(f"{spect_path}: images.spect: no counts in the lungs or the liver")
-        f = n_lung / (n_lung + n_liver)
-        sd = math.sqrt(f * (1 - f) / (n_lung + n_liver) + LSF_SPECT_SD ** 2)
-        out["shunt_fraction"] = f
-        out["cv"]["shunt_fraction"] = sd
-        out["how"]["shunt_fraction"] = (f"SPECT lung counts / (lung + liver counts); SD {sd:.4f}: binomial counts "
-                                        f"with the SPECT/CT LSF's {100 * LSF_SPECT_SD:g} pp (Young et al.)")
+        normal = masks["perfused"] & ~np.logical_or.reduce(list(tumor_masks.values()))
+        for name, (tn, cv, how) in _tn_ratios(counts, ref_path, ref_what, normal, tumor_masks,
+                                                "the perfused territory").items():
+            out["tn_ratio"][name], out["cv"][f"tn_ratio.{name}"], out["how"][f"tn_ratio.{name}"] = tn, cv, how
+    margin = float(images.get("lung_base_margin_mm", 0.0))
+    if "lungs" in masks and "liver" in masks and "spect" in images:
+        f, sd, how = _lsf(counts, affine, ref_path, ref_what, masks["lungs"], masks["liver"], margin)
+        out["shunt_fraction"], out["cv"]["shunt_fraction"], out["how"]["shunt_fraction"] = f, sd, how
+    if injections:
+        out["injections"] = {}
+
+    def spect_of(injection: str | None) -> str:
+        return path_of(by_injection[injection]) if injection in by_injection else ref_path
+
+    for name in injections:
+        rec: dict[str, Any] = {"tn_ratios": {}}
+        what, sp = (f"images.spect_by_injection.{name}", path_of(by_injection[name])) if name in by_injection \
+            else (ref_what, ref_path)
+        if name in territories:
+            rel = masks_raw["injections"][name]
+            rec["perfused_volume_ml"] = _volume(out, f"injections.{name}.perfused_volume_ml", rel,
+                                                *native[path_of(rel)])
+        if sp not in spects and (name in territories or "lungs" in masks):
+            spects[sp] = _spect(sp, what)
+        on_grid = (lambda rel, w: _mask(path_of(rel), w, (sp, spects[sp]))) if sp != ref_path else None
+        if name in territories and tumor_masks:
+            terr = territories[name] if on_grid is None else on_grid(masks_raw["injections"][name],
+                                                                     f"images.masks.injections.{name}")
+            inside = {t: (m if on_grid is None else on_grid(masks_raw["tumors"][t], f"images.masks.tumors.{t}"))
+                      for t, m in tumor_masks.items() if (m & territories[name]).any()}
+            if inside:
+                normal = terr & ~np.logical_or.reduce(list(inside.values()))
+                for t, (tn, cv, how) in _tn_ratios(spects[sp][0], sp, what, normal, inside,
+                                                    f"injection {name!r}'s territory").items():
+                    if tumor_injection.get(t) == name:  # the tumour's own injection: its T:N
+                        out["tn_ratio"][t], out["cv"][f"tn_ratio.{t}"], out["how"][f"tn_ratio.{t}"] = tn, cv, how
+                    elif spect_of(tumor_injection.get(t)) != sp:  # another MAA study: this injection's own T:N
+                        rec["tn_ratios"][t] = tn
+                        out["cv"][f"injections.{name}.tn_ratios.{t}"] = cv
+                        out["how"][f"injections.{name}.tn_ratios.{t}"] = how
+        if name in by_injection and "lungs" in masks and "liver" in masks:
+            lungs, liver = (masks["lungs"], masks["liver"]) if on_grid is None else \
+                (on_grid(masks_raw["lungs"], "images.masks.lungs"), on_grid(masks_raw["liver"], "images.masks.liver"))
+            f, sd, how = _lsf(spects[sp][0], spects[sp][1], sp, what, lungs, liver, margin)
+            rec["shunt_fraction"] = f
+            out["cv"][f"injections.{name}.shunt_fraction"], out["how"][f"injections.{name}.shunt_fraction"] = sd, how
+        out["injections"][name] = rec
     planar = _planar_lsf(images, masks_raw, path_of, file)
     if planar is not None:
         f, sd, how = planar
@@ -322,7 +427,7 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
     if "lungs" in masks and "ct" in images:
         ct_path = path_of(images["ct"])
         ct = _load(ct_path, "images.ct")
-        hu = _on_grid(spect_path, spect, ct_path, ct, "images.ct", order=1, fill=-1000.0)[masks["lungs"]]
+        hu = _on_grid(ref_path, grid[1], ct_path, ct, "images.ct", order=1, fill=-1000.0)[masks["lungs"]]
         rho = np.clip(1.0 + hu / 1000.0, 0.0, None)  # g/mL
         mass = float(rho.sum()) * voxel_ml / 1000.0
         cv, lo, hi = _segmentation_cv(masks["lungs"])
@@ -330,8 +435,13 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
         out["cv"]["lung_mass_kg"] = cv
         out["how"]["lung_mass_kg"] = (f"CT density 1 + HU/1000 g/mL summed over the lung mask (Kao et al. 2014); "
                                       f"CV {cv:.3f} from one-voxel erosion/dilation of the mask")
-    if "liver" in masks and "perfused" in masks:
-        out["hepatic_reserve"] = 1.0 - out["volumes_ml"]["perfused"] / out["volumes_ml"]["liver"]
+    if "liver" in masks:
+        treated = masks.get("perfused")
+        if territories:
+            treated = np.logical_or.reduce(list(territories.values()))
+        if treated is not None:
+            out["hepatic_reserve"] = 1.0 - float((treated & masks["liver"]).sum()) / float(masks["liver"].sum()) \
+                if territories else 1.0 - out["volumes_ml"]["perfused"] / out["volumes_ml"]["liver"]
     return out
 
 
@@ -371,7 +481,10 @@ def measure_case(path: str, text: str | None = None) -> dict[str, Any]:
     _check_images(_Reader(path), images)  # the [images] table's own form: strings and tables, one-line errors
     tumors = doc.get("tumors", [])
     names = [str(t["name"]) for t in tumors if "name" in t]
-    m = measure_images(os.path.dirname(os.path.abspath(path)), images, names, path)
+    injection_tables = [j for j in doc.get("injections", []) if isinstance(j, dict) and "name" in j]
+    injections = {str(j["name"]): (str(j["within"]) if "within" in j else None) for j in injection_tables}
+    tumor_injection = {str(t["name"]): str(t["injection"]) for t in tumors if "name" in t and "injection" in t}
+    m = measure_images(os.path.dirname(os.path.abspath(path)), images, names, path, injections, tumor_injection)
     disagreements = []
 
     def place(table, key, value, spread, form, how, label):
@@ -390,7 +503,8 @@ def measure_case(path: str, text: str | None = None) -> dict[str, Any]:
             item = tomlkit.inline_table()
             item.update({"dist": "normal", "mean": round(value, 6), "sd": round(spread, 5), "min": 0.0, "max": 0.99})
         table[key] = item
-        table[key].comment(f"measured: {how}")
+        if not isinstance(table, tomlkit.items.InlineTable):  # an inline table holds no comments
+            table[key].comment(f"measured: {how}")
 
     for mkey, (tpath, key, form) in _TARGETS.items():
         head, _, rest = mkey.partition(".")
@@ -407,6 +521,18 @@ def measure_case(path: str, text: str | None = None) -> dict[str, Any]:
         if name in m["tn_ratio"]:
             place(t, "tn_ratio", m["tn_ratio"][name], m["cv"][f"tn_ratio.{name}"], "cv",
                   m["how"][f"tn_ratio.{name}"], f"tumors[{k}].tn_ratio")
+    for k, j in enumerate(injection_tables):
+        rec = m.get("injections", {}).get(str(j["name"]), {})
+        for key, form in (("perfused_volume_ml", "cv"), ("shunt_fraction", "sd")):
+            if key in rec:
+                mkey = f"injections.{j['name']}.{key}"
+                place(j, key, rec[key], m["cv"][mkey], form, m["how"][mkey], f"injections[{k}].{key}")
+        if rec.get("tn_ratios"):
+            if "tn_ratios" not in j:
+                j["tn_ratios"] = tomlkit.table()
+            for t, tn in rec["tn_ratios"].items():
+                mkey = f"injections.{j['name']}.tn_ratios.{t}"
+                place(j["tn_ratios"], t, tn, m["cv"][mkey], "cv", m["how"][mkey], f"injections[{k}].tn_ratios.{t}")
     out_text = tomlkit.dumps(doc)
     from .case import parse_case
 

@@ -68,6 +68,8 @@ class Phantom:
     masks: dict[str, np.ndarray]  # liver, perfused, lungs, tumors.<name>
     voxel_mm: tuple[float, float, float]
     truth: dict[str, Any]
+    #: further MAA SPECTs by injection name (:func:`make_two_injection_phantom`), written as ``spect_<name>``
+    spects: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def affine(self) -> np.ndarray:
@@ -80,6 +82,7 @@ class Phantom:
         os.makedirs(folder, exist_ok=True)
         out = {}
         for name, arr, dtype in [("ct", self.ct, np.int16), ("spect", self.spect, np.float32)] + \
+                [(f"spect_{k}", v, np.float32) for k, v in self.spects.items()] + \
                 [(f"mask_{k.replace('.', '_')}", v, np.uint8) for k, v in self.masks.items()]:
             img = nib.Nifti1Image(np.asarray(arr, dtype=dtype), self.affine)
             if name == "ct":
@@ -180,7 +183,8 @@ def _ellipsoid(shape, centre, radii) -> np.ndarray:
 
 def make_phantom(n: int = 64, voxel_mm: float = 4.0, tumors: dict[str, tuple[float, float]] | None = None,
                  lsf: float = 0.06, counts_per_voxel: float = 100.0, fwhm_mm: float | None = None,
-                 noise_seed: int | None = None, shape: tuple[int, int, int] | None = None) -> Phantom:
+                 noise_seed: int | None = None, shape: tuple[int, int, int] | None = None,
+                 lung_height: float = 0.75) -> Phantom:
     """A phantom on an ``n``³ grid (or ``shape``) of ``voxel_mm`` voxels.
 
     Args:
@@ -188,6 +192,8 @@ def make_phantom(n: int = 64, voxel_mm: float = 4.0, tumors: dict[str, tuple[flo
         lsf: the lung shunt fraction the counts encode.
         counts_per_voxel: counts in a normal perfused voxel (before blur and noise).
         fwhm_mm, noise_seed: blur the SPECT (Gaussian, FWHM in mm) and add Poisson noise (seeded).
+        lung_height: the lungs' centres along z as a fraction of n: 0.75 leaves a gap of about two voxels above
+            the liver's dome, 0.70 sets the lung bases on the dome (where liver counts spill into the lungs).
     """
     tumors = {"T1": (3.0, 4.0), "T2": (2.0, 2.5)} if tumors is None else tumors
     shape = (n, n, n) if shape is None else tuple(shape)
@@ -195,8 +201,8 @@ def make_phantom(n: int = 64, voxel_mm: float = 4.0, tumors: dict[str, tuple[flo
     c = n / 2
     liver = _ellipsoid(shape, (c, c, c * 0.8), (0.38 * n, 0.28 * n, 0.2 * n))
     perfused = liver & (np.indices(shape)[0] >= c)
-    lungs = _ellipsoid(shape, (c - 0.18 * n, c, c * 1.5), (0.14 * n, 0.18 * n, 0.12 * n)) | \
-        _ellipsoid(shape, (c + 0.18 * n, c, c * 1.5), (0.14 * n, 0.18 * n, 0.12 * n))
+    lungs = _ellipsoid(shape, (c - 0.18 * n, c, lung_height * n), (0.14 * n, 0.18 * n, 0.12 * n)) | \
+        _ellipsoid(shape, (c + 0.18 * n, c, lung_height * n), (0.14 * n, 0.18 * n, 0.12 * n))
     lungs &= ~liver
     masks: dict[str, np.ndarray] = {"liver": liver, "perfused": perfused, "lungs": lungs}
     spect = np.zeros(shape)
@@ -230,3 +236,98 @@ def make_phantom(n: int = 64, voxel_mm: float = 4.0, tumors: dict[str, tuple[flo
     if noise_seed is not None:
         spect = np.random.default_rng(noise_seed).poisson(spect).astype(np.float64)
     return Phantom(ct, spect, masks, (voxel_mm,) * 3, truth)
+
+
+#: A case of two injections (a modified radiation lobectomy) naming the files
+#: :func:`make_two_injection_phantom`'s :meth:`Phantom.write_nifti` writes, its measured values left out.
+TWO_INJECTION_CASE = """
+name = "phantom-two-injections"
+scenario = "modified-radiation-lobectomy"
+
+[images]
+ct = "ct.nii.gz"
+spect = "spect.nii.gz"
+
+[images.spect_by_injection]
+segment = "spect_segment.nii.gz"
+
+[images.masks]
+liver = "mask_liver.nii.gz"
+lungs = "mask_lungs.nii.gz"
+
+[images.masks.injections]
+segment = "mask_injections_segment.nii.gz"
+lobe = "mask_injections_lobe.nii.gz"
+
+[images.masks.tumors]
+T1 = "mask_tumors_T1.nii.gz"
+T2 = "mask_tumors_T2.nii.gz"
+
+[[sessions]]
+name = "S1"
+calibration = "2026-12-06T12:00:00-05:00"
+treatment = "2026-12-09T12:00:00-05:00"
+
+[[injections]]
+name = "segment"
+session = "S1"
+role = "segmental"
+within = "lobe"
+vial_gbq = 3
+
+[[injections]]
+name = "lobe"
+session = "S1"
+role = "lobar"
+vial_gbq = 5
+
+[[correlations]]   # both territories segmented on one cone-beam CT: their errors go together
+inputs = ["injections.segment.perfused_volume_ml", "injections.lobe.perfused_volume_ml"]
+rho = 0.8
+
+[[tumors]]
+name = "T1"
+injection = "segment"
+
+[[tumors]]
+name = "T2"
+injection = "lobe"
+
+[lung]
+"""
+
+
+def make_two_injection_phantom(n: int = 64, voxel_mm: float = 4.0, tn_segment: float = 6.0,
+                               lsf_segment: float = 0.03, **kwargs) -> Phantom:
+    """The phantom of :func:`make_phantom` treated by two injections: the lobe (its perfused part, mask
+    ``injections.lobe``) and a segment inside it holding tumour T1 (``injections.segment``: the slab of the
+    lobe between x = c + 0.06 n and c + 0.19 n); T2 lies in the lobe outside the segment. ``spect`` is the lobar
+    MAA study (as :func:`make_phantom`'s), ``spects["segment"]`` the segmental one: counts only in the segment,
+    T1 at ``tn_segment`` times its normal tissue, lungs at ``lsf_segment``. ``truth`` gains
+    ``injections.<name>.{perfused_volume_ml, shunt_fraction, tn_ratios}``."""
+    ph = make_phantom(n=n, voxel_mm=voxel_mm, **{k: v for k, v in kwargs.items() if k not in ("fwhm_mm", "noise_seed")})
+    shape = ph.spect.shape
+    c = min(shape) / 2
+    x = np.indices(shape)[0]
+    lobe = ph.masks["perfused"]
+    segment = lobe & (x >= c + 0.06 * min(shape)) & (x < c + 0.19 * min(shape))
+    t1 = ph.masks["tumors.T1"]
+    if (t1 & ~segment).any() or (ph.masks["tumors.T2"] & segment).any():
+        raise ValueError("T1 must lie inside the segment and T2 outside it: use the default tumours")
+    cpv = float(kwargs.get("counts_per_voxel", 100.0))
+    seg_spect = np.zeros(shape)
+    seg_spect[segment] = cpv
+    seg_spect[t1] = tn_segment * cpv
+    liver_counts = float(seg_spect[ph.masks["liver"]].sum())
+    seg_spect[ph.masks["lungs"]] = lsf_segment / (1.0 - lsf_segment) * liver_counts / ph.masks["lungs"].sum()
+    masks = {k: v for k, v in ph.masks.items() if k != "perfused"}
+    masks["injections.segment"], masks["injections.lobe"] = segment, lobe
+    v_ml = float(voxel_mm) ** 3 / 1000.0
+    truth = dict(ph.truth)
+    truth["injections"] = {
+        "segment": {"perfused_volume_ml": float(segment.sum()) * v_ml, "shunt_fraction": lsf_segment,
+                    "tn_ratios": {"T1": tn_segment}},
+        "lobe": {"perfused_volume_ml": float(lobe.sum()) * v_ml, "tn_ratios": {"T1": truth["tn_ratio"]["T1"]}},  # lobar SPECT
+    }
+    truth["tn_ratio"] = {"T1": tn_segment, "T2": truth["tn_ratio"]["T2"]}
+    return Phantom(ph.ct, ph.spect, masks, ph.voxel_mm, truth, spects={"segment": seg_spect})
