@@ -393,7 +393,7 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
                                                 *native[path_of(rel)])
         if sp not in spects and (name in territories or "lungs" in masks):
             spects[sp] = _spect(sp, what)
-        on_grid = (lambda rel, w: _mask(path_of(rel), w, (sp, spects[sp]))) if sp != ref_path else None
+        on_grid = (lambda rel, w, sp=sp: _mask(path_of(rel), w, (sp, spects[sp]))) if sp != ref_path else None
         if name in territories and tumor_masks:
             terr = territories[name] if on_grid is None else on_grid(masks_raw["injections"][name],
                                                                      f"images.masks.injections.{name}")
