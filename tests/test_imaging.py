@@ -188,12 +188,12 @@ def test_a_mask_on_another_grid_is_resampled(phantom_case):
 
 def test_the_dicom_affine_equals_the_nifti_twins(tmp_path):
     """Anisotropic voxels: the DICOM series' affine (LPS to RAS) equals the NIfTI twin's."""
-    from y90opt.imaging import _load
+    from y90opt.image_io import read_image
 
     ph = make_phantom(n=24, voxel_mm=4.0)
     ph.voxel_mm = (3.0, 2.0, 4.0)
     paths = ph.write_dicom(str(tmp_path))
-    data, affine = _load(paths["ct"], "ct")
+    data, affine = read_image(paths["ct"], "ct")
     import nibabel as nib
 
     twin = nib.load(paths["ct_nifti"])
@@ -335,3 +335,97 @@ def test_lung_base_margin_keeps_a_uniform_lung_exact_and_removes_the_spill(tmp_p
     (tmp_path / "bad.toml").write_text(bad, encoding="utf-8")
     code, err = _run(["measure", str(tmp_path / "bad.toml")])
     assert code == 2 and "images.lung_base_margin_mm" in err
+
+
+def _mask_case(masks: dict[str, str], tumours: dict[str, str]) -> str:
+    """The phantom's DICOM case with its [images.masks] replaced by the given entries (TOML values)."""
+    head = CASE.replace(".nii.gz", "").split("[images.masks]")[0]
+    tail = CASE.split("[[tumors]]", 1)[1]
+    lines = ["[images.masks]"] + [f"{k} = {v}" for k, v in masks.items()] + ["", "[images.masks.tumors]"] + \
+        [f"{k} = {v}" for k, v in tumours.items()]
+    return head + "\n".join(lines) + "\n\n[[tumors]]" + tail
+
+
+@pytest.fixture
+def dicom_phantom(tmp_path):
+    ph = make_phantom(n=32, voxel_mm=5.0, tumors={"T1": (2.5, 4.0), "T2": (1.6, 2.5)}, lsf=0.07)
+    folder = tmp_path / "img"
+    paths = ph.write_dicom(str(folder))
+    ph.write_seg(str(folder / "seg.dcm"), paths["ct"])
+    ph.write_rtstruct(str(folder / "rs.dcm"), paths["ct"])
+    ph.write_nrrd(str(folder))
+    (folder / "dicom.toml").write_text(CASE.replace(".nii.gz", ""), encoding="utf-8")
+    return folder, ph, paths
+
+
+@pytest.mark.parametrize("kind", ["seg", "rtstruct", "nrrd"])
+def test_seg_rtstruct_and_nrrd_masks_give_the_numbers_of_the_series_masks(dicom_phantom, kind):
+    """The same masks as a DICOM SEG (highdicom), an RTSTRUCT (contours traced on the voxels' edges, rasterised on
+    the CT's grid) and a 3D Slicer segmentation in NRRD (tumours as a label map with integer labels): measure
+    gives exactly the numbers of the DICOM mask series."""
+    folder, ph, _ = dicom_phantom
+    file = {"seg": "seg.dcm", "rtstruct": "rs.dcm", "nrrd": "segmentation.seg.nrrd"}[kind]
+    masks = {k: f'{{ file = "{file}", label = "{k}" }}' for k in ("liver", "perfused", "lungs")}
+    tumours = {t: f'{{ file = "{file}", label = "tumors.{t}" }}' for t in ("T1", "T2")}
+    if kind == "nrrd":
+        tumours = {"T1": '{ file = "tumors.nrrd", label = 1 }', "T2": '{ file = "tumors.nrrd", label = 2 }'}
+    (folder / f"{kind}.toml").write_text(_mask_case(masks, tumours), encoding="utf-8")
+    a = y90opt.measure(folder / f"{kind}.toml")["measurements"]
+    b = y90opt.measure(folder / "dicom.toml")["measurements"]
+    for k in ("liver", "perfused", "lungs"):
+        assert a["volumes_ml"][k] == pytest.approx(b["volumes_ml"][k], rel=1e-12)
+        assert a["volumes_ml"][k] == pytest.approx(ph.truth["volumes_ml"][k], rel=1e-12)
+    assert a["volumes_ml"]["tumors"] == pytest.approx(b["volumes_ml"]["tumors"], rel=1e-12)
+    for k in ("shunt_fraction", "lung_mass_kg", "hepatic_reserve"):
+        assert a[k] == pytest.approx(b[k], rel=1e-12)
+    assert a["tn_ratio"] == pytest.approx(b["tn_ratio"], rel=1e-12)
+
+
+def test_an_rtstruct_inner_contour_is_a_hole(dicom_phantom):
+    """A contour inside another in the same slice removes its voxels (even-odd rule)."""
+    import pydicom
+
+    from y90opt.image_io import MaskRef, read_mask_image
+
+    folder, ph, paths = dicom_phantom
+    ds = pydicom.dcmread(folder / "rs.dcm")
+    number = next(int(r.ROINumber) for r in ds.StructureSetROISequence if r.ROIName == "liver")
+    item = next(c for c in ds.ROIContourSequence if int(c.ReferencedROINumber) == number)
+    k = int(np.argmax(ph.masks["liver"].sum(axis=(0, 1))))  # the liver's widest slice
+    ci, cj = (int(v) for v in np.argwhere(ph.masks["liver"][:, :, k]).mean(axis=0))
+    hole = pydicom.Dataset()
+    hole.ContourGeometricType, hole.NumberOfContourPoints = "CLOSED_PLANAR", 4
+    corners = [(ci - 1.5, cj - 1.5), (ci + 1.5, cj - 1.5), (ci + 1.5, cj + 1.5), (ci - 1.5, cj + 1.5)]
+    hole.ContourData = [v for a, b in corners for v in (a * 5.0, b * 5.0, k * 5.0)]
+    item.ContourSequence.append(hole)
+    ds.save_as(folder / "rs_hole.dcm")
+    m, _ = read_mask_image(MaskRef(str(folder / "rs_hole.dcm"), "liver"), "x", ct_path=paths["ct"])
+    expected = ph.masks["liver"].copy()
+    expected[ci - 1:ci + 2, cj - 1:cj + 2, k] = False
+    assert expected.sum() == ph.masks["liver"].sum() - 9  # the hole lies inside the liver's slice
+    np.testing.assert_array_equal(m, expected)  # the CT series' voxel (i, j, k) is the phantom's
+
+
+def test_bad_mask_files_are_one_line(dicom_phantom):
+    folder, _, _ = dicom_phantom
+    cases = [
+        ({"liver": '{ file = "seg.dcm", label = "spleen" }'}, "no segment labelled 'spleen'"),
+        ({"liver": '{ file = "seg.dcm" }'}, "segments: name one"),
+        ({"liver": '{ file = "rs.dcm", label = "spleen" }'}, "ROIs:"),
+        ({"liver": '{ file = "segmentation.seg.nrrd", label = "spleen" }'}, "no segment named 'spleen'"),
+        ({"liver": '{ file = "tumors.nrrd", label = 7 }'}, "no voxel of label 7"),
+        ({"liver": '"ct/slice0000.dcm"'}, "is not a mask"),
+        ({"liver": '{ file = "seg.dcm", label = true }'}, "images.masks.liver.label"),
+        ({"liver": '{ path = "seg.dcm" }'}, "images.masks.liver"),
+    ]
+    base = {"perfused": '"mask_perfused"', "lungs": '"mask_lungs"'}
+    tumours = {"T1": '"mask_tumors_T1"', "T2": '"mask_tumors_T2"'}
+    for masks, words in cases:
+        (folder / "bad.toml").write_text(_mask_case({**masks, **base}, tumours), encoding="utf-8")
+        code, err = _run(["measure", str(folder / "bad.toml")])
+        assert code == 2 and words in err and err.count("\n") == 1, (masks, err)
+    # an RTSTRUCT needs the CT it was drawn on
+    text = _mask_case({"liver": '{ file = "rs.dcm", label = "liver" }', **base}, tumours).replace('ct = "ct"\n', "")
+    (folder / "bad.toml").write_text(text, encoding="utf-8")
+    code, err = _run(["measure", str(folder / "bad.toml")])
+    assert code == 2 and "give images.ct" in err

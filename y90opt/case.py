@@ -831,12 +831,26 @@ def _check_images(r: _Reader, raw: Any) -> None:
         if not 0.0 <= margin <= 100.0:
             raise r.fail("images.lung_base_margin_mm", f"{margin:g} mm: expected 0 to 100 mm")
     masks = r.table(raw.get("masks", {}), "images.masks", _MASKS)
-    for key in ("liver", "lungs", "perfused", "planar_liver", "planar_lungs"):
+
+    def mask(v: Any, field: str) -> None:  # a path, or { file = "…", label = <integer or name> }
+        if isinstance(v, dict):
+            r.table(v, field, {"file", "label"}, {"file"})
+            r.string(v["file"], f"{field}.file")
+            label = v.get("label")
+            if label is not None and (isinstance(label, bool) or not isinstance(label, int | str)):
+                raise r.fail(f"{field}.label", f"expected an integer label or a name, got {type(label).__name__}")
+        else:
+            r.string(v, field)
+
+    for key in ("liver", "lungs", "perfused"):
+        if key in masks:
+            mask(masks[key], f"images.masks.{key}")
+    for key in ("planar_liver", "planar_lungs"):
         if key in masks:
             r.string(masks[key], f"images.masks.{key}")
     for group in ("tumors", "injections"):
         for name, v in r.table(masks.get(group, {}), f"images.masks.{group}", set(masks.get(group, {}))).items():
-            r.string(v, f"images.masks.{group}.{name}")
+            mask(v, f"images.masks.{group}.{name}")
     for name, v in r.table(raw.get("spect_by_injection", {}), "images.spect_by_injection",
                            set(raw.get("spect_by_injection", {}))).items():
         r.string(v, f"images.spect_by_injection.{name}")

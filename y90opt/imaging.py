@@ -41,129 +41,13 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .image_io import mask_ref, on_grid, read_image, read_mask, read_planar
 from .virtual import measured_value
 
-#: Largest difference between two images' affines [mm] still taken as one grid.
-GRID_TOLERANCE_MM = 1e-3
 #: σ_ln of the MAA-to-Y-90 T:N mismatch (Kafrouni et al. 2019; domain reference §5).
 TN_MISMATCH_SIGMA_LN = 0.3
 #: SD of the SPECT/CT lung shunt fraction against the delivered one (Young et al.; domain reference §5).
 LSF_SPECT_SD = 0.036
-
-
-def _load_dicom(folder: str, what: str):
-    """A DICOM series (a folder of single-frame slices, one series) as (array[i, j, k], RAS affine), read with
-    pydicom: slices ordered along the slice normal, stored values rescaled (slope, intercept), the affine from
-    ImageOrientationPatient, PixelSpacing and ImagePositionPatient (LPS turned into NIfTI's RAS)."""
-    import pydicom
-
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if not f.startswith("."))
-    slices = []
-    for f in files:
-        try:
-            ds = pydicom.dcmread(f)
-        except Exception:  # noqa: BLE001 - a file that is not DICOM in the folder: not a slice
-            continue
-        if "PixelData" in ds:
-            slices.append(ds)
-    if not slices:
-        raise InputError(f"{folder}: {what}: no DICOM image slices in the folder")
-    if len({str(ds.SeriesInstanceUID) for ds in slices}) > 1:
-        raise InputError(f"{folder}: {what}: the folder holds more than one series")
-    for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
-        if any(tag not in ds for ds in slices):
-            raise InputError(f"{folder}: {what}: a slice has no {tag}: the series has no voxel geometry")
-    iop = np.asarray(slices[0].ImageOrientationPatient, dtype=np.float64)
-    row, col = iop[:3], iop[3:]
-    normal = np.cross(row, col)
-    slices.sort(key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=np.float64))))
-    pos = np.array([np.asarray(ds.ImagePositionPatient, dtype=np.float64) for ds in slices])
-    dr, dc = (float(x) for x in slices[0].PixelSpacing)  # between rows, between columns
-    if len(slices) > 1:
-        steps = np.diff(pos, axis=0)
-        step = steps.mean(axis=0)
-        if np.max(np.abs(steps - step)) > GRID_TOLERANCE_MM:
-            raise InputError(f"{folder}: {what}: the slices are not evenly spaced")
-    else:
-        step = normal * float(getattr(slices[0], "SliceThickness", 1.0))
-    vol = np.stack([ds.pixel_array.astype(np.float64).T * float(getattr(ds, "RescaleSlope", 1.0))
-                    + float(getattr(ds, "RescaleIntercept", 0.0)) for ds in slices], axis=2)
-    lps = np.eye(4)
-    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row * dc, col * dr, step, pos[0]
-    return vol, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-
-
-def _load(path: str, what: str):
-    import nibabel as nib
-
-    if os.path.isdir(path):
-        return _load_dicom(path, what)
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: {what}: no such image file")
-    try:
-        img = nib.load(path)
-        data = np.asarray(img.get_fdata(dtype=np.float64))
-    except Exception as e:  # noqa: BLE001 - any unreadable file is this file's error, one line
-        raise InputError(f"{path}: {what}: not a readable NIfTI image ({type(e).__name__}: {e})") from None
-    if data.ndim != 3:
-        raise InputError(f"{path}: {what}: expected a 3-D image, got {data.ndim} dimensions {data.shape}")
-    affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(float(np.linalg.det(affine[:3, :3]))) < 1e-12:
-        raise InputError(f"{path}: {what}: the image's affine is singular or not finite (no voxel geometry)")
-    return data, affine
-
-
-def _has_transform(path: str) -> bool:
-    """The image places its voxels in patient space: a DICOM series always; a NIfTI when its sform or qform is
-    set (code > 0). Without one, its affine is only the voxel size and nothing ties it to another image."""
-    if os.path.isdir(path):
-        return True
-    import nibabel as nib
-
-    hdr = nib.load(path).header
-    return int(hdr["sform_code"]) > 0 or int(hdr["qform_code"]) > 0
-
-
-def _on_grid(ref_path: str, ref, path: str, img, what: str, order: int, fill: float) -> np.ndarray:
-    """``img`` (data, affine) on the grid of ``ref``: as it is when the grids agree (shape, and affines within
-    :data:`GRID_TOLERANCE_MM`), else resampled through both affines (each reference voxel centre mapped into the
-    image, ``scipy.ndimage.map_coordinates`` of ``order``: 0 nearest neighbour for masks, 1 trilinear for CT;
-    ``fill`` outside the image). An image on another grid with no spatial transform is an error naming both."""
-    (dr, ar), (di, ai) = ref, img
-    if dr.shape == di.shape and np.max(np.abs(ar - ai)) <= GRID_TOLERANCE_MM:
-        return di
-    if not _has_transform(path):
-        raise InputError(f"{path}: {what}: not on the grid of {ref_path} (shape {di.shape} vs {dr.shape}) and has no "
-                         "spatial transform (sform/qform) to resample it by")
-    from scipy.ndimage import map_coordinates
-
-    try:
-        to_img = np.linalg.inv(ai) @ ar  # reference voxel index -> image voxel index
-    except np.linalg.LinAlgError:
-        raise InputError(f"{path}: {what}: the image's affine is singular (no voxel geometry)") from None
-    idx = np.indices(dr.shape, dtype=np.float64).reshape(3, -1)
-    coords = to_img[:3, :3] @ idx + to_img[:3, 3:4]
-    out = map_coordinates(di, coords, order=order, mode="constant", cval=fill, prefilter=False)
-    return out.reshape(dr.shape)
-
-
-def _mask(path: str, what: str, grid, native: dict | None = None) -> np.ndarray:
-    """The mask on the SPECT's grid (resampled when it lies on another). With ``native``, the mask on its own
-    grid and its voxel volume [mL] are kept there by path, so that volumes are measured at its own resolution."""
-    data, aff = _load(path, what)
-    if not np.all(np.isfinite(data)):
-        raise InputError(f"{path}: {what}: the mask has non-finite values")
-    mask_native = data > 0.5
-    if not mask_native.any():
-        raise InputError(f"{path}: {what}: the mask is empty")
-    if native is not None:
-        native[path] = (mask_native, abs(float(np.linalg.det(aff[:3, :3]))) / 1000.0)
-    m = _on_grid(grid[0], grid[1], path, (data, aff), what, order=0, fill=0.0) > 0.5
-    if not m.any():
-        raise InputError(f"{path}: {what}: the mask does not overlap the SPECT's field ({grid[0]})")
-    return m
-
-
 
 
 def _segmentation_cv(mask: np.ndarray) -> tuple[float, float, float]:
@@ -181,20 +65,6 @@ def _segmentation_cv(mask: np.ndarray) -> tuple[float, float, float]:
 LSF_PLANAR_SD = ((0.075, 0.053), (0.0, 0.04))
 
 
-def _load2d(path: str, what: str) -> np.ndarray:
-    import nibabel as nib
-
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: {what}: no such image file")
-    try:
-        data = np.squeeze(np.asarray(nib.load(path).get_fdata(dtype=np.float64)))
-    except Exception as e:  # noqa: BLE001 - an unreadable file is this file's error
-        raise InputError(f"{path}: {what}: not a readable NIfTI image ({type(e).__name__}: {e})") from None
-    if data.ndim != 2:
-        raise InputError(f"{path}: {what}: expected a 2-D planar image, got shape {data.shape}")
-    return data
-
-
 def _planar_lsf(images, masks_raw, path_of, file: str):
     """The lung shunt fraction from planar anterior and posterior views: in each ROI the geometric mean of the
     two views' counts, LSF = GM(lungs) / (GM(lungs) + GM(liver)) (the posterior view mirrored left-right onto the
@@ -207,9 +77,9 @@ def _planar_lsf(images, masks_raw, path_of, file: str):
         if k not in src:
             where = f"images.{k}" if k in keys else f"images.masks.{k}"
             raise InputError(f"{file}: {where}: missing (the planar LSF needs both views and both ROIs)")
-    ant = _load2d(path_of(images["planar_anterior"]), "images.planar_anterior")
-    post = _load2d(path_of(images["planar_posterior"]), "images.planar_posterior")[::-1, :]
-    rois = {k: _load2d(path_of(masks_raw[f"planar_{k}"]), f"images.masks.planar_{k}") > 0.5 for k in ("lungs", "liver")}
+    ant = read_planar(path_of(images["planar_anterior"]), "images.planar_anterior")
+    post = read_planar(path_of(images["planar_posterior"]), "images.planar_posterior")[::-1, :]
+    rois = {k: read_planar(path_of(masks_raw[f"planar_{k}"]), f"images.masks.planar_{k}") > 0.5 for k in ("lungs", "liver")}
     for name, img in (("planar_anterior", ant), ("planar_posterior", post)):
         if img.shape != ant.shape or not np.all(np.isfinite(img)) or (img < 0).any():
             raise InputError(f"{path_of(images[name])}: images.{name}: counts must be finite, >= 0, on the anterior's grid")
@@ -233,7 +103,7 @@ def _planar_lsf(images, masks_raw, path_of, file: str):
 
 def _spect(path: str, what: str):
     """A SPECT (data, affine) whose counts are finite and non-negative."""
-    img = _load(path, what)
+    img = read_image(path, what)
     if not np.all(np.isfinite(img[0])) or (img[0] < 0).any():
         raise InputError(f"{path}: {what}: counts must be finite and >= 0")
     return img
@@ -317,6 +187,14 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
     def path_of(rel: str) -> str:
         return rel if os.path.isabs(rel) else os.path.join(case_dir, rel)
 
+    ct_path = path_of(images["ct"]) if "ct" in images else None
+
+    def mask(raw, what: str, on, keep: dict | None = None) -> np.ndarray:
+        return read_mask(mask_ref(raw, case_dir, what), what, on, keep, ct_path)
+
+    def ref(raw, what: str = ""):
+        return mask_ref(raw, case_dir, what)
+
     injections = injections or {}
     tumor_injection = tumor_injection or {}
     masks_raw = images.get("masks", {})
@@ -343,30 +221,31 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
     masks: dict[str, np.ndarray] = {}
     for key in ("liver", "perfused", "lungs"):
         if key in masks_raw:
-            masks[key] = _mask(path_of(masks_raw[key]), f"images.masks.{key}", grid, native)
-    territories = {name: _mask(path_of(rel), f"images.masks.injections.{name}", grid, native)
+            masks[key] = mask(masks_raw[key], f"images.masks.{key}", grid, native)
+    territories = {name: mask(rel, f"images.masks.injections.{name}", grid, native)
                    for name, rel in masks_raw.get("injections", {}).items()}
     for name, m in territories.items():
         outer = injections.get(name)
         if outer in territories and (m & ~territories[outer]).any():
-            raise InputError(f"{path_of(masks_raw['injections'][name])}: images.masks.injections.{name}: the "
+            raise InputError(f"{ref(masks_raw['injections'][name]).path}: images.masks.injections.{name}: the "
                              f"territory lies partly outside that of {outer!r}, which it lies within")
     tumor_masks = {}
     for name, rel in masks_raw.get("tumors", {}).items():
         if name not in tumor_names:
             raise InputError(f"{file}: images.masks.tumors.{name}: no tumour named {name!r} in the case")
-        m = tumor_masks[name] = _mask(path_of(rel), f"images.masks.tumors.{name}", grid, native)
+        m = tumor_masks[name] = mask(rel, f"images.masks.tumors.{name}", grid, native)
         home, label = ("perfused", "the perfused mask") if not injections else \
             (tumor_injection.get(name), f"the territory of injection {tumor_injection.get(name)!r}")
         container = masks.get("perfused") if not injections else territories.get(home)
         if container is not None and (m & ~container).any():
-            raise InputError(f"{path_of(rel)}: images.masks.tumors.{name}: the tumour mask lies partly outside {label}")
+            raise InputError(f"{ref(rel).path}: images.masks.tumors.{name}: the tumour mask lies partly outside {label}")
     out: dict[str, Any] = {"volumes_ml": {"tumors": {}}, "tn_ratio": {}, "how": {}, "cv": {}}
     for key in masks:  # volumes on each mask's own grid (its own resolution)
-        out["volumes_ml"][key] = _volume(out, f"volumes_ml.{key}", masks_raw[key], *native[path_of(masks_raw[key])])
+        r = ref(masks_raw[key])
+        out["volumes_ml"][key] = _volume(out, f"volumes_ml.{key}", r.name, *native[r.key])
     for name in tumor_masks:
-        rel = masks_raw["tumors"][name]
-        out["volumes_ml"]["tumors"][name] = _volume(out, f"volumes_ml.tumors.{name}", rel, *native[path_of(rel)])
+        r = ref(masks_raw["tumors"][name])
+        out["volumes_ml"]["tumors"][name] = _volume(out, f"volumes_ml.tumors.{name}", r.name, *native[r.key])
     counts = spects[ref_path][0]
     if "perfused" in masks and tumor_masks:
         normal = masks["perfused"] & ~np.logical_or.reduce(list(tumor_masks.values()))
@@ -388,16 +267,15 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
         what, sp = (f"images.spect_by_injection.{name}", path_of(by_injection[name])) if name in by_injection \
             else (ref_what, ref_path)
         if name in territories:
-            rel = masks_raw["injections"][name]
-            rec["perfused_volume_ml"] = _volume(out, f"injections.{name}.perfused_volume_ml", rel,
-                                                *native[path_of(rel)])
+            r = ref(masks_raw["injections"][name])
+            rec["perfused_volume_ml"] = _volume(out, f"injections.{name}.perfused_volume_ml", r.name, *native[r.key])
         if sp not in spects and (name in territories or "lungs" in masks):
             spects[sp] = _spect(sp, what)
-        on_grid = (lambda rel, w, sp=sp: _mask(path_of(rel), w, (sp, spects[sp]))) if sp != ref_path else None
+        there = (lambda raw, w, sp=sp: mask(raw, w, (sp, spects[sp]))) if sp != ref_path else None
         if name in territories and tumor_masks:
-            terr = territories[name] if on_grid is None else on_grid(masks_raw["injections"][name],
-                                                                     f"images.masks.injections.{name}")
-            inside = {t: (m if on_grid is None else on_grid(masks_raw["tumors"][t], f"images.masks.tumors.{t}"))
+            terr = territories[name] if there is None else there(masks_raw["injections"][name],
+                                                                 f"images.masks.injections.{name}")
+            inside = {t: (m if there is None else there(masks_raw["tumors"][t], f"images.masks.tumors.{t}"))
                       for t, m in tumor_masks.items() if (m & territories[name]).any()}
             if inside:
                 normal = terr & ~np.logical_or.reduce(list(inside.values()))
@@ -410,8 +288,8 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
                         out["cv"][f"injections.{name}.tn_ratios.{t}"] = cv
                         out["how"][f"injections.{name}.tn_ratios.{t}"] = how
         if name in by_injection and "lungs" in masks and "liver" in masks:
-            lungs, liver = (masks["lungs"], masks["liver"]) if on_grid is None else \
-                (on_grid(masks_raw["lungs"], "images.masks.lungs"), on_grid(masks_raw["liver"], "images.masks.liver"))
+            lungs, liver = (masks["lungs"], masks["liver"]) if there is None else \
+                (there(masks_raw["lungs"], "images.masks.lungs"), there(masks_raw["liver"], "images.masks.liver"))
             f, sd, how = _lsf(spects[sp][0], spects[sp][1], sp, what, lungs, liver, margin)
             rec["shunt_fraction"] = f
             out["cv"][f"injections.{name}.shunt_fraction"], out["how"][f"injections.{name}.shunt_fraction"] = sd, how
@@ -424,10 +302,9 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
             out["shunt_fraction"] = f
             out["cv"]["shunt_fraction"] = sd
             out["how"]["shunt_fraction"] = how
-    if "lungs" in masks and "ct" in images:
-        ct_path = path_of(images["ct"])
-        ct = _load(ct_path, "images.ct")
-        hu = _on_grid(ref_path, grid[1], ct_path, ct, "images.ct", order=1, fill=-1000.0)[masks["lungs"]]
+    if "lungs" in masks and ct_path is not None:
+        ct = read_image(ct_path, "images.ct")
+        hu = on_grid(ref_path, grid[1], ct_path, ct, "images.ct", order=1, fill=-1000.0)[masks["lungs"]]
         rho = np.clip(1.0 + hu / 1000.0, 0.0, None)  # g/mL
         mass = float(rho.sum()) * voxel_ml / 1000.0
         cv, lo, hi = _segmentation_cv(masks["lungs"])

@@ -137,6 +137,112 @@ class Phantom:
         return out
 
 
+    def write_seg(self, path: str, ct_series: str) -> str:
+        """Every mask as one segment of a DICOM SEG (highdicom; BINARY, overlapping segments allowed) on the
+        CT series that :meth:`write_dicom` wrote in ``ct_series``; segment labels are the mask names
+        (``liver``, ``tumors.T1``, …), numbered in that order from 1."""
+        import highdicom as hd
+        import pydicom
+        from pydicom.sr.codedict import codes
+
+        source = [pydicom.dcmread(os.path.join(ct_series, f)) for f in sorted(os.listdir(ct_series))]
+        source.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
+        names = list(self.masks)
+        pixels = np.stack([np.transpose(self.masks[k], (2, 1, 0)) for k in names], axis=-1).astype(np.uint8)
+        descriptions = [hd.seg.SegmentDescription(
+            segment_number=n + 1, segment_label=k, segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+            for n, k in enumerate(names)]
+        seg = hd.seg.Segmentation(
+            source_images=source, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=90,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="y90opt", manufacturer_model_name="phantom",
+            software_versions="phantom", device_serial_number="0")
+        seg.save_as(path)
+        return path
+
+    def write_rtstruct(self, path: str, ct_series: str, names: list[str] | None = None) -> str:
+        """The masks ``names`` (default: all) as ROIs of a DICOM RTSTRUCT referencing the CT series of
+        :meth:`write_dicom`: in each axial slice, each row of the mask one run of voxels (true of the phantom's
+        ellipsoids), the contour traced along the voxels' outer edges, so that a voxel's centre lies inside
+        the contour exactly when the voxel is in the mask."""
+        import pydicom
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.sequence import Sequence
+        from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+        from scipy.ndimage import label
+
+        ct = pydicom.dcmread(os.path.join(ct_series, sorted(os.listdir(ct_series))[0]))
+        dx, dy, dz = self.voxel_mm
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = RTStructureSetStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["y90opt-phantom-rtstruct"])
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = RTStructureSetStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientName, ds.PatientID = "RTSTRUCT", ct.PatientName, ct.PatientID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = ct.StudyInstanceUID, generate_uid(entropy_srcs=["y90opt-rs"])
+        ds.FrameOfReferenceUID = ct.FrameOfReferenceUID
+        ds.StructureSetLabel = "phantom"
+        rois, contours = [], []
+        for number, name in enumerate(names or list(self.masks), start=1):
+            roi = Dataset()
+            roi.ROINumber, roi.ROIName, roi.ReferencedFrameOfReferenceUID = number, name, ct.FrameOfReferenceUID
+            roi.ROIGenerationAlgorithm = "MANUAL"
+            rois.append(roi)
+            item = Dataset()
+            item.ReferencedROINumber = number
+            seq = []
+            m = self.masks[name]
+            for k in range(m.shape[2]):
+                parts, n_parts = label(m[:, :, k])  # each connected part of the slice its own contour
+                for part in range(1, n_parts + 1):
+                    blob = parts == part
+                    rows = [j for j in range(m.shape[1]) if blob[:, j].any()]
+                    right, left = [], []
+                    for j in rows:
+                        i = np.flatnonzero(blob[:, j])
+                        if i[-1] - i[0] + 1 != len(i) or rows[-1] - rows[0] + 1 != len(rows):
+                            raise ValueError(f"mask {name}: slice {k} is not one run per row: no outline traced")
+                        right += [(i[-1] + 0.5, j - 0.5), (i[-1] + 0.5, j + 0.5)]
+                        left += [(i[0] - 0.5, j - 0.5), (i[0] - 0.5, j + 0.5)]
+                    pts = right + left[::-1]
+                    c = Dataset()
+                    c.ContourGeometricType, c.NumberOfContourPoints = "CLOSED_PLANAR", len(pts)
+                    c.ContourData = [format(v, ".6g") for a, b in pts for v in (a * dx, b * dy, k * dz)]  # LPS mm
+                    seq.append(c)
+            item.ContourSequence = Sequence(seq)
+            contours.append(item)
+        ds.StructureSetROISequence, ds.ROIContourSequence = Sequence(rois), Sequence(contours)
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        return path
+
+    def write_nrrd(self, folder: str) -> dict[str, str]:
+        """``segmentation.seg.nrrd``, the masks as a 3D Slicer segmentation (one layer per segment, each
+        segment's name, label value 1 and layer in the header; LPS space), and ``tumors.nrrd``, a label map of
+        the tumours (label k + 1 for the k-th), both with pynrrd. Returns name → path."""
+        import nrrd
+
+        os.makedirs(folder, exist_ok=True)
+        dx, dy, dz = self.voxel_mm
+        lps = np.diag([dx, dy, dz])  # voxel (i, j, k) at LPS (i dx, j dy, k dz), as the DICOM series
+        names = list(self.masks)
+        header = {"space": "left-posterior-superior", "kinds": ["list", "domain", "domain", "domain"],
+                  "space directions": np.vstack([np.full(3, np.nan), lps]), "space origin": np.zeros(3)}
+        for n, k in enumerate(names):
+            header.update({f"Segment{n}_Name": k, f"Segment{n}_LabelValue": "1", f"Segment{n}_Layer": str(n)})
+        seg = os.path.join(folder, "segmentation.seg.nrrd")
+        nrrd.write(seg, np.stack([self.masks[k] for k in names]).astype(np.uint8), header)
+        labels = np.zeros(self.spect.shape, np.uint8)
+        for n, k in enumerate(k for k in names if k.startswith("tumors.")):
+            labels[self.masks[k]] = n + 1
+        tumours = os.path.join(folder, "tumors.nrrd")
+        nrrd.write(tumours, labels, {"space": "left-posterior-superior", "space directions": lps,
+                                     "space origin": np.zeros(3), "kinds": ["domain"] * 3})
+        return {"segmentation": seg, "tumors": tumours}
+
+
 def _lps_to_ras(voxel_mm) -> np.ndarray:
     """The NIfTI (RAS) affine of the DICOM series :func:`_write_series` writes (origin 0, axes along LPS)."""
     return np.diag([-voxel_mm[0], -voxel_mm[1], voxel_mm[2], 1.0])
@@ -162,6 +268,8 @@ def _write_series(folder: str, stored: np.ndarray, slope: float, intercept: floa
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.Modality, ds.PatientName, ds.PatientID = "CT", "Phantom^y90opt", "PHANTOM"
+        ds.PatientBirthDate, ds.PatientSex, ds.ReferringPhysicianName = "", "O", ""  # patient and study modules
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20261201", "120000", "1", ""
         ds.SeriesNumber, ds.InstanceNumber = series_number, k + 1
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [0.0, 0.0, float(k * voxel_mm[2])]

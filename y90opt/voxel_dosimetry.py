@@ -71,7 +71,7 @@ def voxel_case(path: str, method: str = "ldm") -> dict[str, Any]:
     import jax.numpy as jnp
 
     from .case import load_case
-    from .imaging import _load, _mask, _on_grid
+    from .image_io import mask_ref, on_grid, read_image, read_mask
     from .outcomes import active_rules
 
     if method != "ldm":
@@ -90,24 +90,27 @@ def voxel_case(path: str, method: str = "ldm") -> dict[str, Any]:
         return rel if os.path.isabs(rel) else os.path.join(base, rel)
 
     spect_path = where(images["spect"])
-    counts, affine = _load(spect_path, "images.spect")
+    counts, affine = read_image(spect_path, "images.spect")
     if not np.all(np.isfinite(counts)) or (counts < 0).any():
         raise InputError(f"{spect_path}: images.spect: counts must be finite and >= 0")
     grid = (spect_path, (counts, affine))
     masks_raw = images.get("masks", {})
     if "perfused" not in masks_raw:
         raise InputError(f"{path}: images.masks.perfused: missing (the territory the liver activity spreads over)")
-    masks = {k: _mask(where(masks_raw[k]), f"images.masks.{k}", grid) for k in ("liver", "perfused", "lungs")
-             if k in masks_raw}
-    tumors = {n: _mask(where(p), f"images.masks.tumors.{n}", grid) for n, p in masks_raw.get("tumors", {}).items()}
+    ct_path = where(images["ct"]) if "ct" in images else None
+
+    def mask(raw, what: str) -> np.ndarray:
+        return read_mask(mask_ref(raw, base, what), what, grid, None, ct_path)
+
+    masks = {k: mask(masks_raw[k], f"images.masks.{k}") for k in ("liver", "perfused", "lungs") if k in masks_raw}
+    tumors = {n: mask(p, f"images.masks.tumors.{n}") for n, p in masks_raw.get("tumors", {}).items()}
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     conv = case.conventions
     density = np.full(counts.shape, conv.tissue_density_g_per_ml)
     density_source = f"the case's tissue density {conv.tissue_density_g_per_ml:g} g/mL"
-    if "ct" in images:
-        ct_path = where(images["ct"])
-        ct = _load(ct_path, "images.ct")
-        hu = _on_grid(spect_path, (counts, affine), ct_path, ct, "images.ct", order=1, fill=np.nan)
+    if ct_path is not None:
+        ct = read_image(ct_path, "images.ct")
+        hu = on_grid(spect_path, (counts, affine), ct_path, ct, "images.ct", order=1, fill=np.nan)
         density = np.clip(1.0 + hu / 1000.0, 0.0, None)
         density_source = "the CT, 1 + HU/1000 g/mL"
         inside = np.zeros(counts.shape, bool)
