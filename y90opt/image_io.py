@@ -108,16 +108,19 @@ def read_series(folder: str, what: str):
     return vol, LPS_TO_RAS @ lps
 
 
-def read_image(path: str, what: str):
+def read_image(path: str, what: str, dtype=np.float64):
+    """An image (NIfTI file or DICOM series folder) as (array of ``dtype``, RAS affine); a CT may be read as
+    float32 (HU are integers, exact in float32) to hold half the memory."""
     import nibabel as nib
 
     if os.path.isdir(path):
-        return read_series(path, what)
+        data, affine = read_series(path, what)
+        return data.astype(dtype, copy=False), affine
     if not os.path.isfile(path):
         raise InputError(f"{path}: {what}: no such image file")
     try:
         img = nib.load(path)
-        data = np.asarray(img.get_fdata(dtype=np.float64))
+        data = np.asarray(img.get_fdata(dtype=dtype))
     except Exception as e:  # noqa: BLE001 - any unreadable file is this file's error, one line
         raise InputError(f"{path}: {what}: not a readable NIfTI image ({type(e).__name__}: {e})") from None
     if data.ndim != 3:
@@ -158,7 +161,7 @@ def on_grid(ref_path: str, ref, path: str, img, what: str, order: int, fill: flo
         raise InputError(f"{path}: {what}: the image's affine is singular (no voxel geometry)") from None
     idx = np.indices(dr.shape, dtype=np.float64).reshape(3, -1)
     coords = to_img[:3, :3] @ idx + to_img[:3, 3:4]
-    out = map_coordinates(di, coords, order=order, mode="constant", cval=fill, prefilter=False)
+    out = map_coordinates(np.asarray(di, dtype=np.float64), coords, order=order, mode="constant", cval=fill, prefilter=False)
     return out.reshape(dr.shape)
 
 
@@ -316,7 +319,7 @@ def read_mask(ref: MaskRef, what: str, grid, native: dict | None = None, ct_path
     mask_native, aff = read_mask_image(ref, what, ct_path)
     if native is not None:
         native[ref.key] = (mask_native, abs(float(np.linalg.det(aff[:3, :3]))) / 1000.0)
-    m = on_grid(grid[0], grid[1], ref.path, (mask_native.astype(np.float64), aff), what, order=0, fill=0.0) > 0.5
+    m = on_grid(grid[0], grid[1], ref.path, (mask_native, aff), what, order=0, fill=0.0) > 0.5
     if not m.any():
         raise InputError(f"{ref.path}: {what}: the mask does not overlap the SPECT's field ({grid[0]})")
     return m

@@ -303,8 +303,8 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
             out["cv"]["shunt_fraction"] = sd
             out["how"]["shunt_fraction"] = how
     if "lungs" in masks and ct_path is not None:
-        ct = read_image(ct_path, "images.ct")
-        hu = on_grid(ref_path, grid[1], ct_path, ct, "images.ct", order=1, fill=-1000.0)[masks["lungs"]]
+        ct = read_image(ct_path, "images.ct", np.float32)
+        hu = on_grid(ref_path, grid[1], ct_path, ct, "images.ct", order=1, fill=-1000.0)[masks["lungs"]].astype(np.float64)
         rho = np.clip(1.0 + hu / 1000.0, 0.0, None)  # g/mL
         mass = float(rho.sum()) * voxel_ml / 1000.0
         cv, lo, hi = _segmentation_cv(masks["lungs"])

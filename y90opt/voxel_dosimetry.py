@@ -109,8 +109,9 @@ def voxel_case(path: str, method: str = "ldm") -> dict[str, Any]:
     density = np.full(counts.shape, conv.tissue_density_g_per_ml)
     density_source = f"the case's tissue density {conv.tissue_density_g_per_ml:g} g/mL"
     if ct_path is not None:
-        ct = read_image(ct_path, "images.ct")
-        hu = on_grid(spect_path, (counts, affine), ct_path, ct, "images.ct", order=1, fill=np.nan)
+        ct = read_image(ct_path, "images.ct", np.float32)
+        hu = np.asarray(on_grid(spect_path, (counts, affine), ct_path, ct, "images.ct", order=1, fill=np.nan),
+                        dtype=np.float64)
         density = np.clip(1.0 + hu / 1000.0, 0.0, None)
         density_source = "the CT, 1 + HU/1000 g/mL"
         inside = np.zeros(counts.shape, bool)
