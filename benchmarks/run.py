@@ -955,8 +955,14 @@ class Bench:
                     m = measure_case(os.path.join(d, "case.toml"))["measurements"]
                     row["lsf_by_margin_mm"][margin] = m["shunt_fraction"]
                     row["tn_ratio"] = m["tn_ratio"]
+                if fwhm is not None:  # the partial-volume correction of T:N at the SPECT's own resolution
+                    with open(os.path.join(d, "case.toml"), "w") as fh:
+                        fh.write(PHANTOM_CASE.replace('spect = "spect.nii.gz"',
+                                                      f'spect = "spect.nii.gz"\nspect_fwhm_mm = {fwhm}'))
+                    row["tn_ratio_pvc"] = measure_case(os.path.join(d, "case.toml"))["measurements"]["tn_ratio"]
                 rows.append(row)
-                log(f"lungs at {lung_height} n, FWHM {fwhm}: LSF by band {row['lsf_by_margin_mm']}, T:N {row['tn_ratio']}")
+                log(f"lungs at {lung_height} n, FWHM {fwhm}: LSF by band {row['lsf_by_margin_mm']}, T:N {row['tn_ratio']}"
+                    f", corrected {row.get('tn_ratio_pvc')}")
         out["spect_resolution"] = rows
         self.res["sections"]["measure"] = out
 

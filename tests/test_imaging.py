@@ -429,3 +429,42 @@ def test_bad_mask_files_are_one_line(dicom_phantom):
     (folder / "bad.toml").write_text(text, encoding="utf-8")
     code, err = _run(["measure", str(folder / "bad.toml")])
     assert code == 2 and "give images.ct" in err
+
+
+@pytest.mark.parametrize("radius_mm,fwhm_mm", [(4.0, 12.0), (10.0, 12.0), (6.0, 14.0), (20.0, 12.0)])
+def test_sphere_recovery_closed_form_equals_a_numerical_convolution(radius_mm, fwhm_mm):
+    """The recovery coefficient's closed form against scipy's Gaussian filter of a sphere voxelised at 0.5 mm."""
+    from scipy.ndimage import gaussian_filter
+
+    from y90opt.imaging import sphere_recovery
+
+    h = 0.5
+    n = int(2 * (radius_mm + 3 * fwhm_mm) / h) | 1
+    idx = (np.indices((n, n, n)) - n // 2) * h
+    sphere = (idx ** 2).sum(axis=0) <= radius_mm ** 2
+    blurred = gaussian_filter(sphere.astype(float), sigma=fwhm_mm / h / (2 * np.sqrt(2 * np.log(2))), mode="constant",
+                              truncate=5.0)
+    assert sphere_recovery(float(sphere.sum()) * h ** 3 / 1000.0, fwhm_mm) == pytest.approx(blurred[sphere].mean(),
+                                                                                             abs=2e-4)
+
+
+def test_partial_volume_correction_recovers_the_small_tumours_tn(tmp_path):
+    """A 12 mm FWHM SPECT (no noise) reads the 7.2 and 2.2 mL tumours' T:N 28-32 % low; with spect_fwhm_mm the
+    sphere recovery coefficient and the interior normal tissue bring them within 2 % of the truth."""
+    ph = make_phantom(n=64, voxel_mm=4.0, lsf=0.07, counts_per_voxel=400.0, fwhm_mm=12.0)
+    ph.write_nifti(str(tmp_path))
+    plain, corrected = tmp_path / "plain.toml", tmp_path / "pvc.toml"
+    plain.write_text(CASE, encoding="utf-8")
+    corrected.write_text(CASE.replace('spect = "spect.nii.gz"', 'spect = "spect.nii.gz"\nspect_fwhm_mm = 12'),
+                         encoding="utf-8")
+    a = y90opt.measure(plain)
+    b = y90opt.measure(corrected)
+    for name, true in ph.truth["tn_ratio"].items():
+        assert a["measurements"]["tn_ratio"][name] < 0.75 * true
+        assert b["measurements"]["tn_ratio"][name] == pytest.approx(true, rel=0.02)
+    assert "corrected for partial volume" in b["text"] and "recovery coefficient" in b["text"]
+    for bad in ("0", "-3", '"12"'):
+        (tmp_path / "bad.toml").write_text(CASE.replace('spect = "spect.nii.gz"',
+                                                        f'spect = "spect.nii.gz"\nspect_fwhm_mm = {bad}'), encoding="utf-8")
+        code, err = _run(["measure", str(tmp_path / "bad.toml")])
+        assert code == 2 and "images.spect_fwhm_mm" in err

@@ -814,7 +814,8 @@ def _parse_treatment(r: _Reader, doc: dict, tumors: list[Tumor], lsf: Spec | Non
     return tuple(sessions), tuple(injections)
 
 
-_IMAGES = {"ct", "spect", "masks", "spect_by_injection", "planar_anterior", "planar_posterior", "lung_base_margin_mm"}
+_IMAGES = {"ct", "spect", "masks", "spect_by_injection", "planar_anterior", "planar_posterior", "lung_base_margin_mm",
+           "spect_fwhm_mm"}
 _MASKS = {"liver", "lungs", "perfused", "tumors", "injections", "planar_liver", "planar_lungs"}
 
 
@@ -830,6 +831,10 @@ def _check_images(r: _Reader, raw: Any) -> None:
         margin = r.number(raw["lung_base_margin_mm"], "images.lung_base_margin_mm")
         if not 0.0 <= margin <= 100.0:
             raise r.fail("images.lung_base_margin_mm", f"{margin:g} mm: expected 0 to 100 mm")
+    if "spect_fwhm_mm" in raw:
+        fwhm = r.number(raw["spect_fwhm_mm"], "images.spect_fwhm_mm")
+        if not 0.0 < fwhm <= 40.0:
+            raise r.fail("images.spect_fwhm_mm", f"{fwhm:g} mm: expected a SPECT resolution above 0 and at most 40 mm")
     masks = r.table(raw.get("masks", {}), "images.masks", _MASKS)
 
     def mask(v: Any, field: str) -> None:  # a path, or { file = "…", label = <integer or name> }

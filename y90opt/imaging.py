@@ -119,10 +119,49 @@ def _volume(out: dict, key: str, rel: str, native_mask: np.ndarray, voxel_ml: fl
     return v
 
 
-def _tn_ratios(counts, spect_path: str, what: str, normal: np.ndarray, tumours: dict[str, np.ndarray],
-               where: str) -> dict[str, tuple[float, float, str]]:
+def sphere_recovery(volume_ml: float, fwhm_mm: float) -> float:
+    """The recovery coefficient of a uniform sphere of ``volume_ml`` imaged with an isotropic Gaussian of
+    ``fwhm_mm``: the mean of the blurred sphere over the sphere, for a unit concentration and no background.
+
+    The blurred sphere at radius r (R its radius, σ = FWHM / (2 √(2 ln 2))) is
+    f(r) = ½[erf((R − r)/(√2 σ)) + erf((R + r)/(√2 σ))] − σ/(r √(2π)) [e^{−(R−r)²/2σ²} − e^{−(R+r)²/2σ²}]
+    (the convolution of the sphere's indicator with the Gaussian, in closed form; at r = 0 it is the chance that
+    a 3-D Gaussian vector lies within R), and RC = 3/R³ ∫₀^R f(r) r² dr (Gauss–Legendre, 64 nodes)."""
+    from scipy.special import erf
+
+    radius = (3.0 * volume_ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+    sigma = fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    x, w = np.polynomial.legendre.leggauss(64)
+    r = 0.5 * radius * (x + 1.0)
+    a, b = (radius - r) / (math.sqrt(2.0) * sigma), (radius + r) / (math.sqrt(2.0) * sigma)
+    f = 0.5 * (erf(a) + erf(b)) - sigma / (r * math.sqrt(2.0 * math.pi)) * (np.exp(-a * a) - np.exp(-b * b))
+    return float(3.0 / radius ** 3 * 0.5 * radius * np.sum(w * f * r * r))
+
+
+def _tn_ratios(counts, affine, spect_path: str, what: str, normal: np.ndarray, tumours: dict[str, np.ndarray],
+               where: str, fwhm_mm: float | None = None) -> dict[str, tuple[float, float, str]]:
     """T:N of each tumour on one SPECT: its mean count concentration over that of ``normal`` (the territory less
-    every tumour), with its CV (Poisson counts and the MAA-to-Y-90 mismatch) and how it was obtained."""
+    every tumour), with its CV (Poisson counts and the MAA-to-Y-90 mismatch) and how it was obtained.
+
+    With ``fwhm_mm`` (the SPECT's resolution) the ratio is corrected for partial volume by the recovery
+    coefficient RC of a sphere of the tumour's volume (:func:`sphere_recovery`), the tumour taken as
+    surrounded by normal tissue: measured = RC · T:N + (1 − RC), so T:N = (measured − (1 − RC)) / RC; the
+    Poisson part of the CV grows by measured / (measured − (1 − RC)). The normal concentration is then taken
+    in the normal tissue farther than one FWHM from the territory's edge and from every tumour (blur lowers it
+    near the edge and raises it near a tumour)."""
+    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+    if fwhm_mm is not None:
+        from scipy.ndimage import distance_transform_edt
+
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        tumour_any = np.logical_or.reduce(list(tumours.values()))
+        far_edge = distance_transform_edt(normal | tumour_any, sampling=spacing) > fwhm_mm
+        far_tumour = distance_transform_edt(~tumour_any, sampling=spacing) > fwhm_mm
+        interior = normal & far_edge & far_tumour
+        if not interior.any():
+            raise InputError(f"{spect_path}: images.spect_fwhm_mm: no normal tissue of {where} lies farther than "
+                             f"{fwhm_mm:g} mm from its edge and from the tumours: no partial-volume correction")
+        normal = interior
     n_normal = float(counts[normal].sum())
     if n_normal <= 0:
         raise InputError(f"{spect_path}: {what}: no counts in the normal tissue of {where}")
@@ -134,9 +173,22 @@ def _tn_ratios(counts, spect_path: str, what: str, normal: np.ndarray, tumours: 
             raise InputError(f"{spect_path}: {what}: no counts in tumour {name}'s mask: its T:N cannot be measured")
         tn = (n_t / m.sum()) / c_normal
         poisson = math.sqrt(1.0 / n_t + 1.0 / n_normal)
+        pvc = ""
+        if fwhm_mm is not None:
+            rc = sphere_recovery(float(m.sum()) * voxel_ml, fwhm_mm)
+            corrected = (tn - (1.0 - rc)) / rc
+            if corrected <= 0.0:
+                raise InputError(f"{spect_path}: images.spect_fwhm_mm: tumour {name}'s measured T:N {tn:.3g} is below "
+                                 f"what a {fwhm_mm:g} mm SPECT shows of a tumour without uptake (RC {rc:.2f}): no "
+                                 "partial-volume correction exists for it")
+            poisson *= tn / (tn - (1.0 - rc))
+            pvc = (f", corrected for partial volume from {tn:.3f} by the recovery coefficient {rc:.3f} of a sphere of "
+                   f"its volume at {fwhm_mm:g} mm FWHM in normal tissue (the normal concentration taken over "
+                   f"{int(normal.sum())} voxels farther than {fwhm_mm:g} mm from the edge and the tumours)")
+            tn = corrected
         cv = math.sqrt(math.expm1(TN_MISMATCH_SIGMA_LN ** 2) + poisson ** 2)
-        out[name] = (tn, cv, f"mean counts in the tumour / in the normal tissue of {where} on {os.path.basename(spect_path)}; "
-                             f"CV {cv:.3f}: Poisson {poisson:.4f} with the MAA-to-Y-90 mismatch (sigma_ln "
+        out[name] = (tn, cv, f"mean counts in the tumour / in the normal tissue of {where} on {os.path.basename(spect_path)}"
+                             f"{pvc}; CV {cv:.3f}: Poisson {poisson:.4f} with the MAA-to-Y-90 mismatch (sigma_ln "
                              f"{TN_MISMATCH_SIGMA_LN:g}, Kafrouni et al. 2019)")
     return out
 
@@ -247,10 +299,11 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
         r = ref(masks_raw["tumors"][name])
         out["volumes_ml"]["tumors"][name] = _volume(out, f"volumes_ml.tumors.{name}", r.name, *native[r.key])
     counts = spects[ref_path][0]
+    fwhm = float(images["spect_fwhm_mm"]) if "spect_fwhm_mm" in images else None
     if "perfused" in masks and tumor_masks:
         normal = masks["perfused"] & ~np.logical_or.reduce(list(tumor_masks.values()))
-        for name, (tn, cv, how) in _tn_ratios(counts, ref_path, ref_what, normal, tumor_masks,
-                                                "the perfused territory").items():
+        for name, (tn, cv, how) in _tn_ratios(counts, affine, ref_path, ref_what, normal, tumor_masks,
+                                                "the perfused territory", fwhm).items():
             out["tn_ratio"][name], out["cv"][f"tn_ratio.{name}"], out["how"][f"tn_ratio.{name}"] = tn, cv, how
     margin = float(images.get("lung_base_margin_mm", 0.0))
     if "lungs" in masks and "liver" in masks and "spect" in images:
@@ -279,8 +332,8 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
                       for t, m in tumor_masks.items() if (m & territories[name]).any()}
             if inside:
                 normal = terr & ~np.logical_or.reduce(list(inside.values()))
-                for t, (tn, cv, how) in _tn_ratios(spects[sp][0], sp, what, normal, inside,
-                                                    f"injection {name!r}'s territory").items():
+                for t, (tn, cv, how) in _tn_ratios(spects[sp][0], spects[sp][1], sp, what, normal, inside,
+                                                    f"injection {name!r}'s territory", fwhm).items():
                     if tumor_injection.get(t) == name:  # the tumour's own injection: its T:N
                         out["tn_ratio"][t], out["cv"][f"tn_ratio.{t}"], out["how"][f"tn_ratio.{t}"] = tn, cv, how
                     elif spect_of(tumor_injection.get(t)) != sp:  # another MAA study: this injection's own T:N
