@@ -1,22 +1,24 @@
 """From images to a case (``y90opt measure``): volumes, T:N, lung shunt and lung mass, with the uncertainty the
 images imply.
 
-Images are read with nibabel (NIfTI; its affine is the geometry) or, for a folder, pydicom (a DICOM series
-of single-frame slices; the affine built from its orientation, spacing and positions, LPS turned into RAS).
-Every measurement is made on the SPECT's grid: a mask or a CT on another grid is resampled onto it through both
-affines (nearest neighbour for masks, trilinear for CT numbers, :func:`_on_grid`); an image on another grid
-without a spatial transform is an error naming both files. Measurements, on the case's ``[images]``:
+Images and masks are read by :mod:`y90opt.image_io` (NIfTI, DICOM series, NRRD, DICOM SEG, RTSTRUCT). Every
+measurement but the volumes is made on the SPECT's grid: a mask or a CT on another grid is resampled onto it
+through both affines (nearest neighbour for masks, trilinear for CT numbers, :func:`image_io.on_grid`); an
+image on another grid without a spatial transform is an error naming both files. With several injections
+each territory has its mask and may have its own MAA SPECT. Measurements, on the case's ``[images]``:
 
 * volumes: voxel count × voxel volume of each mask (a voxel is in or out: no partial voxels);
-* T:N: mean SPECT count concentration in the tumour over that in the normal perfused tissue (perfused mask
-  less every tumour mask);
+* T:N: mean SPECT count concentration in the tumour over that in the normal perfused tissue (perfused mask, or
+  the injection's territory, less every tumour mask); with ``spect_fwhm_mm``, corrected for partial volume
+  (:func:`sphere_recovery`, :func:`_tn_ratios`);
 * lung shunt fraction: lung counts / (lung + liver counts) on the SPECT (the lungs must be in its field), else
   from planar anterior and posterior views: the geometric mean of the two views' counts in each ROI (the planar
   method overestimates the delivered shunt, domain reference §5: its SD is used, its bias is not applied);
+  with ``lung_base_margin_mm``, the lung within that distance of the liver left out (:func:`_lsf`);
 * lung mass: Σ voxel volume × density over the lung mask, density ρ = 1 + HU/1000 g/mL from the CT (Kao et
   al., "Lung shunt fraction ... and lung mass", 2014: mass from CT densities rather than the 1 kg
   assumption); HU from the NIfTI's scaling (slope and intercept);
-* hepatic reserve: 1 − perfused / whole liver.
+* hepatic reserve: 1 − perfused (all territories) / whole liver.
 
 Uncertainty (each written as a comment in the completed case):
 
