@@ -967,9 +967,10 @@ class Bench:
         self.res["sections"]["measure"] = out
 
     def voxel(self) -> None:
-        """Local-deposition dose maps of 64³, 128³ and 256³ phantoms (JAX, jit, warm) against the same formula in
-        numpy (the same-run baseline), the DVH and VOI metrics of every VOI against the dose's time, and how far
-        the LDM tumour and normal-perfused means are from the phantom's analytic partition-model doses."""
+        """Local-deposition and dose-voxel-kernel maps of 64³, 128³ and 256³ phantoms (JAX, jit, warm) against the
+        same formula in numpy and scipy's fftconvolve (the same-run baselines), the DVH and VOI metrics of every
+        VOI against the dose's time, and how far each model's tumour and normal means are from the phantom's
+        analytic doses (the partition model; a sphere's absorbed fraction)."""
         import jax
 
         from y90opt.voxel_dosimetry import ldm_dose
@@ -982,7 +983,7 @@ class Bench:
         import jax.numpy as jnp
 
         from y90opt.phantoms import make_phantom
-        from y90opt.voxel_dosimetry import dvh, voi_metrics
+        from y90opt.voxel_dosimetry import voi_summaries
 
         ph = make_phantom(n=n, voxel_mm=4.0 * 64 / n, lsf=0.06)
         act = ph.spect / ph.spect[ph.masks["perfused"]].sum() * 2.0  # 2 GBq over the perfused territory
@@ -992,10 +993,9 @@ class Bench:
         a, r = jnp.asarray(act, jnp.float32), jnp.asarray(rho, jnp.float32)
         t = timing.time_call(lambda: f(a, r, v_ml, 50.0), repeats=self.repeats(10**5))
         tn = timing.time_call(lambda: 50.0 * act / (rho * v_ml / 1000.0), repeats=3)
-        dose = np.asarray(f(a, r, v_ml, 50.0), dtype=np.float64)
+        dose = np.asarray(f(a, r, v_ml, 50.0))  # float32, as voxel keeps it
         edges = np.linspace(0, dose.max(), 400)
-        td = timing.time_call(lambda: [(voi_metrics(dose, m, (120.0, 205.0)), dvh(dose, m, edges))
-                                       for m in ph.masks.values()], repeats=3)
+        td = timing.time_call(lambda: voi_summaries(dose, ph.masks, (120.0, 205.0), edges), repeats=3)
         normal = ph.masks["perfused"] & ~ph.masks["tumors.T1"] & ~ph.masks["tumors.T2"]
 
         def ml(m):
@@ -1011,6 +1011,44 @@ class Bench:
         log(f"voxel LDM {n}³: jax {t.median_s * 1e3:.1f} ms, numpy {tn.median_s * 1e3:.1f} ms "
             f"(x{tn.median_s / t.median_s:.2f}); metrics+DVH of {len(ph.masks)} VOIs {td.median_s * 1e3:.0f} ms; "
             f"LDM vs partition: normal {row['normal_rel_diff']:.2e}, T1 {row['tumour_T1_rel_diff']:.2e}")
+        # the dose-voxel kernel (Loevinger's approximation at the phantom's voxel size) by jnp.fft, against scipy's
+        # fftconvolve of the same float32 arrays; the tumour's mean against the closed form for a sphere in a
+        # uniform background, d_N (1 + (T:N − 1) φ(R)), φ the sphere's absorbed fraction
+        import jax
+        from scipy.signal import fftconvolve
+
+        from y90opt.kernels import loevinger_kernel, sphere_absorbed_fraction, voxel_kernel
+        from y90opt.voxel_dosimetry import kernel_dose
+
+        side = 4.0 * 64 / n
+        radial = loevinger_kernel().scaled_to(1.03)
+        tk = timing.time_call(lambda: voxel_kernel(radial, (side,) * 3), repeats=1)
+        kern = voxel_kernel(radial, (side,) * 3)
+        energy = (50.0 * act).astype(np.float32)
+        e, k32 = jnp.asarray(energy), jnp.asarray(kern, jnp.float32)
+        fk = jax.jit(kernel_dose, static_argnums=(3,))
+        tkj = timing.time_call(lambda: fk(e, k32, r, v_ml), repeats=self.repeats(10**5))
+        tks = timing.time_call(lambda: fftconvolve(energy, kern.astype(np.float32), mode="same") / (rho * v_ml / 1000.0),
+                               repeats=3)
+        kd = np.asarray(fk(e, k32, r, v_ml))
+        tdk = timing.time_call(lambda: voi_summaries(kd, ph.masks, (120.0, 205.0), edges), repeats=3)
+        t1 = ph.masks["tumors.T1"]
+        r_t1 = (3 * ml(t1) * 1000.0 / (4 * np.pi)) ** (1 / 3)
+        d_t1 = d_n * (1.0 + 3.0 * sphere_absorbed_fraction(radial, r_t1))
+        from scipy.ndimage import distance_transform_edt
+
+        interior = normal & (distance_transform_edt(normal, sampling=side) > 12.0)  # beyond the beta range
+        row.update({"kernel_shape": list(kern.shape), "kernel_build_s": tk.median_s, "kernel_jax": tkj.as_dict(n**3),
+                    "kernel_scipy": tks.as_dict(n**3), "kernel_ratio_to_scipy": tks.median_s / tkj.median_s,
+                    "kernel_metrics_and_dvh_s": tdk.median_s, "dvh_share_of_kernel_time": tdk.median_s / tkj.median_s,
+                    "kernel_normal_interior_rel_diff": float(kd[interior].mean() / (d_n * radial.total) - 1),
+                    "kernel_tumour_T1_rel_diff": float(kd[t1].mean() / d_t1 - 1),
+                    "tumour_T1_sphere_absorbed_fraction": sphere_absorbed_fraction(radial, r_t1)})
+        log(f"voxel kernel {n}³ ({side:g} mm, kernel {kern.shape[0]}³ built in {tk.median_s:.2f} s): jax "
+            f"{tkj.median_s * 1e3:.0f} ms, scipy fftconvolve {tks.median_s * 1e3:.0f} ms (x{tks.median_s / tkj.median_s:.2f}); "
+            f"metrics+DVH {tdk.median_s * 1e3:.0f} ms ({100 * tdk.median_s / tkj.median_s:.0f} % of the convolution); "
+            f"interior normal {row['kernel_normal_interior_rel_diff']:.2e}, T1 vs sphere closed form "
+            f"{row['kernel_tumour_T1_rel_diff']:.2e}")
         return row
 
     def chunk_sweep(self) -> None:

@@ -467,14 +467,16 @@ def measure(case: str | os.PathLike) -> dict[str, Any]:
 
 
 def voxel(case: str | os.PathLike, *, method: str = "ldm", out: str | os.PathLike | None = None,
-          case_out: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The absorbed-dose map of a case with ``[images]`` at its ``[plan]`` decision (local deposition), its VOI
+          case_out: str | os.PathLike | None = None, kernel: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The absorbed-dose map of a case with ``[images]`` at its ``[plan]`` decision (local deposition, or with
+    ``method="kernel"`` the dose-voxel kernel from the radial kernel table ``kernel``, else Loevinger's
+    approximation; ``res["kernel"]`` says which, its self-voxel share and the energy absorbed), its VOI
     metrics (``vois``: mean, D50/D70/D90/D95, V at the scenario's thresholds) and DVH; with ``out``, writes
     ``dose.nii.gz``, ``dvh.csv`` and ``dvh.png`` there; with ``case_out``, writes the case with each tumour's
     ``d70_ratio`` (so that rules may name ``tumors_d70``). See :mod:`y90opt.voxel_dosimetry`."""
     from .voxel_dosimetry import case_with_d70, voxel_case, write_voxel_outputs
 
-    res = voxel_case(os.fspath(case), method=method)
+    res = voxel_case(os.fspath(case), method=method, kernel_file=None if kernel is None else os.fspath(kernel))
     if out is not None:
         res["files"] = write_voxel_outputs(res, os.fspath(out))
     if case_out is not None:

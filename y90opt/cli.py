@@ -173,10 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", metavar="OUT.toml", default=None, help="write the completed case (never the input)")
     sp.add_argument("--json", action="store_true", help="print the measurements as JSON")
 
-    sp = add("voxel", "the absorbed-dose map at [plan] from the case's [images] (local deposition), VOI metrics and DVH",
+    sp = add("voxel", "the absorbed-dose map at [plan] from the case's [images] (local deposition or a dose-voxel kernel), "
+             "VOI metrics and DVH",
              "y90opt voxel measured.toml --out voxel/")
     sp.add_argument("case")
-    sp.add_argument("--method", choices=("ldm", "kernel"), default="ldm", help="ldm (the kernel is not shipped yet)")
+    sp.add_argument("--method", choices=("ldm", "kernel"), default="ldm",
+                    help="ldm: local deposition; kernel: dose-voxel kernel convolution")
+    sp.add_argument("--kernel", metavar="TABLE.csv", default=None,
+                    help="a radial Y-90 kernel table for --method kernel (r_mm,fraction with '# source:', or a Graves "
+                         "et al. 2019 radial dose file); default Loevinger's approximation")
     sp.add_argument("--out", metavar="DIR", default=None, help="dose.nii.gz, dvh.csv and dvh.png")
     sp.add_argument("--case-out", metavar="OUT.toml", default=None, help="the case with each tumour's d70_ratio")
     sp.add_argument("--json", action="store_true", help="print JSON")
@@ -368,15 +373,19 @@ def cmd_voxel(args) -> int:
     from .textout import dumps, table
 
     out_dir = _output_dir(args.out, [args.case], ("dose.nii.gz", "dose_rtdose.dcm", "dvh.csv", "dvh.png")) if args.out else None
-    res = api.voxel(args.case, method=args.method, out=out_dir, case_out=args.case_out)
+    res = api.voxel(args.case, method=args.method, out=out_dir, case_out=args.case_out, kernel=args.kernel)
     summary = {k: res[k] for k in ("case", "method", "hours_after_calibration", "vial_at_treatment_gbq", "activity_gbq",
-                                   "density", "voxel_ml", "vois", "thresholds_gy")}
+                                   "density", "voxel_ml", "vois", "thresholds_gy", "kernel")}
     if args.json:
         print(dumps(summary))
         return 0
     rows = [(k, v["mean_gy"], v["d50_gy"], v["d70_gy"], v["d90_gy"], v["d95_gy"]) for k, v in res["vois"].items() if k != "tumors"]
     rows += [(f"tumors.{n}", v["mean_gy"], v["d50_gy"], v["d70_gy"], v["d90_gy"], v["d95_gy"]) for n, v in res["vois"]["tumors"].items()]
     print(f"case {res['case']!r}: {res['method']} dose at {res['hours_after_calibration']:.1f} h, density from {res['density']}")
+    if res["kernel"] is not None:
+        k = res["kernel"]
+        print(f"kernel: {k['source']}; {k['shape'][0]}x{k['shape'][1]}x{k['shape'][2]} voxels, self-voxel share "
+              f"{k['self_voxel_share']:.4f}; {100 * k['absorbed_share']:.2f} % of the emitted energy absorbed on the grid")
     print(table(rows, header=("VOI", "mean Gy", "D50", "D70", "D90", "D95")))
     if out_dir:
         print(f"\ndose map, DVH table and figure written to {out_dir}")

@@ -5,16 +5,26 @@ residual, each once), to the liver A (1 − F) and to the lungs A F (F the lung 
 The liver activity is spread over the perfused mask in proportion to the 99mTc-MAA SPECT counts, the lung
 activity over the lung mask in proportion to its counts (uniformly where it has none).
 
-Dose: **local deposition (LDM)**: every voxel keeps the energy of its decays, D = K · A_voxel / m_voxel with K
-the case's dose constant (Gy·kg/GBq) and m_voxel = ρ · V_voxel, ρ from the CT (1 + HU/1000 g/mL) when the
-case names one, else the case's tissue density. Pure JAX (jit), the same code on CPU and GPU. With a uniform
-density, the LDM mean over the normal perfused tissue and over each tumour equals the partition model for the
-same counts exactly (``tests/test_voxel.py``).
+Dose: each voxel emits the energy of its decays, E = K · A_voxel (K the case's dose constant, Gy·kg/GBq = J
+per GBq fully decayed), and D = E_absorbed / m_voxel with m_voxel = ρ · V_voxel, ρ from the CT (1 + HU/1000
+g/mL) when the case names one, else the case's tissue density. Two models of where the energy is absorbed:
 
-Outputs: the dose map as NIfTI and as a DICOM RT Dose (for the clinic's viewers).
+* **local deposition (LDM)**: in the voxel that emits it. With a uniform density, the LDM mean over the normal
+  perfused tissue and over each tumour equals the partition model for the same counts exactly
+  (``tests/test_voxel.py``);
+* **dose-voxel kernel** (``method="kernel"``): E convolved with the dose-voxel kernel of the image's own voxel
+  size (:func:`y90opt.kernels.voxel_kernel`, from a radial kernel: a published table given by the user, or
+  Loevinger's approximation), by FFT (``jnp.fft``; zero padding, no wrap-around). The kernel is the soft-tissue
+  kernel with its ranges scaled to the case's tissue density; where the CT's density differs from it, the
+  energy is redistributed as in soft tissue and divided by the voxel's own mass (local mass scaling): the
+  lungs' mean dose is then the energy they absorb over their CT mass, as the lung-dose formula assumes, but
+  the longer beta range in lung (about 1/ρ) is not modelled. Voxels of air (ρ < 0.05 g/mL, outside every
+  mask) are given no dose.
 
-Not available yet: the dose-voxel-kernel convolution (it needs a published Y-90 kernel table whose licence
-allows shipping it), several injections, voxel-level uncertainty.
+Both are pure JAX (jit), the same code on CPU and GPU. Outputs: the dose map as NIfTI and as a DICOM RT Dose
+(for the clinic's viewers).
+
+Not available yet: several injections, voxel-level uncertainty.
 
 Metrics per VOI: mean, Dx (the dose at least x % of the VOI receives: D50, D70, D90, D95) and Vx (the share
 of the VOI receiving at least x Gy, x from the scenario's rule thresholds), and the cumulative DVH.
@@ -43,28 +53,86 @@ def ldm_dose(activity_gbq, density_g_per_ml, voxel_ml: float, k_gy_kg_per_gbq: f
     return k_gy_kg_per_gbq * activity_gbq / mass_kg
 
 
+def fft_convolve(x, kernel):
+    """``x`` convolved with an odd-sized ``kernel`` centred on its middle, on ``x``'s grid ('same', zero padding,
+    as ``scipy.signal.fftconvolve(x, kernel, mode="same")``). Pure JAX (jit with static shapes)."""
+    import jax.numpy as jnp
+    from scipy.fft import next_fast_len
+
+    full = [int(n + k - 1) for n, k in zip(x.shape, kernel.shape, strict=True)]
+    size = [next_fast_len(n, real=True) for n in full]
+    spectrum = jnp.fft.rfftn(x, s=size) * jnp.fft.rfftn(kernel, s=size)
+    y = jnp.fft.irfftn(spectrum, s=size)
+    start = [(k - 1) // 2 for k in kernel.shape]
+    return y[start[0]:start[0] + x.shape[0], start[1]:start[1] + x.shape[1], start[2]:start[2] + x.shape[2]]
+
+
+def kernel_dose(energy_j, kernel, density_g_per_ml, voxel_ml: float):
+    """Dose [Gy] per voxel from the energy each voxel emits [J] convolved with the dose-voxel kernel, divided by
+    the voxel's mass; no dose in air (ρ < 0.05 g/mL). Pure JAX (jit-compatible)."""
+    import jax.numpy as jnp
+
+    absorbed = jnp.maximum(fft_convolve(energy_j, kernel), 0.0)  # float32 FFT round-off leaves ±1e-7 of the peak
+    mass_kg = jnp.maximum(density_g_per_ml, 1e-6) * voxel_ml / 1000.0
+    return jnp.where(density_g_per_ml >= AIR_DENSITY, absorbed / mass_kg, 0.0)
+
+
+#: Density [g/mL] below which a voxel is air (no mass to give a dose to).
+AIR_DENSITY = 0.05
+
+
+def _summary(d: np.ndarray, thresholds: tuple[float, ...], edges: np.ndarray | None = None):
+    """Metrics (and with ``edges`` the cumulative DVH) of a VOI's doses from one sort: the Dx is the
+    ceil(x n / 100)-th hottest dose, Vx and the DVH at each edge the share of doses >= it (counted by binary
+    search in the sorted doses, compared in float64)."""
+    s = np.sort(d).astype(np.float64, copy=False)  # numpy's vectorised sort; float32 doses sort fastest
+    n = len(s)
+    out = {"mean_gy": float(s.mean()), "voxels": n}
+    for x in D_LEVELS:
+        out[f"d{x}_gy"] = float(s[n - max(int(np.ceil(x * n / 100.0)), 1)])
+    for t in thresholds:
+        out[f"v{t:g}"] = float(n - np.searchsorted(s, t, side="left")) / n
+    if edges is None:
+        return out
+    curve = (n - np.searchsorted(s, np.asarray(edges, dtype=np.float64), side="left")) / max(n, 1)
+    return out, curve
+
+
+def _values(dose: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The dose in a VOI's voxels (in the dose's own dtype), read from the VOI's bounding box only."""
+    mask = np.asarray(mask, dtype=bool)
+    dose = np.asarray(dose)
+    if mask.ndim == 3 and mask.any():
+        box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in (np.flatnonzero(mask.any(axis=(1, 2))),
+                                                                       np.flatnonzero(mask.any(axis=(0, 2))),
+                                                                       np.flatnonzero(mask.any(axis=(0, 1)))))
+        return dose[box][mask[box]]
+    return dose[mask]
+
+
 def voi_metrics(dose: np.ndarray, mask: np.ndarray, thresholds: tuple[float, ...] = ()) -> dict[str, float]:
     """Mean, D50/D70/D90/D95 and V<threshold> (shares) of the dose over a VOI."""
-    d = np.sort(np.asarray(dose, dtype=np.float64)[mask])[::-1]
-    n = len(d)
-    out = {"mean_gy": float(d.mean()), "voxels": n}
-    for x in D_LEVELS:
-        # the dose at least x % of the voxels receive: the value of the ceil(x n / 100)-th hottest voxel
-        out[f"d{x}_gy"] = float(d[max(int(np.ceil(x * n / 100.0)) - 1, 0)])
-    for t in thresholds:
-        out[f"v{t:g}"] = float(np.mean(d >= t))
-    return out
+    return _summary(_values(dose, mask), thresholds)
 
 
 def dvh(dose: np.ndarray, mask: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Cumulative DVH: the share of the VOI's voxels receiving at least each edge's dose."""
-    d = np.asarray(dose, dtype=np.float64)[mask]
-    counts, _ = np.histogram(d, bins=np.append(edges, np.inf))
-    return counts[::-1].cumsum()[::-1] / max(len(d), 1)
+    return _summary(_values(dose, mask), (), edges)[1]
 
 
-def voxel_case(path: str, method: str = "ldm") -> dict[str, Any]:
-    """The dose map and VOI metrics of a case with ``[images]`` at its ``[plan]`` decision."""
+def voi_summaries(dose: np.ndarray, vois: dict[str, np.ndarray], thresholds: tuple[float, ...],
+                  edges: np.ndarray) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """Every VOI's metrics and cumulative DVH, each VOI's doses read once."""
+    metrics, curves = {}, {}
+    for name, mask in vois.items():
+        metrics[name], curves[name] = _summary(_values(dose, mask), thresholds, edges)
+    return metrics, curves
+
+
+def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None) -> dict[str, Any]:
+    """The dose map and VOI metrics of a case with ``[images]`` at its ``[plan]`` decision, by local deposition
+    (``ldm``) or the dose-voxel kernel (``kernel``: from ``kernel_file``, a radial kernel table, else
+    Loevinger's approximation)."""
     import tomllib
 
     import jax
@@ -72,11 +140,16 @@ def voxel_case(path: str, method: str = "ldm") -> dict[str, Any]:
 
     from .case import load_case
     from .image_io import mask_ref, on_grid, read_image, read_mask
+    from .kernels import loevinger_kernel, read_radial_kernel, voxel_kernel
     from .outcomes import active_rules
 
-    if method != "ldm":
-        raise InputError(f"--method: {method!r} is not available yet (the dose-voxel kernel needs a published Y-90 "
-                         "kernel table; only ldm is shipped)")
+    if method not in ("ldm", "kernel"):
+        raise InputError(f"--method: {method!r}: expected ldm or kernel")
+    if kernel_file is not None and method != "kernel":
+        raise InputError(f"--kernel: {kernel_file}: a kernel table is used by --method kernel only")
+    radial = None
+    if method == "kernel":  # read the table first: a bad one is refused before the images are read
+        radial = read_radial_kernel(os.fspath(kernel_file)) if kernel_file is not None else loevinger_kernel()
     case = load_case(path)
     if case.multi:
         raise InputError(f"{path}: injections: voxel dosimetry of several injections is not available yet")
@@ -136,24 +209,39 @@ def voxel_case(path: str, method: str = "ldm") -> dict[str, Any]:
         lungs = masks["lungs"] & ~perf
         c_lung = counts[lungs].sum()
         activity[lungs] += injected * f * (counts[lungs] / c_lung if c_lung > 0 else 1.0 / lungs.sum())
-    dose_fn = jax.jit(ldm_dose, static_argnums=(2, 3))
-    dose = np.asarray(dose_fn(jnp.asarray(activity), jnp.asarray(density), voxel_ml, conv.dose_constant_gy_kg_per_gbq))
+    kernel_info: dict[str, Any] | None = None
+    if radial is None:
+        dose_fn = jax.jit(ldm_dose, static_argnums=(2, 3))
+        dose = np.asarray(dose_fn(jnp.asarray(activity), jnp.asarray(density), voxel_ml,
+                                  conv.dose_constant_gy_kg_per_gbq))
+    else:
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        radial = radial.scaled_to(conv.tissue_density_g_per_ml)
+        kern = voxel_kernel(radial, spacing)
+        energy = conv.dose_constant_gy_kg_per_gbq * activity  # J emitted per voxel (GBq fully decayed)
+        dose_fn = jax.jit(kernel_dose, static_argnums=(3,))
+        dose = np.asarray(dose_fn(jnp.asarray(energy), jnp.asarray(kern), jnp.asarray(density), voxel_ml))
+        absorbed = float(np.sum(dose.astype(np.float64) * density * voxel_ml / 1000.0))
+        centre = tuple(k // 2 for k in kern.shape)
+        kernel_info = {"source": radial.source, "voxel_mm": [float(v) for v in spacing],
+                       "shape": list(kern.shape), "self_voxel_share": float(kern[centre]),
+                       "kernel_share": radial.total, "absorbed_share": absorbed / max(float(energy.sum()), 1e-300)}
     scen = active_rules(case).scenario
     thresholds = tuple(sorted({r.threshold_gy for r in scen.rules}))
     normal = perf.copy()
     for m in tumors.values():
         normal &= ~m
-    vois: dict[str, Any] = {k: voi_metrics(dose, m, thresholds) for k, m in masks.items()}
-    vois["normal_perfused"] = voi_metrics(dose, normal, thresholds)
-    vois["tumors"] = {n: voi_metrics(dose, m, thresholds) for n, m in tumors.items()}
     top = max(float(dose.max()), 1.0)
     edges = np.linspace(0.0, top, DVH_BINS)
-    curves = {k: dvh(dose, m, edges) for k, m in {**masks, "normal_perfused": normal,
-                                                    **{f"tumors.{n}": m for n, m in tumors.items()}}.items()}
+    by_name = {**masks, "normal_perfused": normal, **{f"tumors.{n}": m for n, m in tumors.items()}}
+    metrics, curves = voi_summaries(dose, by_name, thresholds, edges)
+    vois: dict[str, Any] = {k: metrics[k] for k in (*masks, "normal_perfused")}
+    vois["tumors"] = {n: metrics[f"tumors.{n}"] for n in tumors}
     return {
         "case": case.name, "method": method, "hours_after_calibration": hours, "vial_at_treatment_gbq": s,
         "activity_gbq": {"injected": injected, "liver": injected * (1 - f), "lung": injected * f},
         "density": density_source, "voxel_ml": voxel_ml, "vois": vois, "thresholds_gy": list(thresholds),
+        "kernel": kernel_info,
         "dose": dose, "affine": affine, "dvh_edges_gy": edges, "dvh": curves,
     }
 
@@ -173,7 +261,7 @@ def case_with_d70(path: str, res: dict[str, Any]) -> str:
     return tomlkit.dumps(doc)
 
 
-def write_rtdose(dose: np.ndarray, affine: np.ndarray, path: str) -> str:
+def write_rtdose(dose: np.ndarray, affine: np.ndarray, path: str, method: str = "ldm") -> str:
     """The dose map as a DICOM RT Dose (pydicom; multi-frame, 32-bit with DoseGridScaling, Gy, PHYSICAL, PLAN),
     on the SPECT's grid: the NIfTI (RAS) affine turned into DICOM's LPS patient coordinates. The grid's in-plane
     axes must be orthogonal (as every SPECT/CT grid is)."""
@@ -200,7 +288,8 @@ def write_rtdose(dose: np.ndarray, affine: np.ndarray, path: str) -> str:
     ds.SOPClassUID, ds.SOPInstanceUID = RTDoseStorage, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
     ds.Modality, ds.PatientName, ds.PatientID = "RTDOSE", "", ""
-    ds.SeriesDescription = "y90opt local deposition dose (research)"
+    ds.SeriesDescription = ("y90opt dose-voxel kernel dose (research)" if method == "kernel"
+                            else "y90opt local deposition dose (research)")
     ds.ImagePositionPatient = [float(x) for x in lps[:3, 3]]
     ds.ImageOrientationPatient = [*(col_step / dc).tolist(), *(row_step / dr).tolist()]
     ds.PixelSpacing = [dr, dc]
@@ -241,5 +330,5 @@ def write_voxel_outputs(res: dict[str, Any], out_dir: str) -> dict[str, str]:
         for i, e in enumerate(res["dvh_edges_gy"]):
             w.writerow([f"{e:.6g}", *[f"{res['dvh'][n][i]:.6g}" for n in names]])
     dvh_figure(res["dvh_edges_gy"], res["dvh"], res["thresholds_gy"], paths["dvh_png"])
-    paths["rtdose"] = write_rtdose(res["dose"], res["affine"], os.path.join(out_dir, "dose_rtdose.dcm"))
+    paths["rtdose"] = write_rtdose(res["dose"], res["affine"], os.path.join(out_dir, "dose_rtdose.dcm"), res["method"])
     return paths
