@@ -185,3 +185,34 @@ def test_dvh_and_dx_equal_their_definitions_on_ties_and_edges():
         for x in (50, 70, 90, 95):
             assert m[f"d{x}_gy"] == hottest[max(int(np.ceil(x * n / 100)) - 1, 0)]
         assert m["v50"] == np.mean(d >= 50.0)
+
+
+def test_several_injections_one_map_each_added_equal_the_compartment_model(tmp_path):
+    """A modified lobectomy on the two-injection phantom (no CT: a uniform density): each injection's activity
+    spread over its territory by its own MAA study, the maps added; the local-deposition means of the tumours,
+    of the segment's territory and of the whole liver equal the compartment model of `dose` for the measured
+    case (each injection's partition over its territory, the doses added)."""
+    from y90opt.phantoms import TWO_INJECTION_CASE, make_two_injection_phantom
+
+    ph = make_two_injection_phantom(n=48, voxel_mm=4.0, lsf=0.07)
+    ph.write_nifti(str(tmp_path))
+    (tmp_path / "case.toml").write_text(TWO_INJECTION_CASE.replace('ct = "ct.nii.gz"\n', ""), encoding="utf-8")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["measure", str(tmp_path / "case.toml"), "-o", str(tmp_path / "m.toml")]) == 0
+    text = (tmp_path / "m.toml").read_text(encoding="utf-8").replace("[lung]\n", "[lung]\nmass_kg = 1.0\n", 1)
+    (tmp_path / "m.toml").write_text(text, encoding="utf-8")
+    out = {}
+    for cmd in ("voxel", "dose"):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert main([cmd, str(tmp_path / "m.toml"), "--json"]) == 0
+        out[cmd] = json.loads(buf.getvalue())
+    v, d = out["voxel"]["vois"], out["dose"]["dose_gy"]
+    for t in ("T1", "T2"):
+        assert v["tumors"][t]["mean_gy"] == pytest.approx(d["tumors"][t], rel=2e-6)
+    assert v["injections"]["segment"]["mean_gy"] == pytest.approx(d["regions"]["segment"]["mean"], rel=2e-6)
+    assert v["liver"]["mean_gy"] == pytest.approx(d["whole_liver"], rel=2e-6)
+    assert set(out["voxel"]["injections"]) == {"segment", "lobe"}
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["voxel", str(tmp_path / "m.toml"), "--case-out", str(tmp_path / "x.toml")]) == 2
+    assert "not available yet" in err.getvalue()

@@ -477,6 +477,9 @@ def voxel(case: str | os.PathLike, *, method: str = "ldm", out: str | os.PathLik
     from .voxel_dosimetry import case_with_d70, voxel_case, write_voxel_outputs
 
     res = voxel_case(os.fspath(case), method=method, kernel_file=None if kernel is None else os.fspath(kernel))
+    if case_out is not None and res["injections"] is not None:
+        raise InputError("--case-out: a tumour's d70_ratio with [[injections]] is not available yet (its D70 is not "
+                         "linear in several vials' activities)")
     if out is not None:
         res["files"] = write_voxel_outputs(res, os.fspath(out))
     if case_out is not None:

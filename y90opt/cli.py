@@ -376,12 +376,20 @@ def cmd_voxel(args) -> int:
     res = api.voxel(args.case, method=args.method, out=out_dir, case_out=args.case_out, kernel=args.kernel)
     summary = {k: res[k] for k in ("case", "method", "hours_after_calibration", "vial_at_treatment_gbq", "activity_gbq",
                                    "density", "voxel_ml", "vois", "thresholds_gy", "kernel")}
+    if res["injections"] is not None:
+        summary["injections"] = res["injections"]
     if args.json:
         print(dumps(summary))
         return 0
-    rows = [(k, v["mean_gy"], v["d50_gy"], v["d70_gy"], v["d90_gy"], v["d95_gy"]) for k, v in res["vois"].items() if k != "tumors"]
-    rows += [(f"tumors.{n}", v["mean_gy"], v["d50_gy"], v["d70_gy"], v["d90_gy"], v["d95_gy"]) for n, v in res["vois"]["tumors"].items()]
-    print(f"case {res['case']!r}: {res['method']} dose at {res['hours_after_calibration']:.1f} h, density from {res['density']}")
+    rows = [(k, v["mean_gy"], v["d50_gy"], v["d70_gy"], v["d90_gy"], v["d95_gy"]) for k, v in res["vois"].items()
+            if k not in ("tumors", "injections")]
+    for group in ("injections", "tumors"):
+        rows += [(f"{group}.{n}", v["mean_gy"], v["d50_gy"], v["d70_gy"], v["d90_gy"], v["d95_gy"])
+                 for n, v in res["vois"].get(group, {}).items()]
+    when = (f"at {res['hours_after_calibration']:.1f} h" if res["injections"] is None else
+            "of every injection (" + ", ".join(f"{n} at {v['hours_after_calibration']:.1f} h"
+                                               for n, v in res["injections"].items()) + ")")
+    print(f"case {res['case']!r}: {res['method']} dose {when}, density from {res['density']}")
     if res["kernel"] is not None:
         k = res["kernel"]
         print(f"kernel: {k['source']}; {k['shape'][0]}x{k['shape'][1]}x{k['shape'][2]} voxels, self-voxel share "

@@ -24,7 +24,13 @@ g/mL) when the case names one, else the case's tissue density. Two models of whe
 Both are pure JAX (jit), the same code on CPU and GPU. Outputs: the dose map as NIfTI and as a DICOM RT Dose
 (for the clinic's viewers).
 
-Not available yet: several injections, voxel-level uncertainty.
+Several injections (``[[injections]]``, a territory mask each in ``[images.masks.injections]``): one activity
+map per injection, A_j = s_j (1 − R_j) with its own shunt, over its territory by its own MAA SPECT
+(``[images.spect_by_injection]``, resampled trilinearly onto the dose grid) or the case's, added: the map is
+the treatment's cumulative dose over every session (``vois.injections.<name>`` per territory; ``perfused`` is
+their union).
+
+Not available yet: voxel-level uncertainty (the D70 ratio written by ``--case-out`` is taken as known).
 
 Metrics per VOI: mean, Dx (the dose at least x % of the VOI receives: D50, D70, D90, D95) and Vx (the share
 of the VOI receiving at least x Gy, x from the scenario's rule thresholds), and the cumulative DVH.
@@ -151,8 +157,6 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None) -
     if method == "kernel":  # read the table first: a bad one is refused before the images are read
         radial = read_radial_kernel(os.fspath(kernel_file)) if kernel_file is not None else loevinger_kernel()
     case = load_case(path)
-    if case.multi:
-        raise InputError(f"{path}: injections: voxel dosimetry of several injections is not available yet")
     with open(path, "rb") as fh:
         images = tomllib.load(fh).get("images")
     if not isinstance(images, dict) or "spect" not in images:
@@ -168,14 +172,22 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None) -
         raise InputError(f"{spect_path}: images.spect: counts must be finite and >= 0")
     grid = (spect_path, (counts, affine))
     masks_raw = images.get("masks", {})
-    if "perfused" not in masks_raw:
+    if not case.multi and "perfused" not in masks_raw:
         raise InputError(f"{path}: images.masks.perfused: missing (the territory the liver activity spreads over)")
+    for j in case.injections:
+        if j.name not in masks_raw.get("injections", {}):
+            raise InputError(f"{path}: images.masks.injections.{j.name}: missing (the territory injection {j.name!r}'s "
+                             "activity spreads over)")
     ct_path = where(images["ct"]) if "ct" in images else None
 
     def mask(raw, what: str) -> np.ndarray:
         return read_mask(mask_ref(raw, base, what), what, grid, None, ct_path)
 
     masks = {k: mask(masks_raw[k], f"images.masks.{k}") for k in ("liver", "perfused", "lungs") if k in masks_raw}
+    territories = {j.name: mask(masks_raw["injections"][j.name], f"images.masks.injections.{j.name}")
+                   for j in case.injections}
+    if territories:
+        masks["perfused"] = np.logical_or.reduce(list(territories.values()))  # every territory treated
     tumors = {n: mask(p, f"images.masks.tumors.{n}") for n, p in masks_raw.get("tumors", {}).items()}
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     conv = case.conventions
@@ -187,28 +199,59 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None) -
                         dtype=np.float64)
         density = np.clip(1.0 + hu / 1000.0, 0.0, None)
         density_source = "the CT, 1 + HU/1000 g/mL"
-        inside = np.zeros(counts.shape, bool)
-        for m in masks.values():
-            inside |= m
+        inside = np.logical_or.reduce(list(masks.values()))
         if not np.all(np.isfinite(density[inside])):
             raise InputError(f"{ct_path}: images.ct: the CT does not cover every mask (resampled onto {spect_path})")
         if (density[inside] < 0.05).any():
             raise InputError(f"{ct_path}: images.ct: air (density < 0.05 g/mL) inside a mask: a voxel's dose would "
                              "have no mass to deposit in; check the masks against the CT")
-    hours, s = case.decision("`voxel`")
     nominal = case.nominal()
-    injected = s * nominal["delivery.activity_factor"] * (1.0 - nominal["delivery.residual_fraction"])
-    f = nominal["lung.shunt_fraction"]
-    activity = np.zeros(counts.shape)
     perf = masks["perfused"]
-    c_perf = counts[perf].sum()
-    if c_perf <= 0:
-        raise InputError(f"{spect_path}: images.spect: no counts in the perfused mask")
-    activity[perf] = injected * (1.0 - f) * counts[perf] / c_perf
-    if "lungs" in masks:
-        lungs = masks["lungs"] & ~perf
-        c_lung = counts[lungs].sum()
-        activity[lungs] += injected * f * (counts[lungs] / c_lung if c_lung > 0 else 1.0 / lungs.sum())
+    lungs = masks["lungs"] & ~perf if "lungs" in masks else None
+    activity = np.zeros(counts.shape)
+
+    def deliver(injected: float, f: float, territory: np.ndarray, spread, where: str) -> None:
+        """The liver share over the territory by the MAA counts, the lung share over the lung mask."""
+        c = float(spread[territory].sum())
+        if c <= 0:
+            raise InputError(f"{where}: no counts in the territory's mask")
+        activity[territory] += injected * (1.0 - f) * spread[territory] / c
+        if lungs is not None:
+            c_lung = float(spread[lungs].sum())
+            activity[lungs] += injected * f * (spread[lungs] / c_lung if c_lung > 0 else 1.0 / lungs.sum())
+
+    by_injection: dict[str, Any] = {}
+    if not case.multi:
+        hours, s = case.decision("`voxel`")
+        injected = s * nominal["delivery.activity_factor"] * (1.0 - nominal["delivery.residual_fraction"])
+        f = nominal["lung.shunt_fraction"]
+        deliver(injected, f, perf, counts, f"{spect_path}: images.spect")
+        activities = {"injected": injected, "liver": injected * (1 - f), "lung": injected * f}
+    else:  # one map per injection, added (every session: the dose map is the treatment's cumulative dose)
+        hours, s = None, None
+        spects = images.get("spect_by_injection", {})
+        totals = {"injected": 0.0, "liver": 0.0, "lung": 0.0}
+        for (h, _, at_treatment), j in zip(case.injection_decisions("`voxel`"), case.injections, strict=True):
+            key = f"injections.{j.name}."
+            injected = at_treatment * nominal[key + "activity_factor"] * (
+                1.0 - nominal.get(key + "residual_fraction", nominal.get("delivery.residual_fraction", 0.0)))
+            f = nominal.get(key + "shunt_fraction", nominal.get("lung.shunt_fraction"))
+            spread, what = counts, f"{spect_path}: images.spect"
+            if j.name in spects:  # the injection's own MAA study, resampled onto the dose grid (trilinear)
+                own = where(spects[j.name])
+                img = read_image(own, f"images.spect_by_injection.{j.name}")
+                if not np.all(np.isfinite(img[0])) or (img[0] < 0).any():
+                    raise InputError(f"{own}: images.spect_by_injection.{j.name}: counts must be finite and >= 0")
+                spread = np.clip(on_grid(spect_path, (counts, affine), own, img, f"images.spect_by_injection.{j.name}",
+                                         order=1, fill=0.0), 0.0, None)
+                what = f"{own}: images.spect_by_injection.{j.name}"
+            deliver(injected, f, territories[j.name], spread, what)
+            by_injection[j.name] = {"hours_after_calibration": h, "vial_at_treatment_gbq": at_treatment,
+                                    "activity_gbq": {"injected": injected, "liver": injected * (1 - f),
+                                                     "lung": injected * f}}
+            for k in totals:
+                totals[k] += by_injection[j.name]["activity_gbq"][k]
+        activities = totals
     kernel_info: dict[str, Any] | None = None
     if radial is None:
         dose_fn = jax.jit(ldm_dose, static_argnums=(2, 3))
@@ -233,13 +276,16 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None) -
         normal &= ~m
     top = max(float(dose.max()), 1.0)
     edges = np.linspace(0.0, top, DVH_BINS)
-    by_name = {**masks, "normal_perfused": normal, **{f"tumors.{n}": m for n, m in tumors.items()}}
+    by_name = {**masks, "normal_perfused": normal, **{f"tumors.{n}": m for n, m in tumors.items()},
+               **{f"injections.{n}": m for n, m in territories.items()}}
     metrics, curves = voi_summaries(dose, by_name, thresholds, edges)
     vois: dict[str, Any] = {k: metrics[k] for k in (*masks, "normal_perfused")}
     vois["tumors"] = {n: metrics[f"tumors.{n}"] for n in tumors}
+    if territories:
+        vois["injections"] = {n: metrics[f"injections.{n}"] for n in territories}
     return {
         "case": case.name, "method": method, "hours_after_calibration": hours, "vial_at_treatment_gbq": s,
-        "activity_gbq": {"injected": injected, "liver": injected * (1 - f), "lung": injected * f},
+        "activity_gbq": activities, "injections": by_injection or None,
         "density": density_source, "voxel_ml": voxel_ml, "vois": vois, "thresholds_gy": list(thresholds),
         "kernel": kernel_info,
         "dose": dose, "affine": affine, "dvh_edges_gy": edges, "dvh": curves,
