@@ -216,3 +216,44 @@ def test_several_injections_one_map_each_added_equal_the_compartment_model(tmp_p
     with contextlib.redirect_stderr(io.StringIO()) as err:
         assert main(["voxel", str(tmp_path / "m.toml"), "--case-out", str(tmp_path / "x.toml")]) == 2
     assert "not available yet" in err.getvalue()
+
+
+def test_voxel_level_uncertainty_feeds_the_monte_carlo(tmp_path):
+    """`voxel --uncertainty N`: replicas from counts, mask margins and the MAA-to-Y-90 mismatch, the same seed
+    giving the same numbers; `--case-out` then writes each tumour's d70_ratio with its CV, which the Monte Carlo
+    draws: with every other input exact, P(D70 >= threshold) equals the ratio's own distribution at threshold /
+    mean dose (closed form), within four standard errors."""
+    import tomllib
+
+    import tomli_w
+
+    ph = make_phantom(n=40, voxel_mm=4.0, lsf=0.06, fwhm_mm=14.0, noise_seed=1, counts_per_voxel=400.0)
+    ph.write_nifti(str(tmp_path))
+    (tmp_path / "case.toml").write_text(CASE, encoding="utf-8")
+    (tmp_path / "measured.toml").write_text(y90opt.measure(tmp_path / "case.toml")["text"], encoding="utf-8")
+    a = y90opt.voxel(tmp_path / "measured.toml", uncertainty=12, seed=4, case_out=tmp_path / "d70.toml")["uncertainty"]
+    b = y90opt.voxel(tmp_path / "measured.toml", uncertainty=12, seed=4)["uncertainty"]
+    c = y90opt.voxel(tmp_path / "measured.toml", uncertainty=12, seed=5)["uncertainty"]
+    assert a == b and a != c and a["replicas"] == 12
+    spread = a["metrics"]["tumors.T1.d70_ratio"]
+    assert 0 < spread["sd"] < 0.2 and spread["p05"] <= spread["mean"] <= spread["p95"]
+    doc = tomllib.loads((tmp_path / "d70.toml").read_text(encoding="utf-8"))
+    t1 = next(t for t in doc["tumors"] if t["name"] == "T1")
+    assert set(t1["d70_ratio"]) == {"value", "cv"} and t1["d70_ratio"]["cv"] > 0
+    for t in doc["tumors"]:  # every other input exact
+        t["volume_ml"], t["tn_ratio"] = t["volume_ml"]["value"], t["tn_ratio"]["value"]
+    doc["liver"] = {k: v["value"] for k, v in doc["liver"].items()}
+    doc["lung"] = {"shunt_fraction": doc["lung"]["shunt_fraction"]["mean"], "mass_kg": doc["lung"]["mass_kg"]["value"]}
+    doc["delivery"] = {"residual_fraction": 0.01, "activity_factor": 1.0}
+    case0 = y90opt.parse_case(tomli_w.dumps(doc), "d70.toml")
+    mean_t1 = y90opt.dose(case0).summary["dose_gy"]["tumors"]["T1"]
+    threshold = mean_t1 * t1["d70_ratio"]["value"]
+    doc["rules"] = {"targets": [{"id": "tumor-d70", "quantity": "tumors_d70", "min_gy": threshold,
+                                 "level": "secondary", "source": "research: a D70 target for the test"}]}
+    case = y90opt.parse_case(tomli_w.dumps(doc), "d70.toml")
+    assert list(case.uncertain_inputs) == ["tumors.T1.d70_ratio", "tumors.T2.d70_ratio"]
+    n = 20000
+    sim = y90opt.simulate(case, samples=n, seed=3).summary
+    p = {r["label"]: r for r in sim["rules"]}["tumor-d70:T1"]["probability"]
+    exact = float(case.tumors[0].d70_ratio.scipy().sf(threshold / mean_t1))
+    assert abs(p - exact) < 4 * np.sqrt(exact * (1 - exact) / n)

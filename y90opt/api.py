@@ -467,16 +467,22 @@ def measure(case: str | os.PathLike) -> dict[str, Any]:
 
 
 def voxel(case: str | os.PathLike, *, method: str = "ldm", out: str | os.PathLike | None = None,
-          case_out: str | os.PathLike | None = None, kernel: str | os.PathLike | None = None) -> dict[str, Any]:
+          case_out: str | os.PathLike | None = None, kernel: str | os.PathLike | None = None,
+          uncertainty: int = 0, seed: int = 0) -> dict[str, Any]:
     """The absorbed-dose map of a case with ``[images]`` at its ``[plan]`` decision (local deposition, or with
     ``method="kernel"`` the dose-voxel kernel from the radial kernel table ``kernel``, else Loevinger's
-    approximation; ``res["kernel"]`` says which, its self-voxel share and the energy absorbed), its VOI
+    approximation; ``res["kernel"]`` says which, its self-voxel share and the energy absorbed; with
+    ``uncertainty`` = N, N replicas of the voxel-level uncertainty in ``res["uncertainty"]``, and ``case_out``
+    then writes each tumour's ``d70_ratio`` with its CV), its VOI
     metrics (``vois``: mean, D50/D70/D90/D95, V at the scenario's thresholds) and DVH; with ``out``, writes
     ``dose.nii.gz``, ``dvh.csv`` and ``dvh.png`` there; with ``case_out``, writes the case with each tumour's
     ``d70_ratio`` (so that rules may name ``tumors_d70``). See :mod:`y90opt.voxel_dosimetry`."""
     from .voxel_dosimetry import case_with_d70, voxel_case, write_voxel_outputs
 
-    res = voxel_case(os.fspath(case), method=method, kernel_file=None if kernel is None else os.fspath(kernel))
+    if isinstance(uncertainty, bool) or not isinstance(uncertainty, int) or not 0 <= uncertainty <= 10_000:
+        raise InputError(f"--uncertainty: {uncertainty!r}: expected a number of replicas from 0 to 10000")
+    res = voxel_case(os.fspath(case), method=method, kernel_file=None if kernel is None else os.fspath(kernel),
+                     replicas=uncertainty, seed=seed)
     if case_out is not None and res["injections"] is not None:
         raise InputError("--case-out: a tumour's d70_ratio with [[injections]] is not available yet (its D70 is not "
                          "linear in several vials' activities)")

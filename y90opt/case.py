@@ -43,7 +43,7 @@ class Tumor:
     tn_ratio: Spec
     treated: bool = True
     injection: str | None = None  # with [[injections]]: the innermost territory the tumour lies in
-    d70_ratio: float | None = None  # its D70 over its mean dose (voxel dosimetry, ``y90opt voxel --case-out``)
+    d70_ratio: Spec | None = None  # its D70 over its mean dose (voxel dosimetry, ``y90opt voxel --case-out``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +202,9 @@ class Case:
         d["lung.mass_kg"] = self.lung_mass_kg
         d["delivery.residual_fraction"] = self.residual_fraction
         d["delivery.activity_factor"] = self.activity_factor
+        for t in self.tumors:  # last: the inputs before keep their variates whether or not a ratio is given
+            if t.d70_ratio is not None:
+                d[f"tumors.{t.name}.d70_ratio"] = t.d70_ratio
         return d
 
     def _treatment_inputs(self) -> dict[str, Spec]:
@@ -512,9 +515,9 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
                 raise r.fail(f"{f}.injection", "missing: name the injection whose territory holds the tumour "
                              "(or say treated = false for a tumour outside every territory)")
         d70 = None
-        if "d70_ratio" in traw:
-            d70 = r.number(traw["d70_ratio"], f"{f}.d70_ratio")
-            if not 0 < d70 <= 2:
+        if "d70_ratio" in traw:  # a number, or an uncertainty form (voxel --uncertainty writes one)
+            d70 = r.spec(traw["d70_ratio"], f"{f}.d70_ratio", "positive")
+            if not 0 < d70.nominal <= 2:
                 raise r.fail(f"{f}.d70_ratio", "must be in (0, 2] (a tumour's D70 over its mean dose)")
             if multi:
                 raise r.fail(f"{f}.d70_ratio", "not available with [[injections]] yet")

@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "et al. 2019 radial dose file); default Loevinger's approximation")
     sp.add_argument("--out", metavar="DIR", default=None, help="dose.nii.gz, dvh.csv and dvh.png")
     sp.add_argument("--case-out", metavar="OUT.toml", default=None, help="the case with each tumour's d70_ratio")
+    sp.add_argument("--uncertainty", metavar="N", type=int, default=0,
+                    help="N replicas of the voxel-level uncertainty (counts, mask margins, MAA-to-Y-90 mismatch)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the --uncertainty replicas")
     sp.add_argument("--json", action="store_true", help="print JSON")
 
     sp = add("scenarios", "the DSC 2022 scenario rules with their sources", "y90opt scenarios --json")
@@ -373,11 +376,14 @@ def cmd_voxel(args) -> int:
     from .textout import dumps, table
 
     out_dir = _output_dir(args.out, [args.case], ("dose.nii.gz", "dose_rtdose.dcm", "dvh.csv", "dvh.png")) if args.out else None
-    res = api.voxel(args.case, method=args.method, out=out_dir, case_out=args.case_out, kernel=args.kernel)
+    res = api.voxel(args.case, method=args.method, out=out_dir, case_out=args.case_out, kernel=args.kernel,
+                    uncertainty=args.uncertainty, seed=args.seed)
     summary = {k: res[k] for k in ("case", "method", "hours_after_calibration", "vial_at_treatment_gbq", "activity_gbq",
                                    "density", "voxel_ml", "vois", "thresholds_gy", "kernel")}
     if res["injections"] is not None:
         summary["injections"] = res["injections"]
+    if res["uncertainty"] is not None:
+        summary["uncertainty"] = res["uncertainty"]
     if args.json:
         print(dumps(summary))
         return 0
@@ -395,6 +401,12 @@ def cmd_voxel(args) -> int:
         print(f"kernel: {k['source']}; {k['shape'][0]}x{k['shape'][1]}x{k['shape'][2]} voxels, self-voxel share "
               f"{k['self_voxel_share']:.4f}; {100 * k['absorbed_share']:.2f} % of the emitted energy absorbed on the grid")
     print(table(rows, header=("VOI", "mean Gy", "D50", "D70", "D90", "D95")))
+    if res["uncertainty"] is not None:
+        u = res["uncertainty"]
+        rows = [(k.rsplit(".", 1)[0], k.rsplit(".", 1)[1], v["mean"], v["sd"], v["p05"], v["p95"])
+                for k, v in u["metrics"].items() if k.endswith((".mean_gy", ".d70_gy", ".d70_ratio"))]
+        print(f"\nvoxel-level uncertainty over {u['replicas']} replicas (seed {u['seed']}):")
+        print(table(rows, header=("VOI", "metric", "mean", "SD", "5 %", "95 %")))
     if out_dir:
         print(f"\ndose map, DVH table and figure written to {out_dir}")
     return 0

@@ -229,7 +229,7 @@ class Model:
         # the conventions stay constants of the computation (XLA folds the mass and dose constants into the
         # formulas; as arguments they would change the results in the last float32 bit): part of the structure
         return (type(self).__name__, self.uncertain, self.quantities, self.units, forms, chol, case.conventions,
-                tuple((t.name, t.treated, t.injection, t.d70_ratio) for t in case.tumors), case.has_whole_liver,
+                tuple((t.name, t.treated, t.injection, t.d70_ratio is not None) for t in case.tumors), case.has_whole_liver,
                 tuple((j.name, j.session, j.within, j.shunt_fraction is None, j.residual_fraction is None,
                        tuple(n for n, _ in j.tn_ratios)) for j in case.injections),
                 tuple(x.name for x in case.sessions))
@@ -340,8 +340,8 @@ class Model:
         }
         for i, t in enumerate(self.case.tumors):
             by_name[f"tumors.{t.name}"] = u.tumors[:, i]
-            if t.d70_ratio is not None:  # the voxel D70 as a fixed share of the mean (linear in the activity)
-                by_name[f"tumors_d70.{t.name}"] = u.tumors[:, i] * t.d70_ratio
+            if t.d70_ratio is not None:  # the voxel D70 as a share of the mean, drawn per sample (linear in the activity)
+                by_name[f"tumors_d70.{t.name}"] = u.tumors[:, i] * cols[f"tumors.{t.name}.d70_ratio"]
         f = jnp.stack([by_name[q] for q in self.quantities], axis=-1) * act[:, None]
         # a sample whose factors are not all finite (an overflow in the run's dtype) is never counted as a
         # success or a failure: it is invalid, counted, and stops the run above MAX_INVALID_FRACTION
@@ -375,13 +375,12 @@ class Model:
             c.conventions.tissue_density_g_per_ml,
         )
         out = []
-        ratios = {t.name: t.d70_ratio for t in c.tumors}
         for q in self.quantities:
             if q.startswith("tumors."):
                 out.append(d["tumors"][names.index(q.split(".", 1)[1])])
             elif q.startswith("tumors_d70."):
                 name = q.split(".", 1)[1]
-                out.append(d["tumors"][names.index(name)] * ratios[name])
+                out.append(d["tumors"][names.index(name)] * nom[f"tumors.{name}.d70_ratio"])
             else:
                 out.append(d[q])
         return np.asarray(out, dtype=np.float64)

@@ -238,14 +238,15 @@ def realised_doses(case: Case, quantities: tuple[str, ...], x: Mapping[str, np.n
         case.conventions.dose_constant_gy_kg_per_gbq, case.conventions.tissue_density_g_per_ml,
     )
     m = len(x["lung.mass_kg"])
-    ratio = {t.name: t.d70_ratio for t in case.tumors}
     cols = []
     for q in quantities:
         if q.startswith("tumors."):
             cols.append(d["tumors"][..., names.index(q.split(".", 1)[1])])
         elif q.startswith("tumors_d70."):
             name = q.split(".", 1)[1]
-            cols.append(d["tumors"][..., names.index(name)] * ratio[name])
+            path = f"tumors.{name}.d70_ratio"  # realised when the truth draws it, else the measured ratio
+            measured = next(t for t in case.tumors if t.name == name).d70_ratio.nominal
+            cols.append(d["tumors"][..., names.index(name)] * np.asarray(x.get(path, measured)))
         else:
             cols.append(np.broadcast_to(d[q], (m,)))
     treated = sum((x[f"tumors.{t.name}.volume_ml"] for t in case.tumors if t.treated), np.zeros(m))

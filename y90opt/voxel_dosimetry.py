@@ -30,7 +30,8 @@ map per injection, A_j = s_j (1 − R_j) with its own shunt, over its territory 
 the treatment's cumulative dose over every session (``vois.injections.<name>`` per territory; ``perfused`` is
 their union).
 
-Not available yet: voxel-level uncertainty (the D70 ratio written by ``--case-out`` is taken as known).
+Voxel-level uncertainty (``replicas``, one injection): see :func:`voxel_case`; ``--case-out`` writes each
+tumour's ``d70_ratio`` with the CV of its replicas, an input the Monte Carlo draws.
 
 Metrics per VOI: mean, Dx (the dose at least x % of the VOI receives: D50, D70, D90, D95) and Vx (the share
 of the VOI receiving at least x Gy, x from the scenario's rule thresholds), and the cumulative DVH.
@@ -38,6 +39,7 @@ of the VOI receiving at least x Gy, x from the scenario's rule thresholds), and 
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -135,10 +137,53 @@ def voi_summaries(dose: np.ndarray, vois: dict[str, np.ndarray], thresholds: tup
     return metrics, curves
 
 
-def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None) -> dict[str, Any]:
+#: The voxel-level uncertainty's draws (``voxel --uncertainty``): a mask is eroded or dilated by one voxel with
+#: this chance each (kept otherwise), so that the SD of its volume is half the one-voxel change, the convention
+#: of ``measure``'s segmentation CV.
+MASK_CHANGE_CHANCE = 0.125
+
+
+def _perturbed(mask: np.ndarray, rng: np.random.Generator, tissue: np.ndarray) -> np.ndarray:
+    """The mask eroded, dilated (into ``tissue`` only: never into air) or kept, by one uniform draw."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    u = rng.random()
+    if u < MASK_CHANGE_CHANCE:
+        eroded = binary_erosion(mask)
+        return eroded if eroded.any() else mask
+    if u < 2 * MASK_CHANGE_CHANCE:
+        return binary_dilation(mask) & tissue | mask
+    return mask
+
+
+def _spread(counts, territory, lungs, injected: float, f: float) -> np.ndarray:
+    """The activity map [GBq]: the liver share over the territory by the counts, the lung share over the lungs."""
+    activity = np.zeros(counts.shape)
+    activity[territory] = injected * (1.0 - f) * counts[territory] / float(counts[territory].sum())
+    if lungs is not None:
+        c_lung = float(counts[lungs].sum())
+        activity[lungs] += injected * f * (counts[lungs] / c_lung if c_lung > 0 else 1.0 / lungs.sum())
+    return activity
+
+
+def _spread_summary(values: list[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "p05": float(np.quantile(v, 0.05)), "p95": float(np.quantile(v, 0.95))}
+
+
+def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, replicas: int = 0,
+               seed: int = 0) -> dict[str, Any]:
     """The dose map and VOI metrics of a case with ``[images]`` at its ``[plan]`` decision, by local deposition
     (``ldm``) or the dose-voxel kernel (``kernel``: from ``kernel_file``, a radial kernel table, else
-    Loevinger's approximation)."""
+    Loevinger's approximation).
+
+    With ``replicas`` > 0, the voxel-level uncertainty (one injection): so many recomputations of the dose map,
+    each from the SPECT's counts drawn again (Poisson, the stored values taken as counts), the perfused and
+    tumour masks eroded or dilated by one voxel (:data:`MASK_CHANGE_CHANCE` each) and each tumour's uptake
+    scaled by the MAA-to-Y-90 mismatch (lognormal, σ_ln 0.3, Kafrouni et al. 2019, as ``measure``'s T:N);
+    replica k draws from ``default_rng([seed, k])``. ``res["uncertainty"]`` has each VOI metric's mean, SD
+    and 5-95 % range over the replicas and each tumour's D70 ratio's."""
     import tomllib
 
     import jax
@@ -146,6 +191,7 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None) -
 
     from .case import load_case
     from .image_io import mask_ref, on_grid, read_image, read_mask
+    from .imaging import TN_MISMATCH_SIGMA_LN
     from .kernels import loevinger_kernel, read_radial_kernel, voxel_kernel
     from .outcomes import active_rules
 
@@ -221,6 +267,8 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None) -
             activity[lungs] += injected * f * (spread[lungs] / c_lung if c_lung > 0 else 1.0 / lungs.sum())
 
     by_injection: dict[str, Any] = {}
+    if replicas and case.multi:
+        raise InputError("--uncertainty: the voxel-level uncertainty of several injections is not available yet")
     if not case.multi:
         hours, s = case.decision("`voxel`")
         injected = s * nominal["delivery.activity_factor"] * (1.0 - nominal["delivery.residual_fraction"])
@@ -253,17 +301,25 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None) -
                 totals[k] += by_injection[j.name]["activity_gbq"][k]
         activities = totals
     kernel_info: dict[str, Any] | None = None
+    rho = jnp.asarray(density)
     if radial is None:
-        dose_fn = jax.jit(ldm_dose, static_argnums=(2, 3))
-        dose = np.asarray(dose_fn(jnp.asarray(activity), jnp.asarray(density), voxel_ml,
-                                  conv.dose_constant_gy_kg_per_gbq))
+        ldm_fn = jax.jit(ldm_dose, static_argnums=(2, 3))
+
+        def dose_of(act):
+            return np.asarray(ldm_fn(jnp.asarray(act), rho, voxel_ml, conv.dose_constant_gy_kg_per_gbq))
+
+        dose = dose_of(activity)
     else:
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
         radial = radial.scaled_to(conv.tissue_density_g_per_ml)
         kern = voxel_kernel(radial, spacing)
         energy = conv.dose_constant_gy_kg_per_gbq * activity  # J emitted per voxel (GBq fully decayed)
-        dose_fn = jax.jit(kernel_dose, static_argnums=(3,))
-        dose = np.asarray(dose_fn(jnp.asarray(energy), jnp.asarray(kern), jnp.asarray(density), voxel_ml))
+        kernel_fn, kern_j = jax.jit(kernel_dose, static_argnums=(3,)), jnp.asarray(kern)
+
+        def dose_of(act):
+            return np.asarray(kernel_fn(jnp.asarray(conv.dose_constant_gy_kg_per_gbq * act), kern_j, rho, voxel_ml))
+
+        dose = dose_of(activity)
         absorbed = float(np.sum(dose.astype(np.float64) * density * voxel_ml / 1000.0))
         centre = tuple(k // 2 for k in kern.shape)
         kernel_info = {"source": radial.source, "voxel_mm": [float(v) for v in spacing],
@@ -283,11 +339,39 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None) -
     vois["tumors"] = {n: metrics[f"tumors.{n}"] for n in tumors}
     if territories:
         vois["injections"] = {n: metrics[f"injections.{n}"] for n in territories}
+    uncertainty = None
+    if replicas:
+        keys = ("mean_gy", "d50_gy", "d70_gy", "d90_gy", "d95_gy")
+        tissue = density >= AIR_DENSITY
+        draws: dict[str, list[float]] = {}
+        for k in range(int(replicas)):
+            rng = np.random.default_rng([int(seed), k])
+            c_k = rng.poisson(counts).astype(np.float64)
+            perf_k = _perturbed(perf, rng, tissue)
+            tum_k = {n: _perturbed(m, rng, tissue) & perf_k for n, m in tumors.items()}
+            for m in tum_k.values():
+                c_k[m] *= math.exp(TN_MISMATCH_SIGMA_LN * rng.standard_normal() - 0.5 * TN_MISMATCH_SIGMA_LN ** 2)
+            if not float(c_k[perf_k].sum()) > 0:
+                raise InputError(f"{spect_path}: images.spect: a replica drew no counts in the perfused mask")
+            lungs_k = masks["lungs"] & ~perf_k if "lungs" in masks else None
+            d_k = dose_of(_spread(c_k, perf_k, lungs_k, injected, f))
+            normal_k = perf_k & ~np.logical_or.reduce([np.zeros_like(perf_k), *tum_k.values()])
+            vois_k = {"perfused": perf_k, "normal_perfused": normal_k, **{f"tumors.{n}": m for n, m in tum_k.items()}}
+            for name, m in vois_k.items():
+                if not m.any():
+                    continue
+                got = voi_metrics(d_k, m)
+                for key in keys:
+                    draws.setdefault(f"{name}.{key}", []).append(got[key])
+                if name.startswith("tumors.") and got["mean_gy"] > 0:
+                    draws.setdefault(f"{name}.d70_ratio", []).append(got["d70_gy"] / got["mean_gy"])
+        uncertainty = {"replicas": int(replicas), "seed": int(seed),
+                       "metrics": {k: _spread_summary(v) for k, v in draws.items()}}
     return {
         "case": case.name, "method": method, "hours_after_calibration": hours, "vial_at_treatment_gbq": s,
         "activity_gbq": activities, "injections": by_injection or None,
         "density": density_source, "voxel_ml": voxel_ml, "vois": vois, "thresholds_gy": list(thresholds),
-        "kernel": kernel_info,
+        "kernel": kernel_info, "uncertainty": uncertainty,
         "dose": dose, "affine": affine, "dvh_edges_gy": edges, "dvh": curves,
     }
 
@@ -299,11 +383,23 @@ def case_with_d70(path: str, res: dict[str, Any]) -> str:
 
     with open(path, encoding="utf-8") as fh:
         doc = tomlkit.parse(fh.read())
+    spread = (res.get("uncertainty") or {}).get("metrics", {})
     for t in doc.get("tumors", []):
-        v = res["vois"]["tumors"].get(str(t.get("name")))
+        name = str(t.get("name"))
+        v = res["vois"]["tumors"].get(name)
         if v is not None and v["mean_gy"] > 0 and v["d70_gy"] > 0:
-            t["d70_ratio"] = round(v["d70_gy"] / v["mean_gy"], 6)
-            t["d70_ratio"].comment(f"voxel ({res['method']}): D70 {v['d70_gy']:.4g} Gy / mean {v['mean_gy']:.4g} Gy")
+            ratio = round(v["d70_gy"] / v["mean_gy"], 6)
+            how = f"voxel ({res['method']}): D70 {v['d70_gy']:.4g} Gy / mean {v['mean_gy']:.4g} Gy"
+            drawn = spread.get(f"tumors.{name}.d70_ratio")
+            if drawn is not None and drawn["mean"] > 0:
+                item = tomlkit.inline_table()
+                item.update({"value": ratio, "cv": round(drawn["sd"] / drawn["mean"], 4)})
+                t["d70_ratio"] = item
+                how += (f"; CV from {res['uncertainty']['replicas']} replicas (counts, one-voxel mask margins, "
+                        "MAA-to-Y-90 mismatch)")
+            else:
+                t["d70_ratio"] = ratio
+            t["d70_ratio"].comment(how)
     return tomlkit.dumps(doc)
 
 
