@@ -76,6 +76,8 @@ def test_voxel_cli_writes_the_dose_map(measured, tmp_path):
     assert set(d["vois"]["tumors"]) == {"T1", "T2"}
     img = nib.load(str(tmp_path / "v" / "dose.nii.gz"))
     assert img.shape == ph.spect.shape and (tmp_path / "v" / "dvh.png").exists()
+    page = (tmp_path / "v" / "voxel.html").read_text(encoding="utf-8")  # self-contained: the DVH embedded
+    assert "data:image/png;base64," in page and "tumors.T1" in page and "local deposition" in page
     # the RT Dose: the same doses (to its 32-bit scaling) at the same place in patient space (LPS = RAS with x, y negated)
     import pydicom
 

@@ -487,7 +487,10 @@ def voxel(case: str | os.PathLike, *, method: str = "ldm", out: str | os.PathLik
         raise InputError("--case-out: a tumour's d70_ratio with [[injections]] is not available yet (its D70 is not "
                          "linear in several vials' activities)")
     if out is not None:
+        from .report import write_voxel_report
+
         res["files"] = write_voxel_outputs(res, os.fspath(out))
+        res["files"]["report"] = write_voxel_report(res, res["files"]["dvh_png"], os.fspath(out))
     if case_out is not None:
         target = os.fspath(case_out)
         if os.path.exists(target) and os.path.samefile(target, os.fspath(case)):

@@ -375,7 +375,8 @@ def cmd_voxel(args) -> int:
     from . import api
     from .textout import dumps, table
 
-    out_dir = _output_dir(args.out, [args.case], ("dose.nii.gz", "dose_rtdose.dcm", "dvh.csv", "dvh.png")) if args.out else None
+    out_dir = _output_dir(args.out, [args.case], ("dose.nii.gz", "dose_rtdose.dcm", "dvh.csv", "dvh.png", "voxel.html")
+                          ) if args.out else None
     res = api.voxel(args.case, method=args.method, out=out_dir, case_out=args.case_out, kernel=args.kernel,
                     uncertainty=args.uncertainty, seed=args.seed)
     summary = {k: res[k] for k in ("case", "method", "hours_after_calibration", "vial_at_treatment_gbq", "activity_gbq",
@@ -408,7 +409,7 @@ def cmd_voxel(args) -> int:
         print(f"\nvoxel-level uncertainty over {u['replicas']} replicas (seed {u['seed']}):")
         print(table(rows, header=("VOI", "metric", "mean", "SD", "5 %", "95 %")))
     if out_dir:
-        print(f"\ndose map, DVH table and figure written to {out_dir}")
+        print(f"\ndose map, DVH table and figure, voxel.html written to {out_dir}")
     return 0
 
 

@@ -450,9 +450,9 @@ def cohort_figure(ds, path: str) -> str:
         return _save(fig, path)
 
 
-def dvh_figure(edges, curves: dict, thresholds, path: str) -> str:
+def dvh_figure(edges, curves: dict, thresholds, path: str, method: str = "local deposition") -> str:
     """Cumulative dose-volume histograms (share of each VOI receiving at least a dose), the scenario's
-    thresholds as vertical lines."""
+    thresholds as vertical lines; ``method`` names the dose model in the title."""
     with _rc():
         fig = _figure(7.5, 4.2)
         ax = fig.add_subplot()
@@ -465,5 +465,5 @@ def dvh_figure(edges, curves: dict, thresholds, path: str) -> str:
         ax.set_ylabel("volume receiving at least it (%)")
         ax.set_ylim(0, 101)
         ax.legend(fontsize=8, loc="upper right")
-        ax.set_title("cumulative DVH (local deposition); dotted: the scenario's thresholds", loc="left", fontsize=9.5)
+        ax.set_title(f"cumulative DVH ({method}); dotted: the scenario's thresholds", loc="left", fontsize=9.5)
         return _save(fig, path)

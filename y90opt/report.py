@@ -1039,3 +1039,51 @@ def _footer(a) -> str:
             "not a medical device. Doses use the MIRD/partition model with the conventions above and the scenario "
             "thresholds validated on planned (MAA-based) doses. Probabilities are Monte Carlo estimates over the stated "
             "input uncertainty and are only as good as those inputs.</p></footer>")
+
+
+def write_voxel_report(res: dict[str, Any], dvh_png: str, out_dir: str | os.PathLike) -> str:
+    """``voxel.html``: the voxel dose's model (and kernel), its activity, each VOI's mean, D50-D95 and V at the
+    scenario's thresholds, the voxel-level uncertainty when computed, and the cumulative DVH figure embedded."""
+    out_dir = os.fspath(out_dir)
+    vois = res["vois"]
+    keys = ["mean_gy", "d50_gy", "d70_gy", "d90_gy", "d95_gy"]
+    vx = [f"v{t:g}" for t in res["thresholds_gy"]]
+    rows = []
+    for name, v in [(k, v) for k, v in vois.items() if k not in ("tumors", "injections")] + \
+            [(f"injections.{k}", v) for k, v in vois.get("injections", {}).items()] + \
+            [(f"tumors.{k}", v) for k, v in vois["tumors"].items()]:
+        rows.append([esc(name)] + [f"{v[k]:.1f}" for k in keys] + [f"{100 * v[k]:.1f}" for k in vx if k in v])
+    model = ("dose-voxel kernel: " + esc(res["kernel"]["source"]) + f"; kernel {res['kernel']['shape'][0]} x "
+             f"{res['kernel']['shape'][1]} x {res['kernel']['shape'][2]} voxels, "
+             f"{100 * res['kernel']['absorbed_share']:.2f} % of the emitted energy absorbed on the grid"
+             if res["kernel"] is not None else "local deposition (each voxel keeps the energy of its decays)")
+    when = (f"{res['hours_after_calibration']:.1f} h after calibration, {res['vial_at_treatment_gbq']:.3g} GBq at "
+            "treatment" if res["injections"] is None else
+            "; ".join(f"{esc(n)}: {v['hours_after_calibration']:.1f} h, {v['vial_at_treatment_gbq']:.3g} GBq at treatment"
+                      for n, v in res["injections"].items()))
+    a = res["activity_gbq"]
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>y90opt voxel dosimetry</title>", f"<style>{_CSS}</style></head><body><main>",
+        f"<h1>Voxel dosimetry: {esc(res['case'])}</h1>",
+        f'<p class="sub">{model}; density from {esc(res["density"])}; {when}; activity injected {a["injected"]:.3g} '
+        f'GBq (liver {a["liver"]:.3g}, lungs {a["lung"]:.3g}).</p>',
+        '<div class="banner">Research software. Voxel metrics are not the committee\'s mean-dose thresholds; every '
+        "plan must be checked independently before clinical use.</div>",
+        "<section><h2>Volumes of interest</h2>"
+        + _table(["VOI", "mean (Gy)", "D50", "D70", "D90", "D95"] + [f"V{t:g} (%)" for t in res["thresholds_gy"]],
+                 rows, numeric=[False] + [True] * (5 + len(vx))) + "</section>",
+    ]
+    u = res.get("uncertainty")
+    if u is not None:
+        urows = [[esc(k.rsplit(".", 1)[0]), esc(k.rsplit(".", 1)[1]), f"{v['mean']:.4g}", f"{v['sd']:.3g}",
+                  f"{v['p05']:.4g}", f"{v['p95']:.4g}"] for k, v in u["metrics"].items()]
+        parts.append(f"<section><h2>Voxel-level uncertainty ({u['replicas']} replicas, seed {u['seed']})</h2>"
+                     "<p>Counts drawn again (Poisson), masks eroded or dilated by one voxel, each tumour's uptake "
+                     "scaled by the MAA-to-Y-90 mismatch.</p>"
+                     + _table(["VOI", "metric", "mean", "SD", "5 %", "95 %"], urows,
+                              numeric=[False, False, True, True, True, True]) + "</section>")
+    parts += [f'<section><h2>Cumulative DVH</h2><img alt="cumulative DVH" src="{_data_uri(dvh_png)}"></section>',
+              "</main></body></html>"]
+    return _write_page(os.path.join(out_dir, "voxel.html"), "\n".join(parts) + "\n")

@@ -452,7 +452,7 @@ def write_rtdose(dose: np.ndarray, affine: np.ndarray, path: str, method: str = 
 
 def write_voxel_outputs(res: dict[str, Any], out_dir: str) -> dict[str, str]:
     """``dose.nii.gz`` (Gy on the SPECT grid), ``dose_rtdose.dcm`` (DICOM RT Dose), ``dvh.csv`` and ``dvh.png``
-    into ``out_dir``."""
+    into ``out_dir`` (the self-contained ``voxel.html`` is :func:`y90opt.report.write_voxel_report`'s)."""
     import csv
 
     import nibabel as nib
@@ -471,6 +471,7 @@ def write_voxel_outputs(res: dict[str, Any], out_dir: str) -> dict[str, str]:
         w.writerow(["dose_gy", *names])
         for i, e in enumerate(res["dvh_edges_gy"]):
             w.writerow([f"{e:.6g}", *[f"{res['dvh'][n][i]:.6g}" for n in names]])
-    dvh_figure(res["dvh_edges_gy"], res["dvh"], res["thresholds_gy"], paths["dvh_png"])
+    dvh_figure(res["dvh_edges_gy"], res["dvh"], res["thresholds_gy"], paths["dvh_png"],
+               "dose-voxel kernel" if res["method"] == "kernel" else "local deposition")
     paths["rtdose"] = write_rtdose(res["dose"], res["affine"], os.path.join(out_dir, "dose_rtdose.dcm"), res["method"])
     return paths
