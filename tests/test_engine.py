@@ -461,3 +461,29 @@ def test_cases_of_one_structure_share_one_compile_and_none_leaks_its_numbers(cas
     fb_alone, _ = engine.sample_factors(b, 5000, seed=2)
     assert np.array_equal(fb_shared, fb_alone)
     assert not np.array_equal(fa, fb_shared)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_uncertain_d70_ratio_moves_no_other_inputs_draws(dtype):
+    """The tumours' D70 ratios are drawn from a stream of their own: the same case with no ratio, a fixed one or
+    an uncertain one gives every other input the same values, sample by sample (an untreated tumour's ratio
+    is no input at all)."""
+    import copy
+    import pathlib
+    import tomllib
+
+    import tomli_w
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    doc = tomllib.loads((root / "configs/examples/multifocal-unilobar.toml").read_text(encoding="utf-8"))
+    draws = []
+    for ratio in (None, 0.8, {"value": 0.8, "cv": 0.05}):
+        d = copy.deepcopy(doc)
+        if ratio is not None:
+            d["tumors"][0]["d70_ratio"] = ratio
+        case = parse_case(tomli_w.dumps(d), "case.toml")
+        draws.append(engine.sample_inputs(engine.Model.from_case(case), 64, 7, dtype))
+    for x in draws[1:]:
+        for path, values in draws[0].items():
+            np.testing.assert_array_equal(x[path], values)
+    assert np.ptp(draws[2]["tumors.T1.d70_ratio"]) > 0 and "tumors.T1.d70_ratio" not in draws[0]

@@ -468,3 +468,39 @@ def test_partial_volume_correction_recovers_the_small_tumours_tn(tmp_path):
                                                         f'spect = "spect.nii.gz"\nspect_fwhm_mm = {bad}'), encoding="utf-8")
         code, err = _run(["measure", str(tmp_path / "bad.toml")])
         assert code == 2 and "images.spect_fwhm_mm" in err
+
+
+def test_nrrd_and_rtstruct_edge_cases_are_refused_or_read_as_documented(dicom_phantom):
+    """A Slicer segmentation without a label is the union of its layers; an integer label on several layers, a
+    segment in a layer the file lacks, a non-integer label value, an RTSTRUCT drawn on another frame of
+    reference and a contour that is not x, y, z triplets are refused with one line naming the file."""
+    import nrrd
+    import pydicom
+
+    from y90opt.errors import InputError
+    from y90opt.image_io import MaskRef, read_mask_image
+
+    folder, ph, paths = dicom_phantom
+    seg = str(folder / "segmentation.seg.nrrd")
+    union, _ = read_mask_image(MaskRef(seg), "x")
+    assert union.sum() == np.logical_or.reduce(list(ph.masks.values())).sum()
+    with pytest.raises(InputError, match="names its segment"):
+        read_mask_image(MaskRef(seg, 1), "x")
+    data, hdr = nrrd.read(seg)
+    for key, value, words in (("Segment0_Layer", "9", "layers"), ("Segment0_LabelValue", "one", "not an integer")):
+        bad = dict(hdr, **{key: value})
+        nrrd.write(str(folder / "bad.seg.nrrd"), data, bad)
+        with pytest.raises(InputError, match=words):
+            read_mask_image(MaskRef(str(folder / "bad.seg.nrrd"), "liver"), "x")
+    ds = pydicom.dcmread(folder / "rs.dcm")
+    ds.StructureSetROISequence[0].ReferencedFrameOfReferenceUID = "1.2.3.4"
+    ds.save_as(folder / "rs_other.dcm")
+    with pytest.raises(InputError, match="frame of reference"):
+        read_mask_image(MaskRef(str(folder / "rs_other.dcm"), ds.StructureSetROISequence[0].ROIName), "x",
+                        ct_path=paths["ct"])
+    ds = pydicom.dcmread(folder / "rs.dcm")
+    ds.ROIContourSequence[0].ContourSequence[0].ContourData = [1.0, 2.0]
+    ds.save_as(folder / "rs_bad.dcm")
+    with pytest.raises(InputError, match="triplets|fewer than 3"):
+        read_mask_image(MaskRef(str(folder / "rs_bad.dcm"), ds.StructureSetROISequence[0].ROIName), "x",
+                        ct_path=paths["ct"])

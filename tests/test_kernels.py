@@ -64,15 +64,15 @@ def test_voxel_kernel_equals_an_independent_quadrature(coarse_loevinger, spacing
 
 def test_mird17_voxel_s_values_for_y90():
     """MIRD Pamphlet 17 (Bolch et al., J Nucl Med 40 (1999) 11S-36S, Y-90 in soft tissue, 1.04 g/cm³): S of the
-    source voxel 1.61 mGy/(MBq s) for 3 mm voxels and 0.346 for 6 mm. Loevinger's approximation gives 6.8 % and
-    5.4 % less (its known shortfall for Y-90, stated in y90opt.kernels); within 8 %."""
+    source voxel 1.61 mGy/(MBq s) for 3 mm voxels and 0.346 for 6 mm. Loevinger's approximation gives 6.5 % and
+    5.1 % less (its shortfall for Y-90, stated in y90opt.kernels and the README): pinned to that shortfall."""
     radial = loevinger_kernel(density_g_per_ml=1.04)
     for side, mird in ((3.0, 1.61), (6.0, 0.346)):
         kern = voxel_kernel(radial, (side,) * 3)
         share = kern[tuple(np.array(kern.shape) // 2)]
         mass_kg = (side / 10.0) ** 3 * 1.04 / 1000.0
         s = 1e6 * MEAN_BETA_ENERGY_MEV * MEV_J * share / mass_kg * 1000.0  # mGy per MBq s
-        assert abs(s / mird - 1.0) < 0.08, (side, s)
+        assert -0.075 < s / mird - 1.0 < -0.045, (side, s)
 
 
 def test_the_kernel_conserves_energy_and_a_uniform_medium_gets_the_local_dose():
@@ -80,10 +80,17 @@ def test_the_kernel_conserves_energy_and_a_uniform_medium_gets_the_local_dose():
     is the local-deposition dose."""
     import jax.numpy as jnp
 
+    from y90opt.kernels import _lattice_kernel
     from y90opt.voxel_dosimetry import kernel_dose, ldm_dose
 
     radial = loevinger_kernel()
     kern = voxel_kernel(radial, (4.0, 4.0, 4.0))
+    # the Fourier sums themselves conserve the energy (before the clip of round-off tails and its renormalisation)
+    a, n = np.full(3, 4.0), np.array(kern.shape) // 2
+    q = np.linspace(0.0, float(np.sqrt(np.sum((np.pi * 8 / a) ** 2))) * 1.0001, 16384)
+    for s in (8, 4):
+        raw = _lattice_kernel(radial, a, n, s, (q, radial.transform(q)))
+        assert raw.sum() == pytest.approx(radial.total, rel=1e-9)
     assert kern.sum() == pytest.approx(radial.total, rel=1e-12)
     assert np.allclose(kern, kern[::-1, ::-1, ::-1], rtol=1e-9, atol=1e-15)  # symmetric
     activity = np.ones((40, 40, 40)) * 0.01

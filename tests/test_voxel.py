@@ -259,3 +259,24 @@ def test_voxel_level_uncertainty_feeds_the_monte_carlo(tmp_path):
     p = {r["label"]: r for r in sim["rules"]}["tumor-d70:T1"]["probability"]
     exact = float(case.tumors[0].d70_ratio.scipy().sf(threshold / mean_t1))
     assert abs(p - exact) < 4 * np.sqrt(exact * (1 - exact) / n)
+
+
+def test_voxel_refuses_a_bad_seed_and_an_injection_spect_that_misses_its_territory(tmp_path):
+    import nibabel as nib
+
+    from y90opt.phantoms import TWO_INJECTION_CASE, make_two_injection_phantom
+
+    ph = make_two_injection_phantom(n=48, voxel_mm=4.0, lsf=0.07)
+    ph.write_nifti(str(tmp_path))
+    (tmp_path / "case.toml").write_text(TWO_INJECTION_CASE, encoding="utf-8")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["measure", str(tmp_path / "case.toml"), "-o", str(tmp_path / "m.toml")]) == 0
+    # the segment's own SPECT cropped so that it covers only part of the territory (its affine keeps it in place)
+    crop = ph.spects["segment"][:, :, : int(np.argwhere(ph.masks["injections.segment"])[:, 2].mean())]
+    nib.save(nib.Nifti1Image(crop.astype(np.float32), ph.affine), str(tmp_path / "spect_segment.nii.gz"))
+    with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
+        assert main(["voxel", str(tmp_path / "m.toml")]) == 2
+    assert "does not cover the territory" in err.getvalue() and err.getvalue().count("\n") == 1
+    with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
+        assert main(["voxel", str(tmp_path / "m.toml"), "--uncertainty", "2", "--seed", "-1"]) == 2
+    assert "--seed" in err.getvalue()

@@ -202,8 +202,8 @@ class Case:
         d["lung.mass_kg"] = self.lung_mass_kg
         d["delivery.residual_fraction"] = self.residual_fraction
         d["delivery.activity_factor"] = self.activity_factor
-        for t in self.tumors:  # last: the inputs before keep their variates whether or not a ratio is given
-            if t.d70_ratio is not None:
+        for t in self.tumors:  # last, drawn from a stream of their own (engine.RATIO_STREAM): no other input moves
+            if t.d70_ratio is not None and t.treated:
                 d[f"tumors.{t.name}.d70_ratio"] = t.d70_ratio
         return d
 

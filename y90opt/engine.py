@@ -186,6 +186,13 @@ class Model:
         return len(self.uncertain)
 
     @property
+    def n_base_dims(self) -> int:
+        """The uncertain inputs drawn from the case's main stream: all but the tumours' D70 ratios, which come
+        last and are drawn from a stream of their own (:data:`RATIO_STREAM`), so that giving a ratio an
+        uncertainty moves no other input's draws."""
+        return sum(1 for p in self.uncertain if not p.endswith(RATIO_SUFFIX))
+
+    @property
     def offsets(self) -> np.ndarray:
         """b in dose = s·F + b (prior lung dose on the cumulative lung dose, 0 elsewhere)."""
         b = np.zeros(len(self.quantities))
@@ -340,7 +347,7 @@ class Model:
         }
         for i, t in enumerate(self.case.tumors):
             by_name[f"tumors.{t.name}"] = u.tumors[:, i]
-            if t.d70_ratio is not None:  # the voxel D70 as a share of the mean, drawn per sample (linear in the activity)
+            if t.d70_ratio is not None and t.treated:  # the voxel D70 as a share of the mean, drawn per sample
                 by_name[f"tumors_d70.{t.name}"] = u.tumors[:, i] * cols[f"tumors.{t.name}.d70_ratio"]
         f = jnp.stack([by_name[q] for q in self.quantities], axis=-1) * act[:, None]
         # a sample whose factors are not all finite (an overflow in the run's dtype) is never counted as a
@@ -662,6 +669,24 @@ def variates(key, start, count: int, n_dims: int, dtype, aligned: bool = False):
     return block_variates(key, b0, start - b0 * BLOCK, count, n_dims, dtype, aligned)
 
 
+#: Inputs drawn from their own stream (see :attr:`Model.n_base_dims`): the key folded with this tag.
+RATIO_SUFFIX, RATIO_STREAM = ".d70_ratio", 0x0D70
+
+
+def model_variates(model: Model, key, block0, offset, count: int, dtype, aligned: bool = False):
+    """The model's variates (count, n_dims): its main inputs from ``key`` (:func:`block_variates`), the D70
+    ratios after them from ``fold_in(key, RATIO_STREAM)`` (the same blocks and positions)."""
+    import jax
+    import jax.numpy as jnp
+
+    z = block_variates(key, block0, offset, count, model.n_base_dims, dtype, aligned)
+    extra = model.n_dims - model.n_base_dims
+    if extra:
+        z2 = block_variates(jax.random.fold_in(key, RATIO_STREAM), block0, offset, count, extra, dtype, aligned)
+        z = jnp.concatenate([z, z2], axis=1)
+    return z
+
+
 def block_variates(key, block0, offset, count: int, n_dims: int, dtype, aligned: bool = False):
     """:func:`variates` for the samples from index ``block0 · BLOCK + offset`` on, 0 ≤ offset < BLOCK.
 
@@ -742,7 +767,7 @@ def _compiled_chunk_fn(same: _SameComputation, count: int, dtype: str, reducer: 
     dt = jnp.dtype(dtype)
 
     def fn(key, block0, offset, size, numbers, *args):
-        z = block_variates(key, block0, offset, count, model.n_dims, dt, aligned)
+        z = model_variates(model, key, block0, offset, count, dt, aligned)
         f, valid = model.factors_from_z(z, numbers)
         in_range = jnp.arange(count, dtype=jnp.int32) < size  # the last chunk is padded
         if reducer is None:
@@ -829,7 +854,8 @@ def sample_inputs(model: Model, n: int, seed: int, dtype: str = "float32") -> di
     """The sampled input values by case path (numpy), for inspection and tests."""
     import jax.numpy as jnp
 
-    z = variates(make_key(seed), jnp.asarray(0, jnp.uint32), n, model.n_dims, jnp.dtype(dtype), aligned=True)
+    z = model_variates(model, make_key(seed), jnp.asarray(0, jnp.uint32), jnp.asarray(0, jnp.int32), n,
+                       jnp.dtype(dtype), aligned=True)
     return {k: np.asarray(v) for k, v in model.input_columns(z).items()}
 
 

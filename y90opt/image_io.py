@@ -153,6 +153,9 @@ def on_grid(ref_path: str, ref, path: str, img, what: str, order: int, fill: flo
     if not has_transform(path):
         raise InputError(f"{path}: {what}: not on the grid of {ref_path} (shape {di.shape} vs {dr.shape}) and has no "
                          "spatial transform (sform/qform) to resample it by")
+    if not has_transform(ref_path):
+        raise InputError(f"{ref_path}: {what}: {path} lies on another grid and {ref_path} has no spatial transform "
+                         "(sform/qform) to resample it onto")
     from scipy.ndimage import map_coordinates
 
     try:
@@ -192,9 +195,20 @@ def _nrrd(path: str, label: int | str | None, what: str):
         if label not in names:
             raise InputError(f"{path}: {what}: no segment named {label!r} (segments: {', '.join(sorted(names)) or 'none'})")
         seg = names[label]
-        label, layer = int(hdr.get(f"{seg}_LabelValue", 1)), int(hdr.get(f"{seg}_Layer", 0))
-    if data.ndim == 4 and len(spatial) == 3:  # a Slicer segmentation of several layers: the list axis first
+        try:
+            label, layer = int(hdr.get(f"{seg}_LabelValue", 1)), int(hdr.get(f"{seg}_Layer", 0))
+        except ValueError:
+            raise InputError(f"{path}: {what}: {seg}_LabelValue or {seg}_Layer is not an integer") from None
+    elif data.ndim == 4 and label is not None:
+        raise InputError(f"{path}: {what}.label: a segmentation of several layers names its segment (a string), "
+                         "not a label value (each layer may reuse the same values)")
+    if data.ndim == 4 and len(spatial) == 3:  # a Slicer segmentation of several layers: the list axis
         axis = next(k for k in range(4) if k not in spatial)
+        if label is None:  # no segment named: every voxel of any layer > 0.5, as for a plain mask
+            return np.max(np.asarray(data, dtype=np.float64), axis=axis), affine, None
+        if not 0 <= layer < data.shape[axis]:
+            raise InputError(f"{path}: {what}: segment {seg!r} is in layer {layer}, but the file has "
+                             f"{data.shape[axis]} layers")
         data = np.take(data, layer, axis=axis)
     return np.asarray(data, dtype=np.float64), affine, label
 
@@ -240,7 +254,8 @@ def _rtstruct(ds, path: str, label: int | str | None, what: str, ct_path: str | 
                          f"(ROIs: {', '.join(sorted(rois)) or 'none'})")
     if ct_path is None:
         raise InputError(f"{path}: {what}: an RTSTRUCT mask is rasterised on the CT it was drawn on: give images.ct")
-    ct, affine = read_image(ct_path, "images.ct")
+    ct, affine = read_image(ct_path, "images.ct", np.float32)
+    _same_frame(ds, rois[label], path, what, ct_path)
     axes = affine[:3, :3]
     if np.any(np.abs(axes[2, :2]) > 1e-6) or np.any(np.abs(axes[:2, 2]) > 1e-6):
         raise InputError(f"{ct_path}: images.ct: an RTSTRUCT needs a CT of axial slices (rows and columns in the "
@@ -258,7 +273,13 @@ def _rtstruct(ds, path: str, label: int | str | None, what: str, ct_path: str | 
         if str(getattr(c, "ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
             raise InputError(f"{path}: {what}: ROI {label!r} has a {c.ContourGeometricType} contour (only CLOSED_PLANAR "
                              "contours enclose a volume)")
-        lps = np.asarray(c.ContourData, dtype=np.float64).reshape(-1, 3)
+        try:
+            lps = np.asarray(c.ContourData, dtype=np.float64).reshape(-1, 3)
+        except (ValueError, TypeError):
+            raise InputError(f"{path}: {what}: a contour of ROI {label!r} has ContourData that is not x, y, z "
+                             "triplets") from None
+        if len(lps) < 3 or not np.all(np.isfinite(lps)):
+            raise InputError(f"{path}: {what}: a contour of ROI {label!r} has fewer than 3 points or a non-finite one")
         ras = (LPS_TO_RAS[:3, :3] @ lps.T).T
         idx = (to_index[:3, :3] @ ras.T + to_index[:3, 3:4]).T
         k = float(np.mean(idx[:, 2]))
@@ -269,6 +290,27 @@ def _rtstruct(ds, path: str, label: int | str | None, what: str, ct_path: str | 
         inside = Path(ring, closed=True).contains_points(centres).reshape(ct.shape[:2])
         mask[:, :, kk] ^= inside  # an inner contour is a hole
     return mask.astype(np.float64), affine
+
+
+def _same_frame(ds, number: int, path: str, what: str, ct_path: str) -> None:
+    """An RTSTRUCT ROI drawn on another frame of reference than the CT series' is refused (a DICOM CT only: a
+    NIfTI carries no frame of reference)."""
+    if not os.path.isdir(ct_path):
+        return
+    import pydicom
+
+    roi = next((r for r in getattr(ds, "StructureSetROISequence", []) if int(r.ROINumber) == number), None)
+    frame = str(getattr(roi, "ReferencedFrameOfReferenceUID", "")) if roi is not None else ""
+    for f in sorted(os.listdir(ct_path)):
+        try:
+            ct = pydicom.dcmread(os.path.join(ct_path, f), stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - not DICOM: not a slice
+            continue
+        ct_frame = str(getattr(ct, "FrameOfReferenceUID", ""))
+        if frame and ct_frame and frame != ct_frame:
+            raise InputError(f"{path}: {what}: the ROI's frame of reference {frame} is not the CT's ({ct_path}: "
+                             f"{ct_frame}): its contours were drawn on another image")
+        return
 
 
 def read_mask_image(ref: MaskRef, what: str, ct_path: str | None = None):

@@ -16,7 +16,7 @@ around it, in a uniform medium of a stated density (:class:`RadialKernel`). Sour
   energy absorbed per unit u is constant below u = 1 and ∝ u e^{1−u} above, so the share within u is u/3 below
   1 and 1 − (u + 1) e^{1−u}/3 above (closed form: each shell's share is exact). Loevinger's function was
   fitted to measurements of beta emitters of the 1950s, not to Y-90 Monte Carlo: its self-voxel S values are
-  6.7 % (3 mm voxels) and 5.4 % (6 mm) below MIRD Pamphlet 17's (``tests/test_kernels.py``); it is the default
+  6.5 % (3 mm voxels) and 5.1 % (6 mm) below MIRD Pamphlet 17's (``tests/test_kernels.py``); it is the default
   only until a published table is given.
 
 The **dose-voxel kernel** (:func:`voxel_kernel`) holds, for each voxel offset d, the share of the energy emitted
@@ -103,7 +103,7 @@ class RadialKernel:
 def loevinger_kernel(density_g_per_ml: float = SOFT_TISSUE_DENSITY, e_max_mev: float = Y90_E_MAX_MEV,
                      shell_mm: float = 0.02, r_max_mm: float = 20.0) -> RadialKernel:
     """Loevinger's point-source function for a beta spectrum of end point ``e_max_mev`` (c = 1: 1.5-3 MeV),
-    as exact shell shares up to ``r_max_mm`` (the share beyond, 2·10⁻⁵ for Y-90 at 20 mm, is left out and
+    as exact shell shares up to ``r_max_mm`` (the share beyond, 3.5·10⁻⁵ for Y-90 at 20 mm, is left out and
     reported by :attr:`RadialKernel.total`)."""
     if not 1.5 < e_max_mev < 3.0:
         raise ValueError("the c = 1 form of Loevinger's function holds for 1.5 < E_max < 3 MeV")
@@ -201,7 +201,8 @@ def voxel_kernel(radial: RadialKernel, spacing_mm, oversample: int = 8) -> np.nd
     The Fourier grid's truncation makes each entry converge as 1/s² in the oversampling s (the self-voxel
     share of a 3 mm voxel is 1.9 % low at s = 4, 0.5 % at s = 8); the kernel returned is the Richardson
     extrapolation (4 S_s − S_{s/2}) / 3, within 0.05 % of the limit there. s is ``oversample``, lowered so that
-    the grid keeps at most :data:`MAX_FOURIER_POINTS` points per axis (at 1 mm voxels and a 20 mm kernel, 5)."""
+    the grid keeps at most :data:`MAX_FOURIER_POINTS` points per axis, and made even (at 1 mm voxels and a 20 mm
+    kernel, 4)."""
     a = np.asarray(spacing_mm, dtype=np.float64).reshape(3)
     if np.any(a <= 0) or not np.all(np.isfinite(a)):
         raise ValueError("voxel spacing must be positive")

@@ -290,8 +290,12 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
                 img = read_image(own, f"images.spect_by_injection.{j.name}")
                 if not np.all(np.isfinite(img[0])) or (img[0] < 0).any():
                     raise InputError(f"{own}: images.spect_by_injection.{j.name}: counts must be finite and >= 0")
-                spread = np.clip(on_grid(spect_path, (counts, affine), own, img, f"images.spect_by_injection.{j.name}",
-                                         order=1, fill=0.0), 0.0, None)
+                spread = on_grid(spect_path, (counts, affine), own, img, f"images.spect_by_injection.{j.name}",
+                                 order=1, fill=np.nan)
+                if not np.all(np.isfinite(spread[territories[j.name]])):
+                    raise InputError(f"{own}: images.spect_by_injection.{j.name}: the SPECT does not cover the "
+                                     f"territory's mask (resampled onto {spect_path})")
+                spread = np.clip(np.nan_to_num(spread, nan=0.0), 0.0, None)
                 what = f"{own}: images.spect_by_injection.{j.name}"
             deliver(injected, f, territories[j.name], spread, what)
             by_injection[j.name] = {"hours_after_calibration": h, "vial_at_treatment_gbq": at_treatment,
