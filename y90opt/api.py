@@ -458,7 +458,8 @@ def trial(template: CaseLike, *, virtual: int | None = None, patients: str | os.
 
 
 def measure(case: str | os.PathLike) -> dict[str, Any]:
-    """Measure a case file's ``[images]`` (NIfTI on the SPECT's grid): returns ``text`` (the completed case, the
+    """Measure a case file's ``[images]`` (NIfTI, DICOM series, NRRD, DICOM SEG and RTSTRUCT masks, each put on
+    the SPECT's grid through its geometry; one territory and MAA study per injection with several): returns ``text`` (the completed case, the
     user's values kept and the measured ones added with their uncertainty and a comment on each),
     ``measurements`` (the ``measure --json`` keys) and ``disagreements``. See :mod:`y90opt.imaging`."""
     from .imaging import measure_case
