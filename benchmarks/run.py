@@ -1032,6 +1032,11 @@ class Bench:
                                repeats=3)
         kd = np.asarray(fk(e, k32, r, v_ml))
         tdk = timing.time_call(lambda: voi_summaries(kd, ph.masks, (120.0, 205.0), edges), repeats=3)
+        from y90opt.voxel_dosimetry import voi_index
+
+        ti = timing.time_call(lambda: voi_index(ph.masks), repeats=3)  # once per grid and set of VOIs
+        index = voi_index(ph.masks)
+        tdi = timing.time_call(lambda: voi_summaries(kd, index, (120.0, 205.0), edges), repeats=5)
         t1 = ph.masks["tumors.T1"]
         r_t1 = (3 * ml(t1) * 1000.0 / (4 * np.pi)) ** (1 / 3)
         d_t1 = d_n * (1.0 + 3.0 * sphere_absorbed_fraction(radial, r_t1))
@@ -1041,12 +1046,16 @@ class Bench:
         row.update({"kernel_shape": list(kern.shape), "kernel_build_s": tk.median_s, "kernel_jax": tkj.as_dict(n**3),
                     "kernel_scipy": tks.as_dict(n**3), "kernel_ratio_to_scipy": tks.median_s / tkj.median_s,
                     "kernel_metrics_and_dvh_s": tdk.median_s, "dvh_share_of_kernel_time": tdk.median_s / tkj.median_s,
+                    "voi_index_s": ti.median_s, "metrics_and_dvh_indexed_s": tdi.median_s,
+                    "dvh_indexed_share_of_kernel_time": tdi.median_s / tkj.median_s,
                     "kernel_normal_interior_rel_diff": float(kd[interior].mean() / (d_n * radial.total) - 1),
                     "kernel_tumour_T1_rel_diff": float(kd[t1].mean() / d_t1 - 1),
                     "tumour_T1_sphere_absorbed_fraction": sphere_absorbed_fraction(radial, r_t1)})
         log(f"voxel kernel {n}³ ({side:g} mm, kernel {kern.shape[0]}³ built in {tk.median_s:.2f} s): jax "
             f"{tkj.median_s * 1e3:.0f} ms, scipy fftconvolve {tks.median_s * 1e3:.0f} ms (x{tks.median_s / tkj.median_s:.2f}); "
-            f"metrics+DVH {tdk.median_s * 1e3:.0f} ms ({100 * tdk.median_s / tkj.median_s:.0f} % of the convolution); "
+            f"metrics+DVH {tdk.median_s * 1e3:.0f} ms ({100 * tdk.median_s / tkj.median_s:.0f} % of the convolution; "
+            f"{tdi.median_s * 1e3:.1f} ms = {100 * tdi.median_s / tkj.median_s:.0f} % from a VOI index built once in "
+            f"{ti.median_s * 1e3:.0f} ms); "
             f"interior normal {row['kernel_normal_interior_rel_diff']:.2e}, T1 vs sphere closed form "
             f"{row['kernel_tumour_T1_rel_diff']:.2e}")
         return row

@@ -280,3 +280,15 @@ def test_voxel_refuses_a_bad_seed_and_an_injection_spect_that_misses_its_territo
     with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
         assert main(["voxel", str(tmp_path / "m.toml"), "--uncertainty", "2", "--seed", "-1"]) == 2
     assert "--seed" in err.getvalue()
+
+
+def test_voi_summaries_from_a_voi_index_equal_those_from_the_masks():
+    from y90opt.voxel_dosimetry import voi_index, voi_summaries
+
+    rng = np.random.default_rng(0)
+    dose = (rng.random((30, 20, 10)) * 100).astype(np.float32)
+    masks = {"a": rng.random(dose.shape) > 0.5, "b": rng.random(dose.shape) > 0.9}
+    edges = np.linspace(0, 100, 50)
+    by_mask, curves = voi_summaries(dose, masks, (50.0,), edges)
+    by_index, curves2 = voi_summaries(dose, voi_index(masks), (50.0,), edges)
+    assert by_mask == by_index and all(np.array_equal(curves[k], curves2[k]) for k in curves)

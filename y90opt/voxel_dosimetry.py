@@ -106,10 +106,19 @@ def _summary(d: np.ndarray, thresholds: tuple[float, ...], edges: np.ndarray | N
     return out, curve
 
 
+def voi_index(vois: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each VOI's voxels as flat indices into the dose map: prepared once, they serve every dose map of the same
+    grid (a kernel and an LDM map, many plans) without reading the masks again."""
+    return {name: np.flatnonzero(np.asarray(m, dtype=bool).ravel()) for name, m in vois.items()}
+
+
 def _values(dose: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The dose in a VOI's voxels (in the dose's own dtype), read from the VOI's bounding box only."""
-    mask = np.asarray(mask, dtype=bool)
+    """The dose in a VOI's voxels (in the dose's own dtype): by its flat indices (:func:`voi_index`), or read
+    from a mask's bounding box only."""
     dose = np.asarray(dose)
+    if np.asarray(mask).ndim == 1 and np.issubdtype(np.asarray(mask).dtype, np.integer):
+        return np.take(dose.ravel(), mask)
+    mask = np.asarray(mask, dtype=bool)
     if mask.ndim == 3 and mask.any():
         box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in (np.flatnonzero(mask.any(axis=(1, 2))),
                                                                        np.flatnonzero(mask.any(axis=(0, 2))),
@@ -130,7 +139,8 @@ def dvh(dose: np.ndarray, mask: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 def voi_summaries(dose: np.ndarray, vois: dict[str, np.ndarray], thresholds: tuple[float, ...],
                   edges: np.ndarray) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
-    """Every VOI's metrics and cumulative DVH, each VOI's doses read once."""
+    """Every VOI's metrics and cumulative DVH, each VOI's doses read once; ``vois`` holds masks or the flat
+    indices of :func:`voi_index`."""
     metrics, curves = {}, {}
     for name, mask in vois.items():
         metrics[name], curves[name] = _summary(_values(dose, mask), thresholds, edges)
