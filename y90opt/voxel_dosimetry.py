@@ -267,14 +267,10 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
     activity = np.zeros(counts.shape)
 
     def deliver(injected: float, f: float, territory: np.ndarray, spread, where: str) -> None:
-        """The liver share over the territory by the MAA counts, the lung share over the lung mask."""
-        c = float(spread[territory].sum())
-        if c <= 0:
+        """One injection's activity map (:func:`_spread`) added to the treatment's."""
+        if not float(spread[territory].sum()) > 0:
             raise InputError(f"{where}: no counts in the territory's mask")
-        activity[territory] += injected * (1.0 - f) * spread[territory] / c
-        if lungs is not None:
-            c_lung = float(spread[lungs].sum())
-            activity[lungs] += injected * f * (spread[lungs] / c_lung if c_lung > 0 else 1.0 / lungs.sum())
+        activity[...] += _spread(spread, territory, lungs, injected, f)
 
     by_injection: dict[str, Any] = {}
     if replicas and case.multi:
