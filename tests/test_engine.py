@@ -392,8 +392,10 @@ def test_sample_indices_beyond_two_to_the_31_without_x64(case_text):
 
 
 def test_a_key_addresses_at_most_two_to_the_32_blocks():
-    last = (2**32 - 1) * engine.BLOCK
+    last = (2**32 - 2) * engine.BLOCK  # block 2**32 - 1 tags the D70 ratios' streams (engine.RATIO_STREAM)
     engine._position(last, engine.BLOCK)
+    with pytest.raises(ValueError, match="beyond"):
+        engine._position((2**32 - 1) * engine.BLOCK, 1)
     with pytest.raises(ValueError, match="beyond"):
         engine._position(2**32 * engine.BLOCK, 1)
     with pytest.raises(ValueError, match="beyond"):  # a chunk whose later samples would wrap to block 0
@@ -465,9 +467,9 @@ def test_cases_of_one_structure_share_one_compile_and_none_leaks_its_numbers(cas
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_an_uncertain_d70_ratio_moves_no_other_inputs_draws(dtype):
-    """The tumours' D70 ratios are drawn from a stream of their own: the same case with no ratio, a fixed one or
-    an uncertain one gives every other input the same values, sample by sample (an untreated tumour's ratio
-    is no input at all)."""
+    """The tumours' D70 ratios are drawn from streams of their own: the same case with no ratio, a fixed one or
+    an uncertain one gives every other input the same values, sample by sample; a second tumour's uncertain
+    ratio moves neither those nor the first ratio's draws; an untreated tumour's ratio is no input at all."""
     import copy
     import pathlib
     import tomllib
@@ -476,14 +478,22 @@ def test_an_uncertain_d70_ratio_moves_no_other_inputs_draws(dtype):
 
     root = pathlib.Path(__file__).resolve().parents[1]
     doc = tomllib.loads((root / "configs/examples/multifocal-unilobar.toml").read_text(encoding="utf-8"))
-    draws = []
-    for ratio in (None, 0.8, {"value": 0.8, "cv": 0.05}):
+    uncertain = {"value": 0.8, "cv": 0.05}
+    variants = {"none": {}, "fixed": {0: 0.8}, "one": {0: uncertain}, "two": {0: uncertain, 1: {"value": 0.9, "cv": 0.1}}}
+    draws = {}
+    for name, ratios in variants.items():
         d = copy.deepcopy(doc)
-        if ratio is not None:
-            d["tumors"][0]["d70_ratio"] = ratio
+        for i, r in ratios.items():
+            d["tumors"][i]["d70_ratio"] = r
         case = parse_case(tomli_w.dumps(d), "case.toml")
-        draws.append(engine.sample_inputs(engine.Model.from_case(case), 64, 7, dtype))
-    for x in draws[1:]:
-        for path, values in draws[0].items():
-            np.testing.assert_array_equal(x[path], values)
-    assert np.ptp(draws[2]["tumors.T1.d70_ratio"]) > 0 and "tumors.T1.d70_ratio" not in draws[0]
+        draws[name] = engine.sample_inputs(engine.Model.from_case(case), 64, 7, dtype)
+    for name in ("fixed", "one", "two"):
+        for path, values in draws["none"].items():
+            np.testing.assert_array_equal(draws[name][path], values)
+    np.testing.assert_array_equal(draws["two"]["tumors.T1.d70_ratio"], draws["one"]["tumors.T1.d70_ratio"])
+    assert np.ptp(draws["one"]["tumors.T1.d70_ratio"]) > 0 and "tumors.T1.d70_ratio" not in draws["none"]
+    assert not np.allclose(draws["two"]["tumors.T2.d70_ratio"] / 0.9, draws["two"]["tumors.T1.d70_ratio"] / 0.8)
+    d = copy.deepcopy(doc)
+    d["tumors"][1]["d70_ratio"], d["tumors"][1]["treated"] = uncertain, False
+    case = parse_case(tomli_w.dumps(d), "case.toml")
+    assert "tumors.T2.d70_ratio" not in case.inputs and case.ratio_inputs == ()

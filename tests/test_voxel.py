@@ -292,3 +292,42 @@ def test_voi_summaries_from_a_voi_index_equal_those_from_the_masks():
     by_mask, curves = voi_summaries(dose, masks, (50.0,), edges)
     by_index, curves2 = voi_summaries(dose, voi_index(masks), (50.0,), edges)
     assert by_mask == by_index and all(np.array_equal(curves[k], curves2[k]) for k in curves)
+
+
+def test_an_injection_spect_whose_field_ends_at_the_territory_edge_is_accepted(tmp_path):
+    """The segment's own SPECT cropped to the territory's slices exactly (its field ends at the territory's last
+    voxels, half a voxel past their centres), and shifted by far less than a voxel: it covers the territory."""
+    import nibabel as nib
+
+    from y90opt.phantoms import TWO_INJECTION_CASE, make_two_injection_phantom
+
+    ph = make_two_injection_phantom(n=48, voxel_mm=4.0, lsf=0.07)
+    ph.write_nifti(str(tmp_path))
+    (tmp_path / "case.toml").write_text(TWO_INJECTION_CASE, encoding="utf-8")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["measure", str(tmp_path / "case.toml"), "-o", str(tmp_path / "m.toml")]) == 0
+    k = np.argwhere(ph.masks["injections.segment"])[:, 2]
+    for shift in (0.0, 1e-4, -0.4):
+        aff = ph.affine.copy()
+        aff[2, 3] = k.min() * ph.voxel_mm[2] + shift  # the crop starts at the territory's first slice
+        crop = ph.spects["segment"][:, :, k.min():k.max() + 1]
+        nib.save(nib.Nifti1Image(crop.astype(np.float32), aff), str(tmp_path / "spect_segment.nii.gz"))
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+            assert main(["voxel", str(tmp_path / "m.toml")]) == 0, (shift, err.getvalue())
+
+
+def test_a_reference_without_a_spatial_transform_is_never_resampled_onto(tmp_path):
+    """A SPECT whose NIfTI has neither sform nor qform (its name in capitals, so no suffix test decides it) and a
+    mask on another grid: refused, naming the SPECT."""
+    import nibabel as nib
+
+    from y90opt.image_io import on_grid
+
+    ref = np.zeros((8, 8, 8))
+    img = nib.Nifti1Image(ref.astype(np.float32), None)  # no affine: no sform, no qform
+    img.header["sform_code"], img.header["qform_code"] = 0, 0
+    nib.save(img, str(tmp_path / "SPECT.NII.GZ"))
+    nib.save(nib.Nifti1Image(np.zeros((6, 6, 6), np.uint8), np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / "mask.nii.gz"))
+    with pytest.raises(y90opt.InputError, match="SPECT.NII.GZ.*no spatial transform"):
+        on_grid(str(tmp_path / "SPECT.NII.GZ"), (ref, np.eye(4)), str(tmp_path / "mask.nii.gz"),
+                (np.zeros((6, 6, 6)), np.diag([2.0, 2.0, 2.0, 1.0])), "images.masks.liver", order=0, fill=0.0)

@@ -234,6 +234,13 @@ class Case:
         return d
 
     @property
+    def ratio_inputs(self) -> tuple[str, ...]:
+        """The case paths of the treated tumours' D70 ratios (the last inputs; each drawn from a stream of its
+        own, ``engine.model_variates``)."""
+        return tuple(f"tumors.{t.name}.d70_ratio" for t in self.tumors if t.d70_ratio is not None and t.treated
+                     and not self.multi)
+
+    @property
     def uncertain_inputs(self) -> dict[str, Spec]:
         return {k: v for k, v in self.inputs.items() if not isinstance(v, Fixed)}
 

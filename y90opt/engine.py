@@ -188,9 +188,19 @@ class Model:
     @property
     def n_base_dims(self) -> int:
         """The uncertain inputs drawn from the case's main stream: all but the tumours' D70 ratios, which come
-        last and are drawn from a stream of their own (:data:`RATIO_STREAM`), so that giving a ratio an
-        uncertainty moves no other input's draws."""
-        return sum(1 for p in self.uncertain if not p.endswith(RATIO_SUFFIX))
+        last, each from a stream of its own (:func:`model_variates`), so that giving a ratio an uncertainty
+        moves no other input's draws, nor another ratio's."""
+        ratios = set(self.case.ratio_inputs)
+        n = sum(1 for p in self.uncertain if p not in ratios)
+        if any(p in ratios for p in self.uncertain[:n]):
+            raise AssertionError("the D70 ratios must be the last uncertain inputs")
+        return n
+
+    def ratio_streams(self) -> tuple[int, ...]:
+        """For each uncertain D70 ratio (in :attr:`uncertain` order), its tumour's index in the case: the tag of
+        its own stream."""
+        names = [t.name for t in self.case.tumors]
+        return tuple(names.index(p.split(".")[1]) for p in self.uncertain[self.n_base_dims:])
 
     @property
     def offsets(self) -> np.ndarray:
@@ -669,28 +679,32 @@ def variates(key, start, count: int, n_dims: int, dtype, aligned: bool = False):
     return block_variates(key, b0, start - b0 * BLOCK, count, n_dims, dtype, aligned)
 
 
-#: Inputs drawn from their own stream (see :attr:`Model.n_base_dims`): the key folded with this tag.
-RATIO_SUFFIX, RATIO_STREAM = ".d70_ratio", 0x0D70
+#: The D70 ratios' streams (see :attr:`Model.n_base_dims`): the key folded with this tag, a block number no run
+#: reaches (:func:`_position` refuses it), then with the tumour's index.
+RATIO_STREAM = 2**32 - 1
 
 
 def model_variates(model: Model, key, block0, offset, count: int, dtype, aligned: bool = False):
-    """The model's variates (count, n_dims): its main inputs from ``key`` (:func:`block_variates`), the D70
-    ratios after them from ``fold_in(key, RATIO_STREAM)`` (the same blocks and positions)."""
+    """The model's variates (count, n_dims): its main inputs from ``key`` (:func:`block_variates`), each D70
+    ratio after them from ``fold_in(fold_in(key, RATIO_STREAM), tumour index)`` (the same blocks and
+    positions), so that no ratio's uncertainty moves another input's draws."""
     import jax
     import jax.numpy as jnp
 
     z = block_variates(key, block0, offset, count, model.n_base_dims, dtype, aligned)
-    extra = model.n_dims - model.n_base_dims
-    if extra:
-        z2 = block_variates(jax.random.fold_in(key, RATIO_STREAM), block0, offset, count, extra, dtype, aligned)
-        z = jnp.concatenate([z, z2], axis=1)
+    streams = model.ratio_streams()
+    if streams:
+        ratio_key = jax.random.fold_in(key, RATIO_STREAM)
+        z = jnp.concatenate([z] + [block_variates(jax.random.fold_in(ratio_key, i), block0, offset, count, 1, dtype,
+                                                  aligned) for i in streams], axis=1)
     return z
 
 
 def block_variates(key, block0, offset, count: int, n_dims: int, dtype, aligned: bool = False):
     """:func:`variates` for the samples from index ``block0 · BLOCK + offset`` on, 0 ≤ offset < BLOCK.
 
-    Positions are passed as a block number (uint32: up to 2³² · BLOCK ≈ 1.8·10¹³ samples) and an offset
+    Positions are passed as a block number (uint32: up to (2³² − 1) · BLOCK ≈ 1.8·10¹³ samples; the last block number
+    tags the D70 ratios' streams) and an offset
     within it, so no sample index, which may exceed 2³¹, is ever a device integer (JAX without x64 mode has
     no 64-bit integers).
     """
@@ -711,8 +725,8 @@ def _position(start: int, size: int) -> tuple:
     import jax.numpy as jnp
 
     block0, offset = divmod(start, BLOCK)
-    if (start + size - 1) // BLOCK >= 2**32:
-        raise ValueError(f"sample index {start + size - 1} is beyond the {2**32 * BLOCK:.3g} samples a key can address")
+    if (start + size - 1) // BLOCK >= RATIO_STREAM:  # the last block number tags the ratios' streams
+        raise ValueError(f"sample index {start + size - 1} is beyond the {RATIO_STREAM * BLOCK:.3g} samples a key can address")
     return jnp.asarray(block0, jnp.uint32), jnp.asarray(offset, jnp.int32), jnp.asarray(size, jnp.int32)
 
 

@@ -131,22 +131,39 @@ def read_image(path: str, what: str, dtype=np.float64):
     return data, affine
 
 
+def _is_nrrd(path: str) -> bool:
+    return path.lower().endswith((".nrrd", ".nhdr"))
+
+
+def _is_nibabel(path: str) -> bool:
+    """A file nibabel reads (NIfTI, Analyze, …), by its name, case aside: the other files are DICOM."""
+    low = path.lower()
+    for ext in (".gz", ".bz2", ".zst"):
+        low = low.removesuffix(ext)
+    return low.endswith((".nii", ".hdr", ".img", ".mgh", ".mgz", ".mnc"))
+
+
 def has_transform(path: str) -> bool:
-    """The image places its voxels in patient space: a DICOM series always; a NIfTI when its sform or qform is
-    set (code > 0). Without one, its affine is only the voxel size and nothing ties it to another image."""
-    if os.path.isdir(path) or not path.endswith((".nii", ".nii.gz")):
-        return True  # DICOM (series, SEG, RTSTRUCT) and NRRD always carry one (their readers insist)
+    """The image places its voxels in patient space: a DICOM series or file and an NRRD always (their readers
+    insist on their geometry); a NIfTI when its sform or qform is set (code > 0); any other format nibabel reads
+    (Analyze) never: its affine is only the voxel size and nothing ties it to another image."""
+    if os.path.isdir(path) or _is_nrrd(path) or not _is_nibabel(path):
+        return True
     import nibabel as nib
 
-    hdr = nib.load(path).header
-    return int(hdr["sform_code"]) > 0 or int(hdr["qform_code"]) > 0
+    img = nib.load(path)
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        return False
+    return int(img.header["sform_code"]) > 0 or int(img.header["qform_code"]) > 0
 
 
 def on_grid(ref_path: str, ref, path: str, img, what: str, order: int, fill: float) -> np.ndarray:
     """``img`` (data, affine) on the grid of ``ref``: as it is when the grids agree (shape, and affines within
     :data:`GRID_TOLERANCE_MM`), else resampled through both affines (each reference voxel centre mapped into the
     image, ``scipy.ndimage.map_coordinates`` of ``order``: 0 nearest neighbour for masks, 1 trilinear for CT;
-    ``fill`` outside the image). An image on another grid with no spatial transform is an error naming both."""
+    ``fill`` where a reference voxel's centre falls outside the image's voxels, i.e. beyond half a voxel past
+    its outermost centres; between the outermost centres and that edge the nearest values are used). An image
+    on another grid with no spatial transform is an error naming both."""
     (dr, ar), (di, ai) = ref, img
     if dr.shape == di.shape and np.max(np.abs(ar - ai)) <= GRID_TOLERANCE_MM:
         return di
@@ -164,7 +181,10 @@ def on_grid(ref_path: str, ref, path: str, img, what: str, order: int, fill: flo
         raise InputError(f"{path}: {what}: the image's affine is singular (no voxel geometry)") from None
     idx = np.indices(dr.shape, dtype=np.float64).reshape(3, -1)
     coords = to_img[:3, :3] @ idx + to_img[:3, 3:4]
-    out = map_coordinates(np.asarray(di, dtype=np.float64), coords, order=order, mode="constant", cval=fill, prefilter=False)
+    out = map_coordinates(np.asarray(di, dtype=np.float64), coords, order=order, mode="nearest", prefilter=False)
+    shape = np.asarray(di.shape, dtype=np.float64)[:, None]
+    outside = np.any((coords < -0.5 - 1e-9) | (coords > shape - 0.5 + 1e-9), axis=0)
+    out[outside] = fill
     return out.reshape(dr.shape)
 
 
@@ -301,16 +321,19 @@ def _same_frame(ds, number: int, path: str, what: str, ct_path: str) -> None:
 
     roi = next((r for r in getattr(ds, "StructureSetROISequence", []) if int(r.ROINumber) == number), None)
     frame = str(getattr(roi, "ReferencedFrameOfReferenceUID", "")) if roi is not None else ""
-    for f in sorted(os.listdir(ct_path)):
+    if not frame:
+        return
+    frames = set()
+    for f in sorted(os.listdir(ct_path)):  # the slices read_series reads: images with a position
         try:
             ct = pydicom.dcmread(os.path.join(ct_path, f), stop_before_pixels=True)
         except Exception:  # noqa: BLE001 - not DICOM: not a slice
             continue
-        ct_frame = str(getattr(ct, "FrameOfReferenceUID", ""))
-        if frame and ct_frame and frame != ct_frame:
-            raise InputError(f"{path}: {what}: the ROI's frame of reference {frame} is not the CT's ({ct_path}: "
-                             f"{ct_frame}): its contours were drawn on another image")
-        return
+        if "ImagePositionPatient" in ct and "FrameOfReferenceUID" in ct:
+            frames.add(str(ct.FrameOfReferenceUID))
+    if frames and frame not in frames:
+        raise InputError(f"{path}: {what}: the ROI's frame of reference {frame} is not the CT's ({ct_path}: "
+                         f"{', '.join(sorted(frames))}): its contours were drawn on another image")
 
 
 def read_mask_image(ref: MaskRef, what: str, ct_path: str | None = None):
@@ -318,11 +341,11 @@ def read_mask_image(ref: MaskRef, what: str, ct_path: str | None = None):
     path, label = ref.path, ref.label
     if label is not None and not isinstance(label, str | int) or isinstance(label, bool):
         raise InputError(f"{path}: {what}.label: expected an integer label or a name")
-    if path.endswith((".nrrd", ".nhdr")):
+    if _is_nrrd(path):
         if not os.path.isfile(path):
             raise InputError(f"{path}: {what}: no such image file")
         data, affine, label = _nrrd(path, label, what)
-    elif not os.path.isdir(path) and not path.endswith((".nii", ".nii.gz")):
+    elif not os.path.isdir(path) and not _is_nibabel(path):
         import pydicom
 
         if not os.path.isfile(path):

@@ -162,10 +162,14 @@ def truth_planning(case: Case, m: int, rng: np.random.Generator) -> dict[str, np
     from scipy.special import ndtr
 
     uncertain = [p for p, spec in case.inputs.items() if not _is_fixed(spec)]
-    base = [p for p in uncertain if not p.endswith(".d70_ratio")]  # the D70 ratios last, from a child stream:
-    z = rng.standard_normal((m, len(base)))  # giving a ratio an uncertainty moves no other input's truth
+    ratios = set(case.ratio_inputs)
+    base = [p for p in uncertain if p not in ratios]  # the D70 ratios last, each from a child stream of its
+    z = rng.standard_normal((m, len(base)))  # tumour: a ratio's uncertainty moves no other input's truth
     if len(uncertain) > len(base):
-        z = np.concatenate([z, rng.spawn(1)[0].standard_normal((m, len(uncertain) - len(base)))], axis=1)
+        children = rng.spawn(len(case.tumors))
+        names = [t.name for t in case.tumors]
+        z = np.concatenate([z] + [children[names.index(p.split(".")[1])].standard_normal((m, 1))
+                                  for p in uncertain[len(base):]], axis=1)
     if case.correlations:
         c = np.eye(len(uncertain))
         for a, b, rho in case.correlations:
