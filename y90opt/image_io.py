@@ -392,6 +392,14 @@ def read_mask(ref: MaskRef, what: str, grid, native: dict | None = None, ct_path
 
 
 
+def read_spect(path: str, what: str):
+    """A SPECT (data, affine) whose counts are finite and non-negative."""
+    img = read_image(path, what)
+    if not np.all(np.isfinite(img[0])) or (img[0] < 0).any():
+        raise InputError(f"{path}: {what}: counts must be finite and >= 0")
+    return img
+
+
 def read_planar(path: str, what: str) -> np.ndarray:
     import nibabel as nib
 

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .image_io import mask_ref, on_grid, read_image, read_mask, read_planar
+from .image_io import mask_ref, on_grid, read_image, read_mask, read_planar, read_spect
 from .virtual import measured_value
 
 #: σ_ln of the MAA-to-Y-90 T:N mismatch (Kafrouni et al. 2019; domain reference §5).
@@ -101,14 +101,6 @@ def _planar_lsf(images, masks_raw, path_of, file: str):
            f"counts with the planar LSF's {100 * sd_method:g} pp (Young et al.; the planar method overestimates the "
            "delivered shunt: that bias is not applied)")
     return f, sd, how
-
-
-def _spect(path: str, what: str):
-    """A SPECT (data, affine) whose counts are finite and non-negative."""
-    img = read_image(path, what)
-    if not np.all(np.isfinite(img[0])) or (img[0] < 0).any():
-        raise InputError(f"{path}: {what}: counts must be finite and >= 0")
-    return img
 
 
 def _volume(out: dict, key: str, rel: str, native_mask: np.ndarray, voxel_ml: float) -> float:
@@ -267,7 +259,7 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
         ref_what, ref_path = f"images.spect_by_injection.{first}", path_of(by_injection[first])
     else:
         raise InputError(f"{file}: images.spect: missing (the masks lie on the SPECT's grid)")
-    spects = {ref_path: _spect(ref_path, ref_what)}
+    spects = {ref_path: read_spect(ref_path, ref_what)}
     grid = (ref_path, spects[ref_path])
     affine = grid[1][1]
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
@@ -325,7 +317,7 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
             r = ref(masks_raw["injections"][name])
             rec["perfused_volume_ml"] = _volume(out, f"injections.{name}.perfused_volume_ml", r.name, *native[r.key])
         if sp not in spects and (name in territories or "lungs" in masks):
-            spects[sp] = _spect(sp, what)
+            spects[sp] = read_spect(sp, what)
         there = (lambda raw, w, sp=sp: mask(raw, w, (sp, spects[sp]))) if sp != ref_path else None
         if name in territories and tumor_masks:
             terr = territories[name] if there is None else there(masks_raw["injections"][name],

@@ -200,7 +200,7 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
     import jax.numpy as jnp
 
     from .case import load_case
-    from .image_io import mask_ref, on_grid, read_image, read_mask
+    from .image_io import mask_ref, on_grid, read_image, read_mask, read_spect
     from .imaging import TN_MISMATCH_SIGMA_LN
     from .kernels import loevinger_kernel, read_radial_kernel, voxel_kernel
     from .outcomes import active_rules
@@ -223,9 +223,7 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
         return rel if os.path.isabs(rel) else os.path.join(base, rel)
 
     spect_path = where(images["spect"])
-    counts, affine = read_image(spect_path, "images.spect")
-    if not np.all(np.isfinite(counts)) or (counts < 0).any():
-        raise InputError(f"{spect_path}: images.spect: counts must be finite and >= 0")
+    counts, affine = read_spect(spect_path, "images.spect")
     grid = (spect_path, (counts, affine))
     masks_raw = images.get("masks", {})
     if not case.multi and "perfused" not in masks_raw:
@@ -293,9 +291,7 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
             spread, what = counts, f"{spect_path}: images.spect"
             if j.name in spects:  # the injection's own MAA study, resampled onto the dose grid (trilinear)
                 own = where(spects[j.name])
-                img = read_image(own, f"images.spect_by_injection.{j.name}")
-                if not np.all(np.isfinite(img[0])) or (img[0] < 0).any():
-                    raise InputError(f"{own}: images.spect_by_injection.{j.name}: counts must be finite and >= 0")
+                img = read_spect(own, f"images.spect_by_injection.{j.name}")
                 spread = on_grid(spect_path, (counts, affine), own, img, f"images.spect_by_injection.{j.name}",
                                  order=1, fill=np.nan)
                 if not np.all(np.isfinite(spread[territories[j.name]])):
