@@ -23,6 +23,7 @@ segmentation the segment's name. Without a label a mask is every voxel > 0.5.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -274,20 +275,20 @@ def _rtstruct(ds, path: str, label: int | str | None, what: str, ct_path: str | 
                          f"(ROIs: {', '.join(sorted(rois)) or 'none'})")
     if ct_path is None:
         raise InputError(f"{path}: {what}: an RTSTRUCT mask is rasterised on the CT it was drawn on: give images.ct")
-    ct, affine = read_image(ct_path, "images.ct", np.float32)
+    shape, affine = _geometry(ct_path)
     _same_frame(ds, rois[label], path, what, ct_path)
     axes = affine[:3, :3]
     if np.any(np.abs(axes[2, :2]) > 1e-6) or np.any(np.abs(axes[:2, 2]) > 1e-6):
         raise InputError(f"{ct_path}: images.ct: an RTSTRUCT needs a CT of axial slices (rows and columns in the "
                          "transverse plane) to rasterise its contours on")
     to_index = np.linalg.inv(affine)
-    mask = np.zeros(ct.shape, dtype=bool)
+    mask = np.zeros(shape, dtype=bool)
     number = rois[label]
     items = [c for c in getattr(ds, "ROIContourSequence", []) if int(c.ReferencedROINumber) == number]
     contours = [c for item in items for c in getattr(item, "ContourSequence", [])]
     if not contours:
         raise InputError(f"{path}: {what}: ROI {label!r} has no contours")
-    ii, jj = np.meshgrid(np.arange(ct.shape[0]), np.arange(ct.shape[1]), indexing="ij")
+    ii, jj = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
     centres = np.column_stack([ii.ravel(), jj.ravel()]).astype(np.float64)
     for c in contours:
         if str(getattr(c, "ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
@@ -304,12 +305,25 @@ def _rtstruct(ds, path: str, label: int | str | None, what: str, ct_path: str | 
         idx = (to_index[:3, :3] @ ras.T + to_index[:3, 3:4]).T
         k = float(np.mean(idx[:, 2]))
         kk = int(round(k))
-        if np.max(np.abs(idx[:, 2] - kk)) > CONTOUR_PLANE_TOLERANCE or not 0 <= kk < ct.shape[2]:
+        if np.max(np.abs(idx[:, 2] - kk)) > CONTOUR_PLANE_TOLERANCE or not 0 <= kk < shape[2]:
             raise InputError(f"{path}: {what}: a contour of ROI {label!r} does not lie in a slice of the CT ({ct_path})")
         ring = np.vstack([idx[:, :2], idx[:1, :2]])  # a closed path's last vertex only closes it: repeat the first
-        inside = Path(ring, closed=True).contains_points(centres).reshape(ct.shape[:2])
+        inside = Path(ring, closed=True).contains_points(centres).reshape(shape[:2])
         mask[:, :, kk] ^= inside  # an inner contour is a hole
     return mask.astype(np.float64), affine
+
+
+def _geometry(ct_path: str) -> tuple[tuple[int, ...], np.ndarray]:
+    """The CT's shape and affine, read once per file version however many RTSTRUCT masks are drawn on it."""
+    st = os.stat(ct_path)
+    return _geometry_of(ct_path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _geometry_of(ct_path: str, mtime_ns: int, size: int) -> tuple[tuple[int, ...], np.ndarray]:
+    data, affine = read_image(ct_path, "images.ct", np.float32)
+    affine.setflags(write=False)
+    return data.shape, affine
 
 
 def _same_frame(ds, number: int, path: str, what: str, ct_path: str) -> None:
@@ -377,11 +391,18 @@ def _finish(data, affine, label, path, what):
     return m, affine
 
 
-def read_mask(ref: MaskRef, what: str, grid, native: dict | None = None, ct_path: str | None = None) -> np.ndarray:
+def read_mask(ref: MaskRef, what: str, grid, native: dict | None = None, ct_path: str | None = None,
+              cache: dict | None = None) -> np.ndarray:
     """The mask on the grid ``grid`` = (path, (data, affine)), resampled by nearest neighbour when it lies on
     another. With ``native``, the mask on its own grid and its voxel volume [mL] are kept there by the mask's
-    key, so that volumes are measured at its own resolution."""
-    mask_native, aff = read_mask_image(ref, what, ct_path)
+    key, so that volumes are measured at its own resolution; with ``cache``, a mask read once is put on another
+    grid without reading its file again."""
+    if cache is not None and ref.key in cache:
+        mask_native, aff = cache[ref.key]
+    else:
+        mask_native, aff = read_mask_image(ref, what, ct_path)
+        if cache is not None:
+            cache[ref.key] = (mask_native, aff)
     if native is not None:
         native[ref.key] = (mask_native, abs(float(np.linalg.det(aff[:3, :3]))) / 1000.0)
     m = on_grid(grid[0], grid[1], ref.path, (mask_native, aff), what, order=0, fill=0.0) > 0.5

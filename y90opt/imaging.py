@@ -235,8 +235,10 @@ def measure_images(case_dir: str, images: dict[str, Any], tumor_names: list[str]
 
     ct_path = path_of(images["ct"]) if "ct" in images else None
 
+    read: dict = {}  # each mask file read once, whichever SPECT grids it is put on
+
     def mask(raw, what: str, on, keep: dict | None = None) -> np.ndarray:
-        return read_mask(mask_ref(raw, case_dir, what), what, on, keep, ct_path)
+        return read_mask(mask_ref(raw, case_dir, what), what, on, keep, ct_path, read)
 
     def ref(raw, what: str = ""):
         return mask_ref(raw, case_dir, what)

@@ -92,11 +92,10 @@ class RadialKernel:
         out = np.empty_like(q)
         small = q < 1e-9
         out[small] = self.total
-        qq = q[~small]
-        for lo in range(0, len(qq), 2048):  # sum over shells of density · [Si(q r)] between edges, / q
-            block = qq[lo:lo + 2048]
-            si = sici(np.outer(block, e))[0]
-            out[np.flatnonzero(~small)[lo:lo + 2048]] = (np.diff(si, axis=1) @ density) / block
+        where = np.flatnonzero(~small)
+        for lo in range(0, len(where), 2048):  # sum over shells of density · [Si(q r)] between edges, / q
+            at = where[lo:lo + 2048]
+            out[at] = (np.diff(sici(np.outer(q[at], e))[0], axis=1) @ density) / q[at]
         return out
 
 

@@ -213,8 +213,7 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
     if method == "kernel":  # read the table first: a bad one is refused before the images are read
         radial = read_radial_kernel(os.fspath(kernel_file)) if kernel_file is not None else loevinger_kernel()
     case = load_case(path)
-    with open(path, "rb") as fh:
-        images = tomllib.load(fh).get("images")
+    images = tomllib.loads(case.text).get("images")  # the text load_case read (the file is read once)
     if not isinstance(images, dict) or "spect" not in images:
         raise InputError(f"{path}: images.spect: missing (voxel dosimetry spreads the activity by the MAA counts)")
     base = os.path.dirname(os.path.abspath(path))
@@ -256,7 +255,7 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
         inside = np.logical_or.reduce(list(masks.values()))
         if not np.all(np.isfinite(density[inside])):
             raise InputError(f"{ct_path}: images.ct: the CT does not cover every mask (resampled onto {spect_path})")
-        if (density[inside] < 0.05).any():
+        if (density[inside] < AIR_DENSITY).any():
             raise InputError(f"{ct_path}: images.ct: air (density < 0.05 g/mL) inside a mask: a voxel's dose would "
                              "have no mass to deposit in; check the masks against the CT")
     nominal = case.nominal()
