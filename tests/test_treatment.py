@@ -211,6 +211,40 @@ def test_bad_treatment_input_names_the_field(mutate, field, words):
     _bad(mutate, field, words)
 
 
+@pytest.mark.parametrize("mutate, field, words", [
+    (_set("tumors.0.d70_ratio", 0.8), "tumors[0].d70_ratio_by_share", "both reach this tumour"),
+    (_set("tumors.0.d70_ratio_by_share", {"share": [0, 1], "ratio": [0.8, 0.9]}), "tumors[0].d70_ratio_by_share",
+     "needs the tumour's d70_ratio"),
+])
+def test_a_d70_reached_by_two_vials_needs_its_curve(mutate, field, words):
+    _bad(mutate, field, words)
+
+
+@pytest.mark.parametrize("curve, field, words", [
+    ({"share": [0.0, 0.5], "ratio": [0.8, 0.9]}, "tumors[0].d70_ratio_by_share.share", "from 0 to 1"),
+    ({"share": [0.0, 0.6, 0.5, 1.0], "ratio": [0.8] * 4}, "tumors[0].d70_ratio_by_share.share", "rise strictly"),
+    ({"share": [0.0, 0.5, 1.0], "ratio": [0.8, 0.9]}, "tumors[0].d70_ratio_by_share.ratio", "2 values for 3 shares"),
+    ({"share": [0.0, 1.0], "ratio": [0.8, 2.5]}, "tumors[0].d70_ratio_by_share.ratio", "(0, 2]"),
+    ({"share": [0.0, 1.0]}, "tumors[0].d70_ratio_by_share.ratio", "missing"),
+    ({"share": [0.0, "x", 1.0], "ratio": [0.8] * 3}, "tumors[0].d70_ratio_by_share.share[1]", "expected a number"),
+])
+def test_a_bad_d70_curve_names_its_field(curve, field, words):
+    def mutate(doc):
+        doc["tumors"][0]["d70_ratio"] = 0.8
+        doc["tumors"][0]["d70_ratio_by_share"] = curve
+    _bad(mutate, field, words)
+
+
+def test_a_d70_curve_is_refused_where_one_injection_reaches_the_tumour():
+    doc = _doc(SEGMENTS)
+    doc["tumors"][0]["d70_ratio"] = 0.8
+    doc["tumors"][0]["d70_ratio_by_share"] = {"share": [0.0, 1.0], "ratio": [0.8, 0.9]}
+    with pytest.raises(CaseError, match=r"tumors\[0\]\.d70_ratio_by_share: one injection reaches this tumour"):
+        _case(doc)
+    doc["tumors"][0].pop("d70_ratio_by_share")
+    assert _case(doc).tumors[0].d70_ratio.nominal == 0.8  # one ratio is enough there
+
+
 def test_tumour_needs_an_injection_and_session_needs_one():
     def no_injection(doc):
         del doc["tumors"][0]["injection"]
@@ -304,13 +338,61 @@ def _brute_force(case, n: int, seed: int, dtype: str):
     ps, pl = [], []
     for s in dec["s"]:
         d = sum(s[j] * f[:, j * q:(j + 1) * q] for j in range(model.n_vials)) + model.offsets
+        for c, (own, xs, ys) in model.curves.items():  # a D70 reached by two vials: mean × curve(own share)
+            d[:, c] = d[:, c] * np.interp(s[own] * f[:, own * q + c] / d[:, c], xs, ys)
         sat = rt.signs * (d[:, rt.cols] - rt.thresholds) <= 0
         ps.append(np.mean(np.all(sat[:, rt.is_primary], axis=1)))
         pl.append(np.mean(sat[:, rt.is_limit], axis=0))
     return np.array(ps), np.array(pl), dec, space
 
 
-@pytest.mark.parametrize("text", [MRL, SEGMENTS], ids=["mrl", "segments"])
+def _mrl_with_d70_curve() -> str:
+    """The modified lobectomy with a research target on T1's D70 (T1 lies in the segment, so both vials reach
+    it): a D70 ratio with an uncertainty, its curve over the segmental vial's share of T1's mean dose."""
+    doc = _doc(MRL)
+    doc["tumors"][0]["d70_ratio"] = {"value": 0.8, "cv": 0.1}
+    doc["tumors"][0]["d70_ratio_by_share"] = {"share": [0.0, 0.3, 0.7, 1.0], "ratio": [0.55, 0.7, 0.85, 0.9]}
+    doc.setdefault("rules", {})["targets"] = [{"id": "t1-d70", "quantity": "tumors_d70", "min_gy": 300.0,
+                                               "source": "research: a D70 target for the test"}]
+    return tomli_w.dumps(doc)
+
+
+MRL_D70 = _mrl_with_d70_curve()
+
+
+def test_a_d70_reached_by_two_vials_equals_the_reference_on_samples():
+    """T1's D70 in a modified lobectomy is its mean m (both vials) times its curve at the segmental vial's share
+    of m, times the sample's ratio factor: the decided model (what simulate runs) against the numpy reference
+    on the same sampled inputs, at two vectors of activities (the curve is not linear in them); the per-vial
+    factors of that column are the mean's, times the ratio factor."""
+    engine.enable_x64_if("float64")
+    case = parse_case(MRL_D70, "x.toml")
+    model = engine.TreatmentModel.from_case(case)
+    c = model.quantities.index("tumors_d70.T1")
+    assert set(model.curves) == {c} and model.curves[c][0] == 0  # the segment is injection 0
+    assert list(case.uncertain_inputs)[-1] == "tumors.T1.d70_ratio"
+    n = 3000
+    x = engine.sample_inputs(model, n, seed=3, dtype="float64")
+    f, valid = engine.sample_factors(model, n, seed=3, dtype="float64")
+    q = len(model.quantities)
+    for s in (np.array([1.7, 2.9]), np.array([4.0, 0.3])):
+        fd, vd = engine.sample_factors(model.decided(s), n, seed=3, dtype="float64")
+        ref = _reference_for(case, x, s)
+        by = ref["tumors_by_injection"]  # [vial][tumour]: T1's dose from the segment's vial, from the lobe's
+        mean = by[0][0] + by[1][0]
+        ratio = x["tumors.T1.d70_ratio"] / 0.8
+        want = mean * np.interp(by[0][0] / mean, [0.0, 0.3, 0.7, 1.0], [0.55, 0.7, 0.85, 0.9]) * ratio
+        np.testing.assert_allclose(fd[vd, c], want[vd], rtol=1e-12)
+        assert want[vd].std() > 0.05 * want[vd].mean()  # the samples differ: the check is not of one number
+        lin = s[0] * f[:, c] + s[1] * f[:, q + c]
+        np.testing.assert_allclose(lin[valid], (mean * ratio)[valid], rtol=1e-12)
+        # the other columns stay linear in the vials
+        other = [k for k in range(q) if k != c]
+        per = sum(s[j] * f[:, j * q:(j + 1) * q] for j in range(2))
+        np.testing.assert_allclose(fd[vd][:, other], per[vd][:, other], rtol=1e-12)
+
+
+@pytest.mark.parametrize("text", [MRL, SEGMENTS, MRL_D70], ids=["mrl", "segments", "mrl-d70"])
 def test_joint_planner_equals_brute_force(text):
     engine.enable_x64_if("float64")
     case = parse_case(text, "x.toml")

@@ -215,9 +215,86 @@ def test_several_injections_one_map_each_added_equal_the_compartment_model(tmp_p
     assert v["injections"]["segment"]["mean_gy"] == pytest.approx(d["regions"]["segment"]["mean"], rel=2e-6)
     assert v["liver"]["mean_gy"] == pytest.approx(d["whole_liver"], rel=2e-6)
     assert set(out["voxel"]["injections"]) == {"segment", "lobe"}
-    with contextlib.redirect_stderr(io.StringIO()) as err:
-        assert main(["voxel", str(tmp_path / "m.toml"), "--case-out", str(tmp_path / "x.toml")]) == 2
-    assert "not available yet" in err.getvalue()
+
+
+@pytest.mark.parametrize("method", ["ldm", "kernel"])
+def test_a_d70_ratio_gives_the_voxel_d70_at_any_vial(measured, method):
+    """One injection, the tests' phantom with its CT's densities: the ratio `--case-out` writes is the D70 over the
+    compartment mean of the tumour's counts, so the planner's D70 (ratio × its mean) is the D70 `voxel` reads
+    from the dose map, by local deposition or the kernel, at any vial (the dose is linear in it)."""
+    import tomlkit
+
+    path, _ = measured
+    out = path.parent / f"d70-{method}.toml"
+    y90opt.voxel(path, method=method, case_out=out)
+    doc = tomlkit.parse(out.read_text(encoding="utf-8"))
+    for vial in (doc["plan"]["vial_gbq"], 2.5 * doc["plan"]["vial_gbq"]):
+        doc["plan"]["vial_gbq"] = vial
+        out.write_text(tomlkit.dumps(doc), encoding="utf-8")
+        v = y90opt.voxel(out, method=method)["vois"]["tumors"]
+        d = y90opt.dose(y90opt.load_case(out)).summary["dose_gy"]["tumors_d70"]
+        for name in ("T1", "T2"):
+            assert d[name] == pytest.approx(v[name]["d70_gy"], rel=2e-5), (vial, name)
+
+
+def _vials(text: str, segment: float, lobe: float) -> str:
+    import tomlkit
+
+    doc = tomlkit.parse(text)
+    for j in doc["injections"]:
+        j["vial_gbq"] = {"segment": segment, "lobe": lobe}[str(j["name"])]
+    return tomlkit.dumps(doc)
+
+
+@pytest.mark.parametrize("method", ["ldm", "kernel"])
+def test_a_d70_of_several_injections_equals_the_voxel_d70_at_any_vials(tmp_path, method):
+    """A modified lobectomy on the two-injection phantom with its two MAA studies blurred differently (14 and
+    8 mm FWHM), so that T1's D70 over its mean depends on how much of its dose each vial gives. `voxel
+    --case-out` writes T1's curve (both vials reach it) and T2's ratio (the lobe's only); `dose` at other
+    vials then gives, from the compartment model, the D70 that `voxel` reads from the summed dose map at
+    those vials: equal for T1 (to the curve's piecewise-linear interpolation) and, by local deposition, for
+    T2; with the kernel, T2's (which the segment's dose reaches across the territory's edge, outside the
+    compartment model) is a lower bound. A research D70 target then plans jointly."""
+    import tomllib
+
+    from scipy.ndimage import gaussian_filter
+
+    from y90opt.phantoms import TWO_INJECTION_CASE, make_two_injection_phantom
+
+    ph = make_two_injection_phantom(n=48, voxel_mm=4.0, lsf=0.07)
+    sigma = 1.0 / (4.0 * 2.0 * np.sqrt(2.0 * np.log(2.0)))  # per mm of FWHM, 4 mm voxels
+    ph.spect[...] = gaussian_filter(ph.spect, 14.0 * sigma)
+    ph.spects["segment"][...] = gaussian_filter(ph.spects["segment"], 8.0 * sigma)
+    ph.write_nifti(str(tmp_path))
+    (tmp_path / "case.toml").write_text(TWO_INJECTION_CASE.replace('ct = "ct.nii.gz"\n', ""), encoding="utf-8")
+    text = y90opt.measure(tmp_path / "case.toml")["text"].replace("[lung]\n", "[lung]\nmass_kg = 1.0\n", 1)
+    (tmp_path / "m.toml").write_text(text, encoding="utf-8")
+    y90opt.voxel(tmp_path / "m.toml", method=method, case_out=tmp_path / "d70.toml")
+    d70_text = (tmp_path / "d70.toml").read_text(encoding="utf-8")
+    tumors = {t["name"]: t for t in tomllib.loads(d70_text)["tumors"]}
+    curve = tumors["T1"]["d70_ratio_by_share"]
+    assert len(curve["share"]) == 41 and "d70_ratio_by_share" not in tumors["T2"]
+    assert max(curve["ratio"]) - min(curve["ratio"]) > 0.02  # the two studies' shapes differ in T1
+    for segment, lobe in ((1.0, 8.0), (6.0, 2.0), (3.0, 0.2)):
+        (tmp_path / "x.toml").write_text(_vials(d70_text, segment, lobe), encoding="utf-8")
+        v = y90opt.voxel(tmp_path / "x.toml", method=method)["vois"]["tumors"]
+        d = y90opt.dose(y90opt.load_case(tmp_path / "x.toml")).summary["dose_gy"]["tumors_d70"]
+        assert d["T1"] == pytest.approx(v["T1"]["d70_gy"], rel=5e-4), (segment, lobe)
+        if method == "ldm":
+            assert d["T2"] == pytest.approx(v["T2"]["d70_gy"], rel=1e-5)
+        else:
+            assert 0.85 * v["T2"]["d70_gy"] < d["T2"] <= v["T2"]["d70_gy"] * (1 + 1e-6)
+    if method == "kernel":
+        return
+    doc = tomllib.loads(d70_text)
+    doc["rules"] = {"targets": [{"id": "tumor-d70", "quantity": "tumors_d70", "min_gy": 1500.0, "level": "secondary",
+                                 "source": "research: a D70 target for the test"}]}
+    import tomli_w
+
+    s = y90opt.plan(y90opt.parse_case(tomli_w.dumps(doc), "d70.toml"), samples=2000, optuna_trials=5).summary
+    assert s["status"] in ("ok", "low-success", "infeasible")
+    assert {"tumor-d70:T1", "tumor-d70:T2"} <= {r["label"] for r in s["rules"]}
+    assert set(s["doses_at_choice"]["dose_gy"]["tumors_d70"]) == {"T1", "T2"}
 
 
 def test_voxel_level_uncertainty_feeds_the_monte_carlo(tmp_path):

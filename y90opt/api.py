@@ -484,9 +484,6 @@ def voxel(case: str | os.PathLike, *, method: str = "ldm", out: str | os.PathLik
         raise InputError(f"--uncertainty: {uncertainty!r}: expected a number of replicas from 0 to 10000")
     res = voxel_case(os.fspath(case), method=method, kernel_file=None if kernel is None else os.fspath(kernel),
                      replicas=uncertainty, seed=_seed(seed))
-    if case_out is not None and res["injections"] is not None:
-        raise InputError("--case-out: a tumour's d70_ratio with [[injections]] is not available yet (its D70 is not "
-                         "linear in several vials' activities)")
     if out is not None:
         from .report import write_voxel_report
 

@@ -44,6 +44,9 @@ class Tumor:
     treated: bool = True
     injection: str | None = None  # with [[injections]]: the innermost territory the tumour lies in
     d70_ratio: Spec | None = None  # its D70 over its mean dose (voxel dosimetry, ``y90opt voxel --case-out``)
+    #: with two injections reaching it (its own and the one whose territory holds its own): the D70 ratio as a
+    #: function of the share of its mean dose its own injection gives, ((shares…), (ratios…)), shares from 0 to 1
+    d70_by_share: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,14 +234,16 @@ class Case:
         # the dose calibrator's factor is one draw per vial (each injection has its own vial)
         for j in self.injections:
             d[f"injections.{j.name}.activity_factor"] = self.activity_factor
+        for t in self.tumors:  # last, each from a stream of its own, as with one injection
+            if t.d70_ratio is not None and t.treated:
+                d[f"tumors.{t.name}.d70_ratio"] = t.d70_ratio
         return d
 
     @property
     def ratio_inputs(self) -> tuple[str, ...]:
         """The case paths of the treated tumours' D70 ratios (the last inputs; each drawn from a stream of its
         own, ``engine.model_variates``)."""
-        return tuple(f"tumors.{t.name}.d70_ratio" for t in self.tumors if t.d70_ratio is not None and t.treated
-                     and not self.multi)
+        return tuple(f"tumors.{t.name}.d70_ratio" for t in self.tumors if t.d70_ratio is not None and t.treated)
 
     @property
     def uncertain_inputs(self) -> dict[str, Spec]:
@@ -281,7 +286,9 @@ class Case:
 _TOP = {"name", "scenario", "conventions", "liver", "tumors", "lung", "delivery", "vials", "plan", "correlations", "rules",
         "sessions", "injections", "images"}
 _LIVER = {"perfused_volume_ml", "whole_liver_volume_ml"}
-_TUMOR = {"name", "volume_ml", "tn_ratio", "treated", "injection", "d70_ratio"}
+_TUMOR = {"name", "volume_ml", "tn_ratio", "treated", "injection", "d70_ratio", "d70_ratio_by_share"}
+#: Most nodes of a tumour's ``d70_ratio_by_share`` curve.
+MAX_SHARE_NODES = 201
 _SESSION = {"name", "calibration", "treatment", "hours_after_calibration", "delivered"}
 _INJECTION = {"name", "session", "role", "perfused_volume_ml", "within", "vial_gbq", "shunt_fraction",
               "residual_fraction", "tn_ratios", "calibration", "activities_gbq"}
@@ -526,8 +533,9 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
             d70 = r.spec(traw["d70_ratio"], f"{f}.d70_ratio", "positive")
             if not 0 < d70.nominal <= 2:
                 raise r.fail(f"{f}.d70_ratio", "must be in (0, 2] (a tumour's D70 over its mean dose)")
-            if multi:
-                raise r.fail(f"{f}.d70_ratio", "not available with [[injections]] yet")
+        by_share = None
+        if "d70_ratio_by_share" in traw:
+            by_share = _share_curve(r, traw["d70_ratio_by_share"], f"{f}.d70_ratio_by_share", multi, d70)
         tumors.append(
             Tumor(
                 name=tname,
@@ -536,6 +544,7 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
                 treated=treated,
                 injection=where,
                 d70_ratio=d70,
+                d70_by_share=by_share,
             )
         )
 
@@ -811,6 +820,20 @@ def _parse_treatment(r: _Reader, doc: dict, tumors: list[Tumor], lsf: Spec | Non
             region = by_name[region].within
         return False
 
+    for k, t in enumerate(tumors):
+        if t.d70_ratio is not None and t.d70_by_share is None and t.treated and by_name[t.injection].within is not None:
+            raise r.fail(f"tumors[{k}].d70_ratio_by_share", f"missing: injections {t.injection!r} and "
+                         f"{by_name[t.injection].within!r} both reach this tumour, so its D70 is not one ratio times "
+                         "its mean (y90opt voxel --case-out writes the curve)")
+        if t.d70_by_share is None:
+            continue
+        own = by_name.get(t.injection) if t.treated else None
+        if own is None or own.within is None:
+            raise r.fail(f"tumors[{k}].d70_ratio_by_share", "one injection reaches this tumour: its D70 is d70_ratio "
+                         "times its mean at any activity (give no curve)")
+        if by_name[own.within].within is not None:
+            raise r.fail(f"tumors[{k}].d70_ratio_by_share", "three or more injections reach this tumour: a D70 curve "
+                         "over one share is not available")
     for i, j in enumerate(injections):
         for tname, _ in j.tn_ratios:
             if not inside(region_of[tname], j.name):
@@ -822,6 +845,29 @@ def _parse_treatment(r: _Reader, doc: dict, tumors: list[Tumor], lsf: Spec | Non
                 raise r.fail(f"injections[{i}].calibration", f"{physics.hours_between(j.calibration, sess.treatment):.0f} h "
                              f"before session {sess.name!r}'s treatment, beyond the vial's usable life ({usable:g} h)")
     return tuple(sessions), tuple(injections)
+
+
+def _share_curve(r: _Reader, raw: Any, f: str, multi: bool, d70: Spec | None):
+    """``{share = [...], ratio = [...]}``: a tumour's D70 over its mean dose against the share of that mean its own
+    injection gives (the rest from the injection whose territory holds its own), written by ``y90opt voxel``."""
+    if not multi:
+        raise r.fail(f, "only with [[injections]] (with one injection the ratio does not depend on the activity)")
+    if d70 is None:
+        raise r.fail(f, "needs the tumour's d70_ratio (its uncertainty form scales the curve)")
+    t = r.table(raw, f, {"share", "ratio"}, {"share", "ratio"})
+    share, ratio = t["share"], t["ratio"]
+    for key, v in (("share", share), ("ratio", ratio)):
+        if not isinstance(v, list) or not 2 <= len(v) <= MAX_SHARE_NODES:
+            raise r.fail(f"{f}.{key}", f"expected a list of 2 to {MAX_SHARE_NODES} numbers")
+    if len(share) != len(ratio):
+        raise r.fail(f"{f}.ratio", f"{len(ratio)} values for {len(share)} shares")
+    xs = [r.number(v, f"{f}.share[{i}]") for i, v in enumerate(share)]
+    ys = [r.number(v, f"{f}.ratio[{i}]") for i, v in enumerate(ratio)]
+    if xs[0] != 0.0 or xs[-1] != 1.0 or any(b <= a for a, b in zip(xs, xs[1:], strict=False)):
+        raise r.fail(f"{f}.share", "must rise strictly from 0 to 1")
+    if any(not 0 < y <= 2 for y in ys):
+        raise r.fail(f"{f}.ratio", "every ratio must be in (0, 2] (a tumour's D70 over its mean dose)")
+    return tuple(xs), tuple(ys)
 
 
 _IMAGES = {"ct", "spect", "masks", "spect_by_injection", "planar_anterior", "planar_posterior", "lung_base_margin_mm",

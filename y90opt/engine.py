@@ -246,7 +246,9 @@ class Model:
         # the conventions stay constants of the computation (XLA folds the mass and dose constants into the
         # formulas; as arguments they would change the results in the last float32 bit): part of the structure
         return (type(self).__name__, self.uncertain, self.quantities, self.units, forms, chol, case.conventions,
-                tuple((t.name, t.treated, t.injection, t.d70_ratio is not None) for t in case.tumors), case.has_whole_liver,
+                tuple((t.name, t.treated, t.injection, t.d70_ratio is not None, t.d70_by_share,
+                       t.d70_ratio.nominal if t.d70_by_share is not None else None) for t in case.tumors),
+                case.has_whole_liver,
                 tuple((j.name, j.session, j.within, j.shunt_fraction is None, j.residual_fraction is None,
                        tuple(n for n, _ in j.tn_ratios)) for j in case.injections),
                 tuple(x.name for x in case.sessions))
@@ -415,6 +417,10 @@ class TreatmentModel(Model):
 
     Quantities: ``injections.<name>.{perfused_mean, normal_perfused}`` (from that injection alone),
     ``regions.<name>.{mean, normal}`` (all injections), ``tumors.<name>``, ``tumor_total``,
+    ``tumors_d70.<name>`` (a tumour with a ``d70_ratio``: reached by one injection, the ratio times its mean
+    dose, linear in that vial; reached by two, its own and the one whose territory holds its own, the mean m
+    times the tumour's ``d70_ratio_by_share`` curve h at the share t of m its own injection gives, m · h(t),
+    not linear in the vials: see :attr:`curves`),
     ``lung_sessions.<session>``, ``lung_cumulative``, with the whole liver ``whole_normal_liver_sessions.<session>``,
     ``whole_normal_liver``, ``whole_liver``, then the activities ``injections.<name>.{injected, liver,
     lung_activity}`` [GBq].
@@ -434,6 +440,7 @@ class TreatmentModel(Model):
         q += [f"tumors.{t}" for t in case.tumor_names]
         if any(t.treated for t in case.tumors):
             q.append("tumor_total")
+        q += [f"tumors_d70.{t.name}" for t in case.tumors if t.d70_ratio is not None and t.treated]
         q += [f"lung_sessions.{x.name}" for x in case.sessions] + ["lung_cumulative"]
         if case.has_whole_liver:
             q += [f"whole_normal_liver_sessions.{x.name}" for x in case.sessions]
@@ -448,6 +455,20 @@ class TreatmentModel(Model):
     def n_vials(self) -> int:
         return len(self.case.injections)
 
+    @property
+    def curves(self) -> dict[int, tuple[int, tuple[float, ...], tuple[float, ...]]]:
+        """The columns that are not linear in the vials: quantity index → (the tumour's own injection's index,
+        the curve's shares, its ratios). Without weights, such a column's per-vial factors are the tumour's
+        mean dose per GBq of each vial (times the sample's ratio factor, its ``d70_ratio`` drawn over its
+        nominal value); a consumer gives the dose m · h(t) at activities s with m = Σ_j s_j F_j and t the own
+        vial's share of m (:func:`curve_dose`). With weights, :meth:`factors_from_z` gives that dose itself."""
+        inj = [j.name for j in self.case.injections]
+        out = {}
+        for t in self.case.tumors:
+            if t.d70_by_share is not None and t.treated:
+                out[self.quantities.index(f"tumors_d70.{t.name}")] = (inj.index(t.injection), *t.d70_by_share)
+        return out
+
     def decided(self, weights) -> TreatmentModel:
         """The model at vial activities at treatment ``weights`` (GBq, one per injection): doses, not factors."""
         w = tuple(float(x) for x in weights)
@@ -461,6 +482,14 @@ class TreatmentModel(Model):
         within = tuple(-1 if j.within is None else names.index(j.within) for j in case.injections)
         region = tuple(-1 if t.injection is None else names.index(t.injection) for t in case.tumors)
         return within, region
+
+    def _reaching(self, j: int) -> tuple[int, ...]:
+        """Injection j and those whose territories hold its own: the vials that reach a tumour of its region."""
+        within, _ = self._structure()
+        out = [j]
+        while within[out[-1]] != -1:
+            out.append(within[out[-1]])
+        return tuple(out)
 
     def treatment_inputs(self, cols: dict, dtype) -> dosimetry.TreatmentInputs:
         import jax.numpy as jnp
@@ -492,12 +521,14 @@ class TreatmentModel(Model):
             whole_liver_volume_ml=cols.get("liver.whole_liver_volume_ml", jnp.full((n,), jnp.nan, dtype)),
         )
 
-    def _columns(self, u: dict, like) -> list[list]:
+    def _columns(self, u: dict, like, cols: dict) -> list[list]:
         """For each vial j, the list of its Q factor columns (arrays of shape (n,), or 0.0 where none)."""
         import jax.numpy as jnp
 
         case = self.case
         inj = [j.name for j in case.injections]
+        ratio = {t.name: t for t in case.tumors if t.d70_ratio is not None and t.treated}
+        reach = {n: self._reaching(inj.index(t.injection)) for n, t in ratio.items()}
         sess = [x.name for x in case.sessions]
         zero = jnp.zeros_like(like)
         out = []
@@ -521,6 +552,12 @@ class TreatmentModel(Model):
                 by_name[f"regions.{rn}.normal"] = u["region_normal"][:, j, r]
             for i, t in enumerate(case.tumor_names):
                 by_name[f"tumors.{t}"] = u["tumors"][:, j, i]
+                if t in ratio and j in reach[t]:
+                    r = cols[f"tumors.{t}.d70_ratio"]
+                    if ratio[t].d70_by_share is None:  # one injection reaches it: D70 = ratio × mean
+                        by_name[f"tumors_d70.{t}"] = u["tumors"][:, j, i] * r
+                    else:  # the mean per GBq, times the ratio's sampled factor; the curve applies to the sum
+                        by_name[f"tumors_d70.{t}"] = u["tumors"][:, j, i] * (r / ratio[t].d70_ratio.nominal)
             out.append([by_name.get(q, zero) for q in self.quantities])
         del sess
         return out
@@ -540,15 +577,19 @@ class TreatmentModel(Model):
         x = self.treatment_inputs(cols, z.dtype)
         within, region = self._structure()
         u = dosimetry.treatment_factors(x, within, region, conv)
-        per_vial = self._columns(u, x.lung_mass_kg)
+        per_vial = self._columns(u, x.lung_mass_kg, cols)
         if weights is None:
             f = jnp.stack([c for vial in per_vial for c in vial], axis=-1)
         else:
             summed = []
+            curves = self.curves
             for q in range(len(self.quantities)):
                 acc = per_vial[0][q] * jnp.asarray(weights[0], z.dtype)
                 for j in range(1, len(per_vial)):
                     acc = acc + per_vial[j][q] * jnp.asarray(weights[j], z.dtype)
+                if q in curves:
+                    own, xs, ys = curves[q]
+                    acc = curve_dose(acc, per_vial[own][q] * jnp.asarray(weights[own], z.dtype), xs, ys)
                 summed.append(acc)
             f = jnp.stack(summed, axis=-1)
         valid = jnp.all(u["region_normal_mass"] > 0, axis=-1) & jnp.all(jnp.isfinite(f), axis=-1)
@@ -597,7 +638,8 @@ class TreatmentModel(Model):
         )
 
         def flat(d) -> np.ndarray:
-            return np.array([float(treatment_value(d, q, case)) for q in self.quantities], dtype=np.float64)
+            return np.array([float(treatment_value(d, q, case, nom, per_vial=self.weights is None))
+                             for q in self.quantities], dtype=np.float64)
 
         if self.weights is not None:
             return flat(reference_treatment_doses(list(self.weights), **args))
@@ -605,12 +647,37 @@ class TreatmentModel(Model):
         return np.concatenate(blocks)
 
 
-def treatment_value(d: dict, q: str, case: Case):
+def curve_dose(mean, own, shares, ratios):
+    """A tumour's D70 reached by two injections: its mean dose ``mean`` times its D70 curve (piecewise linear
+    through ``(shares, ratios)``) at the share ``own / mean`` of that mean its own injection gives."""
+    import jax.numpy as jnp
+
+    t = jnp.clip(own / mean, 0.0, 1.0)
+    return mean * jnp.interp(t, jnp.asarray(shares, mean.dtype), jnp.asarray(ratios, mean.dtype))
+
+
+def treatment_value(d: dict, q: str, case: Case, inputs: dict | None = None, per_vial: bool = False):
     """Quantity ``q`` (a :class:`TreatmentModel` column name) from a :func:`reference_treatment_doses` result
-    (a number, or an array for sampled inputs)."""
+    (a number, or an array for sampled inputs); ``inputs`` (by case path) gives the D70 ratios. With
+    ``per_vial``, a D70 with a share curve is its mean times the ratio's factor (:attr:`TreatmentModel.curves`)."""
     inj = [j.name for j in case.injections]
     sess = [x.name for x in case.sessions]
     head, _, rest = q.partition(".")
+    if head == "tumors_d70":
+        i = case.tumor_names.index(rest)
+        t = case.tumors[i]
+        ratio = inputs[f"tumors.{rest}.d70_ratio"]
+        by = d["tumors_by_injection"]
+        own = inj.index(t.injection)
+        if t.d70_by_share is None:
+            return by[own][i] * ratio
+        outer = inj.index(case.injection(t.injection).within)
+        mean = by[own][i] + by[outer][i]
+        if per_vial:
+            return mean * (ratio / t.d70_ratio.nominal)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.clip(np.where(mean > 0, by[own][i] / mean, 1.0), 0.0, 1.0)
+        return mean * np.interp(share, *t.d70_by_share) * (ratio / t.d70_ratio.nominal)
     if head == "injections":
         name, _, what = rest.partition(".")
         key = {"lung_activity": "lung"}.get(what, what)

@@ -567,6 +567,9 @@ def treatment_dose_mapping(case: Case, values: dict[str, Any], decisions) -> dic
     }
     if "tumor_total" in values:
         dose_gy["tumor_total"] = values["tumor_total"]
+    d70 = {q.split(".", 1)[1]: v for q, v in values.items() if q.startswith("tumors_d70.")}
+    if d70:
+        dose_gy["tumors_d70"] = d70
     dose_gy["lung_sessions"] = {x.name: values[f"lung_sessions.{x.name}"] for x in case.sessions}
     dose_gy["lung_cumulative"] = values["lung_cumulative"]
     if case.has_whole_liver:

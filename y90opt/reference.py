@@ -111,8 +111,9 @@ def reference_treatment_doses(
 
     Returns a dict: ``injections`` (per injection: injected, liver, lung activity, perfused_mean and
     normal_perfused, from that injection alone), ``regions`` (per region: mean and normal, all injections),
-    ``tumors`` (per tumour), ``tumor_total``, ``lung_sessions``, ``lung_cumulative``, and with the whole
-    liver ``whole_normal_liver_sessions``, ``whole_normal_liver``, ``whole_liver``; ``energy`` the energy
+    ``tumors`` (per tumour), ``tumors_by_injection`` ([j][i]: tumour i's dose from injection j alone),
+    ``tumor_total``, ``lung_sessions``, ``lung_cumulative``, and with the whole liver
+    ``whole_normal_liver_sessions``, ``whole_normal_liver``, ``whole_liver``; ``energy`` the energy
     deposited in each region [Gy·kg] and ``energy_injected`` the energy of the liver activity [Gy·kg].
     """
     K = dose_constant_gy_kg_per_gbq
@@ -150,6 +151,7 @@ def reference_treatment_doses(
     d_normal = []
     energy = [0.0] * n_j
     tumors = [0.0] * n_t
+    by_injection = [[0.0] * n_t for _ in range(n_j)]
     energy_injected = 0.0
     lung = [0.0] * n_s
     normal_energy_by_session = [0.0] * n_s
@@ -172,6 +174,7 @@ def reference_treatment_doses(
         for i in range(n_t):
             if tumor_region[i] != -1 and inside(tumor_region[i], j):
                 tumors[i] = tumors[i] + f64(tn_ratio[j][i]) * dn
+                by_injection[j][i] = f64(tn_ratio[j][i]) * dn
         for r in range(n_j):
             if inside(r, j):
                 e = dn * m_region_normal[r]
@@ -198,6 +201,7 @@ def reference_treatment_doses(
         "injections": inj,
         "regions": regions,
         "tumors": tumors,
+        "tumors_by_injection": by_injection,
         "tumor_total": tumor_total,
         "lung_sessions": lung,
         "lung_cumulative": prior_lung_dose_gy + sum(lung, 0.0),

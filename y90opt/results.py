@@ -70,7 +70,7 @@ def quantity_description(q: str) -> str:
     if q.startswith("tumors."):
         return f"dose to tumour {q.split('.', 1)[1]}"
     if q.startswith("tumors_d70."):
-        return f"D70 of tumour {q.split('.', 1)[1]} (voxel, local deposition: d70_ratio x its mean dose)"
+        return f"D70 of tumour {q.split('.', 1)[1]} (voxel: d70_ratio x its mean dose, or its curve with two vials)"
     return QUANTITY_NAMES[q][1] if q in QUANTITY_NAMES else q
 
 

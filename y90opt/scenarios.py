@@ -34,7 +34,7 @@ QUANTITIES: tuple[str, ...] = (
     "lung_cumulative",  # prior sessions + this session
     "tumors",  # each treated tumour; which tumours count is the case's choice
     "tumor_total",  # mass-weighted mean over the treated tumours
-    "tumors_d70",  # each counted tumour's D70 (voxel, local deposition) as its d70_ratio × its mean: research
+    "tumors_d70",  # each counted tumour's D70 (voxel) as its d70_ratio × its mean (a curve with two vials): research
 )
 
 #: Rule quantities of treatments of several injections (cases with ``[[injections]]``): a limit on a

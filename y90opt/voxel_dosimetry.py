@@ -30,6 +30,10 @@ map per injection, A_j = s_j (1 − R_j) with its own shunt, over its territory 
 the treatment's cumulative dose over every session (``vois.injections.<name>`` per territory; ``perfused`` is
 their union).
 
+Plans on a tumour's D70 (``--case-out``): each tumour's ``d70_ratio``, its D70 over the compartment mean of
+its counts, so that the planner's ratio × mean is the map's D70 at any activity; with several injections, a
+curve over the share of its mean dose each of the two injections reaching it gives (:func:`_d70_ratios`).
+
 Voxel-level uncertainty (``replicas``, one injection): see :func:`voxel_case`; ``--case-out`` writes each
 tumour's ``d70_ratio`` with the CV of its replicas, an input the Monte Carlo draws.
 
@@ -263,13 +267,16 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
     lungs = masks["lungs"] & ~perf if "lungs" in masks else None
     activity = np.zeros(counts.shape)
 
-    def deliver(injected: float, f: float, territory: np.ndarray, spread, where: str) -> None:
-        """One injection's activity map (:func:`_spread`) added to the treatment's."""
+    def deliver(injected: float, f: float, territory: np.ndarray, spread, where: str) -> np.ndarray:
+        """One injection's activity map (:func:`_spread`), added to the treatment's."""
         if not float(spread[territory].sum()) > 0:
             raise InputError(f"{where}: no counts in the territory's mask")
-        activity[...] += _spread(spread, territory, lungs, injected, f)
+        one = _spread(spread, territory, lungs, injected, f)
+        activity[...] += one
+        return one
 
     by_injection: dict[str, Any] = {}
+    maps: dict[str, np.ndarray] = {}  # with several injections, each one's activity map (its dose map later)
     if replicas and case.multi:
         raise InputError("--uncertainty: the voxel-level uncertainty of several injections is not available yet")
     if not case.multi:
@@ -298,7 +305,7 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
                                      f"territory's mask (resampled onto {spect_path})")
                 spread = np.clip(np.nan_to_num(spread, nan=0.0), 0.0, None)
                 what = f"{own}: images.spect_by_injection.{j.name}"
-            deliver(injected, f, territories[j.name], spread, what)
+            maps[j.name] = deliver(injected, f, territories[j.name], spread, what)
             by_injection[j.name] = {"hours_after_calibration": h, "vial_at_treatment_gbq": at_treatment,
                                     "activity_gbq": {"injected": injected, "liver": injected * (1 - f),
                                                      "lung": injected * f}}
@@ -330,6 +337,10 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
         kernel_info = {"source": radial.source, "voxel_mm": [float(v) for v in spacing],
                        "shape": list(kern.shape), "self_voxel_share": float(kern[centre]),
                        "kernel_share": radial.total, "absorbed_share": absorbed / max(float(energy.sum()), 1e-300)}
+    def mean_of(act, m):
+        return _compartment_mean(act, m, conv.dose_constant_gy_kg_per_gbq, conv.tissue_density_g_per_ml, voxel_ml)
+
+    tumor_d70 = _d70_ratios(case, tumors, maps or {None: activity}, dose_of if maps else (lambda _: dose), mean_of)
     scen = active_rules(case).scenario
     thresholds = tuple(sorted({r.threshold_gy for r in scen.rules}))
     normal = perf.copy()
@@ -359,7 +370,8 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
             if not float(c_k[perf_k].sum()) > 0:
                 raise InputError(f"{spect_path}: images.spect: a replica drew no counts in the perfused mask")
             lungs_k = masks["lungs"] & ~perf_k if "lungs" in masks else None
-            d_k = dose_of(_spread(c_k, perf_k, lungs_k, injected, f))
+            act_k = _spread(c_k, perf_k, lungs_k, injected, f)
+            d_k = dose_of(act_k)
             normal_k = perf_k & ~np.logical_or.reduce([np.zeros_like(perf_k), *tum_k.values()])
             vois_k = {"perfused": perf_k, "normal_perfused": normal_k, **{f"tumors.{n}": m for n, m in tum_k.items()}}
             for name, m in vois_k.items():
@@ -368,22 +380,87 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
                 got = voi_metrics(d_k, m)
                 for key in keys:
                     draws.setdefault(f"{name}.{key}", []).append(got[key])
-                if name.startswith("tumors.") and got["mean_gy"] > 0:
-                    draws.setdefault(f"{name}.d70_ratio", []).append(got["d70_gy"] / got["mean_gy"])
+                if name.startswith("tumors.") and (m_c := mean_of(act_k, m)) > 0:  # as _d70_ratios
+                    draws.setdefault(f"{name}.d70_ratio", []).append(got["d70_gy"] / m_c)
         uncertainty = {"replicas": int(replicas), "seed": int(seed),
                        "metrics": {k: _spread_summary(v) for k, v in draws.items()}}
     return {
         "case": case.name, "method": method, "hours_after_calibration": hours, "vial_at_treatment_gbq": s,
         "activity_gbq": activities, "injections": by_injection or None,
         "density": density_source, "voxel_ml": voxel_ml, "vois": vois, "thresholds_gy": list(thresholds),
-        "kernel": kernel_info, "uncertainty": uncertainty,
+        "kernel": kernel_info, "uncertainty": uncertainty, "tumor_d70": tumor_d70,
         "dose": dose, "affine": affine, "dvh_edges_gy": edges, "dvh": curves,
     }
 
 
+#: Nodes of a tumour's D70 curve over the share of its mean dose its own injection gives (0 to 1).
+SHARE_NODES = 41
+
+
+def _compartment_mean(act: np.ndarray, mask, k_gy_kg_per_gbq: float, density_g_per_ml: float,
+                      voxel_ml: float) -> float:
+    """The compartment model's mean dose to a VOI for the same counts: the energy its activity emits over its
+    mass at the case's tissue density (what ``dose`` gives the tumour of a measured case)."""
+    values = _values(act, mask)
+    return k_gy_kg_per_gbq * float(values.sum()) / (density_g_per_ml * len(values) * voxel_ml / 1000.0)
+
+
+def _d70_ratios(case, tumors: dict[str, np.ndarray], maps: dict[str | None, np.ndarray], dose_of,
+                mean_of) -> dict[str, Any]:
+    """Each treated, imaged tumour's D70 as the planner models it, from the activity maps of the injections that
+    reach it in the compartment model (``maps``: by injection, or ``{None: map}`` with one injection), each
+    map's dose by itself (``dose_of``), over the compartment mean of its counts (``mean_of``), so that
+    ratio × the planner's mean is the voxel D70 at any activity.
+
+    Reached by one injection: ``ratio`` = its D70 over that mean. Reached by two (its own and the one whose
+    territory holds its own): their doses on the tumour, each over its compartment mean, φ_own and φ_outer,
+    mixed as t φ_own + (1 − t) φ_outer, give the curve h(t) = D70 of the mix at :data:`SHARE_NODES` shares
+    t; the D70 of s_own d_own + s_outer d_outer is m · h(t) for any activities, m the compartment mean and t
+    the own vial's share of it (exact at the nodes, piecewise linear between); ``ratio`` = h at the decision's
+    share. Dose another injection spills into the tumour across a territory's edge (the kernel's; not in the
+    compartment model) is left out: the D70 of a sum of non-negative maps is at least that of its part, so
+    the planner's D70 errs low there."""
+    doses: dict[str | None, np.ndarray] = {}
+
+    def dose(name: str | None) -> np.ndarray:
+        if name not in doses:
+            doses[name] = dose_of(maps[name])
+        return doses[name]
+
+    out: dict[str, Any] = {}
+    for t in case.tumors:
+        if not t.treated or t.name not in tumors or not tumors[t.name].any():
+            continue
+        if case.multi:
+            reach = [t.injection]
+            while case.injection(reach[-1]).within is not None:
+                reach.append(case.injection(reach[-1]).within)
+        else:
+            reach = [None]
+        means = [mean_of(maps[n], tumors[t.name]) for n in reach]
+        if not means[0] > 0:
+            continue
+        phi = [_values(dose(n), tumors[t.name]).astype(np.float64) / m if m > 0 else None
+               for n, m in zip(reach, means, strict=True)]
+        rec: dict[str, Any] = {"injections": reach, "mean_gy": means}
+        if len(reach) == 1:
+            rec["ratio"] = _summary(phi[0], ())["d70_gy"]
+        elif len(reach) == 2 and means[1] > 0:
+            shares = np.linspace(0.0, 1.0, SHARE_NODES)
+            t0 = means[0] / (means[0] + means[1])
+            rec.update({"share": [float(x) for x in shares],
+                        "ratios": [_summary(x * phi[0] + (1.0 - x) * phi[1], ())["d70_gy"] for x in shares],
+                        "share_at_decision": t0, "ratio": _summary(t0 * phi[0] + (1 - t0) * phi[1], ())["d70_gy"]})
+        else:
+            continue  # three or more injections reach it (or the outer one gives it nothing): no curve
+        out[t.name] = rec
+    return out
+
+
 def case_with_d70(path: str, res: dict[str, Any]) -> str:
-    """The case's text with each imaged tumour's ``d70_ratio`` (its D70 over its mean dose, by local deposition)
-    set, so that rules may name ``tumors_d70`` (tomlkit: the rest of the text kept)."""
+    """The case's text with each imaged, treated tumour's ``d70_ratio`` set (its D70 by the voxel method over the
+    compartment mean of its counts; with two injections reaching it, also its ``d70_ratio_by_share`` curve:
+    :func:`_d70_ratios`), so that rules may name ``tumors_d70`` (tomlkit: the rest of the text kept)."""
     import tomlkit
 
     with open(path, encoding="utf-8") as fh:
@@ -391,20 +468,31 @@ def case_with_d70(path: str, res: dict[str, Any]) -> str:
     spread = (res.get("uncertainty") or {}).get("metrics", {})
     for t in doc.get("tumors", []):
         name = str(t.get("name"))
-        v = res["vois"]["tumors"].get(name)
-        if v is not None and v["mean_gy"] > 0 and v["d70_gy"] > 0:
-            ratio = round(v["d70_gy"] / v["mean_gy"], 6)
-            how = f"voxel ({res['method']}): D70 {v['d70_gy']:.4g} Gy / mean {v['mean_gy']:.4g} Gy"
-            drawn = spread.get(f"tumors.{name}.d70_ratio")
-            if drawn is not None and drawn["mean"] > 0:
-                item = tomlkit.inline_table()
-                item.update({"value": ratio, "cv": round(drawn["sd"] / drawn["mean"], 4)})
-                t["d70_ratio"] = item
-                how += (f"; CV from {res['uncertainty']['replicas']} replicas (counts, one-voxel mask margins, "
-                        "MAA-to-Y-90 mismatch)")
-            else:
-                t["d70_ratio"] = ratio
-            t["d70_ratio"].comment(how)
+        rec = res["tumor_d70"].get(name)
+        if rec is None or not rec["ratio"] > 0:
+            continue
+        ratio = round(rec["ratio"], 6)
+        how = f"voxel ({res['method']}): D70 over the compartment mean of its counts"
+        if rec["injections"] != [None]:
+            how += f", from injection {rec['injections'][0]}'s dose"
+        drawn = spread.get(f"tumors.{name}.d70_ratio")
+        if drawn is not None and drawn["mean"] > 0:
+            item = tomlkit.inline_table()
+            item.update({"value": ratio, "cv": round(drawn["sd"] / drawn["mean"], 4)})
+            t["d70_ratio"] = item
+            how += (f"; CV from {res['uncertainty']['replicas']} replicas (counts, one-voxel mask margins, "
+                    "MAA-to-Y-90 mismatch)")
+        else:
+            t["d70_ratio"] = ratio
+        if "share" in rec:
+            curve = tomlkit.inline_table()
+            curve.update({"share": [round(x, 6) for x in rec["share"]], "ratio": [round(y, 6) for y in rec["ratios"]]})
+            t["d70_ratio_by_share"] = curve
+            how += (f" and {rec['injections'][1]}'s, mixed as at the decision ({rec['share_at_decision']:.3f} of the "
+                    "mean from the first); d70_ratio_by_share: at any share")
+        elif "d70_ratio_by_share" in t:
+            del t["d70_ratio_by_share"]
+        t["d70_ratio"].comment(how)
     return tomlkit.dumps(doc)
 
 
