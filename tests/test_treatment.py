@@ -224,7 +224,13 @@ def test_a_d70_reached_by_two_vials_needs_its_curve(mutate, field, words):
     ({"share": [0.0, 0.5], "ratio": [0.8, 0.9]}, "tumors[0].d70_ratio_by_share.share", "from 0 to 1"),
     ({"share": [0.0, 0.6, 0.5, 1.0], "ratio": [0.8] * 4}, "tumors[0].d70_ratio_by_share.share", "rise strictly"),
     ({"share": [0.0, 0.5, 1.0], "ratio": [0.8, 0.9]}, "tumors[0].d70_ratio_by_share.ratio", "2 values for 3 shares"),
-    ({"share": [0.0, 1.0], "ratio": [0.8, 2.5]}, "tumors[0].d70_ratio_by_share.ratio", "(0, 2]"),
+    ({"share": [0.0, 1.0], "ratio": [0.8, -0.1]}, "tumors[0].d70_ratio_by_share.ratio", ">= 0"),
+    # D = b h / (1 - t) must not fall as t rises (the outer vial's part b fixed) ...
+    ({"share": [0.0, 0.5, 1.0], "ratio": [0.9, 0.4, 0.8]}, "tumors[0].d70_ratio_by_share.ratio", "falls between"),
+    # ... nor D = a h / t rise (the own vial's part a fixed)
+    ({"share": [0.0, 0.25, 0.5, 1.0], "ratio": [0.2, 0.2, 0.8, 0.9]}, "tumors[0].d70_ratio_by_share.ratio",
+     "rises between"),
+    ({"share": [0.0, 1.0], "ratio": [0.6, 0.7]}, "tumors[0].d70_ratio", "outside its d70_ratio_by_share curve"),
     ({"share": [0.0, 1.0]}, "tumors[0].d70_ratio_by_share.ratio", "missing"),
     ({"share": [0.0, "x", 1.0], "ratio": [0.8] * 3}, "tumors[0].d70_ratio_by_share.share[1]", "expected a number"),
 ])
@@ -233,6 +239,24 @@ def test_a_bad_d70_curve_names_its_field(curve, field, words):
         doc["tumors"][0]["d70_ratio"] = 0.8
         doc["tumors"][0]["d70_ratio_by_share"] = curve
     _bad(mutate, field, words)
+
+
+def test_a_d70_of_three_nested_injections_and_of_an_untreated_tumour_are_refused():
+    doc = _doc(MRL)  # a sub-segment inside the segment: three injections reach its tumour
+    inner = {**doc["injections"][0], "name": "sub", "role": "sub", "within": "segment",
+             "perfused_volume_ml": {"value": 60, "cv": 0.15}}
+    doc["injections"].append(inner)
+    doc["tumors"][0].update({"injection": "sub", "d70_ratio": 0.8})
+    with pytest.raises(CaseError, match=r"tumors\[0\]\.d70_ratio: injections sub, segment, lobe all reach"):
+        _case(doc)
+    doc = _doc(MRL)
+    doc["tumors"][0].update({"treated": False, "d70_ratio": 0.8,
+                             "d70_ratio_by_share": {"share": [0.0, 1.0], "ratio": [0.8, 0.9]}})
+    doc["tumors"][0].pop("injection")
+    for j in doc["injections"]:
+        j.pop("tn_ratios", None)
+    with pytest.raises(CaseError, match="not treated"):
+        _case(doc)
 
 
 def test_a_d70_curve_is_refused_where_one_injection_reaches_the_tumour():

@@ -246,17 +246,8 @@ def _vials(text: str, segment: float, lobe: float) -> str:
     return tomlkit.dumps(doc)
 
 
-@pytest.mark.parametrize("method", ["ldm", "kernel"])
-def test_a_d70_of_several_injections_equals_the_voxel_d70_at_any_vials(tmp_path, method):
-    """A modified lobectomy on the two-injection phantom with its two MAA studies blurred differently (14 and
-    8 mm FWHM), so that T1's D70 over its mean depends on how much of its dose each vial gives. `voxel
-    --case-out` writes T1's curve (both vials reach it) and T2's ratio (the lobe's only); `dose` at other
-    vials then gives, from the compartment model, the D70 that `voxel` reads from the summed dose map at
-    those vials: equal for T1 (to the curve's piecewise-linear interpolation) and, by local deposition, for
-    T2; with the kernel, T2's (which the segment's dose reaches across the territory's edge, outside the
-    compartment model) is a lower bound. A research D70 target then plans jointly."""
-    import tomllib
-
+def _blurred_two_injection_case(tmp_path):
+    """The two-injection phantom with its two MAA studies blurred differently (14 and 8 mm FWHM), measured."""
     from scipy.ndimage import gaussian_filter
 
     from y90opt.phantoms import TWO_INJECTION_CASE, make_two_injection_phantom
@@ -269,7 +260,68 @@ def test_a_d70_of_several_injections_equals_the_voxel_d70_at_any_vials(tmp_path,
     (tmp_path / "case.toml").write_text(TWO_INJECTION_CASE.replace('ct = "ct.nii.gz"\n', ""), encoding="utf-8")
     text = y90opt.measure(tmp_path / "case.toml")["text"].replace("[lung]\n", "[lung]\nmass_kg = 1.0\n", 1)
     (tmp_path / "m.toml").write_text(text, encoding="utf-8")
-    y90opt.voxel(tmp_path / "m.toml", method=method, case_out=tmp_path / "d70.toml")
+    return tmp_path / "m.toml"
+
+
+def test_voxel_level_uncertainty_of_several_injections(tmp_path):
+    """`--uncertainty` with two injections: each replica draws both MAA studies' counts again, the mismatch per
+    study and tumour, the tumour masks' margins; the same seed gives the same numbers; `--case-out` writes each
+    tumour's ratio with its CV (T1's curve beside it), which the Monte Carlo then draws: with a D70 target at
+    T1's nominal D70, P is near one half, not the 0 or 1 of an exact ratio."""
+    import tomllib
+
+    import tomli_w
+
+    path = _blurred_two_injection_case(tmp_path)
+    a = y90opt.voxel(path, uncertainty=10, seed=2, case_out=tmp_path / "d70.toml")["uncertainty"]
+    assert a == y90opt.voxel(path, uncertainty=10, seed=2)["uncertainty"]
+    assert a != y90opt.voxel(path, uncertainty=10, seed=3)["uncertainty"]
+    m = a["metrics"]
+    assert {"injections.segment.mean_gy", "tumors.T1.d70_ratio", "tumors.T2.d70_ratio"} <= set(m)
+    assert 0 < m["tumors.T1.d70_ratio"]["sd"] < 0.2 and m["tumors.T1.mean_gy"]["sd"] > 0
+    doc = tomllib.loads((tmp_path / "d70.toml").read_text(encoding="utf-8"))
+    t1 = next(t for t in doc["tumors"] if t["name"] == "T1")
+    assert set(t1["d70_ratio"]) == {"value", "cv"} and t1["d70_ratio"]["cv"] > 0 and "d70_ratio_by_share" in t1
+    d70 = y90opt.dose(y90opt.parse_case(tomli_w.dumps(doc), "d70.toml")).summary["dose_gy"]["tumors_d70"]["T1"]
+    doc["rules"] = {"targets": [{"id": "tumor-d70", "quantity": "tumors_d70", "min_gy": d70, "level": "secondary",
+                                 "source": "research: a D70 target for the test"}]}
+    sim = y90opt.simulate(y90opt.parse_case(tomli_w.dumps(doc), "d70.toml"), samples=4000, seed=1).summary
+    p = {r["label"]: r["probability"] for r in sim["rules"]}["tumor-d70:T1"]
+    assert 0.2 < p < 0.8
+
+
+def test_voxel_case_out_refuses_a_tumour_it_cannot_measure_and_an_unwritable_path(tmp_path):
+    """A tumour assigned to an injection whose territory's mask misses it gets no D70 ratio: `--case-out`
+    says so in one line (exit 2) instead of writing a case without it; so does a path that cannot be written."""
+    import tomlkit
+
+    path = _blurred_two_injection_case(tmp_path)
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    next(t for t in doc["tumors"] if t["name"] == "T2")["injection"] = "segment"  # T2 lies outside the segment
+    bad = tmp_path / "t2-in-segment.toml"
+    bad.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    for case, out, words in ((bad, tmp_path / "x.toml", "tumour T2: no D70 ratio: its mask receives no activity "
+                              "from injection segment"),
+                             (path, tmp_path / "missing-dir" / "x.toml", "cannot be written")):
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            assert main(["voxel", str(case), "--case-out", str(out)]) == 2
+        line = err.getvalue().strip()
+        assert words in line and "\n" not in line and not out.exists()
+
+
+@pytest.mark.parametrize("method", ["ldm", "kernel"])
+def test_a_d70_of_several_injections_equals_the_voxel_d70_at_any_vials(tmp_path, method):
+    """A modified lobectomy on the two-injection phantom with its two MAA studies blurred differently (14 and
+    8 mm FWHM), so that T1's D70 over its mean depends on how much of its dose each vial gives. `voxel
+    --case-out` writes T1's curve (both vials reach it) and T2's ratio (the lobe's only); `dose` at other
+    vials then gives, from the compartment model, the D70 that `voxel` reads from the summed dose map at
+    those vials: equal for T1 (to the curve's piecewise-linear interpolation) and, by local deposition, for
+    T2; with the kernel, T2's (which the segment's dose reaches across the territory's edge, outside the
+    compartment model) is a lower bound. A research D70 target then plans jointly."""
+    import tomllib
+
+    path = _blurred_two_injection_case(tmp_path)
+    y90opt.voxel(path, method=method, case_out=tmp_path / "d70.toml")
     d70_text = (tmp_path / "d70.toml").read_text(encoding="utf-8")
     tumors = {t["name"]: t for t in tomllib.loads(d70_text)["tumors"]}
     curve = tumors["T1"]["d70_ratio_by_share"]
@@ -286,15 +338,24 @@ def test_a_d70_of_several_injections_equals_the_voxel_d70_at_any_vials(tmp_path,
             assert 0.85 * v["T2"]["d70_gy"] < d["T2"] <= v["T2"]["d70_gy"] * (1 + 1e-6)
     if method == "kernel":
         return
-    doc = tomllib.loads(d70_text)
-    doc["rules"] = {"targets": [{"id": "tumor-d70", "quantity": "tumors_d70", "min_gy": 1500.0, "level": "secondary",
-                                 "source": "research: a D70 target for the test"}]}
+    # a primary research target on the D70s: the joint plan's P(success) at its choice is simulate's there,
+    # from the same samples (the curve applied by the joint evaluator and by the model at decided vials)
     import tomli_w
 
+    doc = tomllib.loads(d70_text)
+    doc["rules"] = {"targets": [{"id": "tumor-d70", "quantity": "tumors_d70", "min_gy": 200.0,
+                                 "source": "research: a D70 target for the test"}]}
     s = y90opt.plan(y90opt.parse_case(tomli_w.dumps(doc), "d70.toml"), samples=2000, optuna_trials=5).summary
-    assert s["status"] in ("ok", "low-success", "infeasible")
     assert {"tumor-d70:T1", "tumor-d70:T2"} <= {r["label"] for r in s["rules"]}
-    assert set(s["doses_at_choice"]["dose_gy"]["tumors_d70"]) == {"T1", "T2"}
+    rec = s["recommended"]
+    assert rec is not None and 0 < rec["p_success"] < 1
+    for j in doc["injections"]:
+        j["vial_gbq"] = rec["injections"][j["name"]]["vial_gbq"]
+    doc["sessions"][0]["treatment"] = rec["sessions"]["S1"]["treatment"]
+    sim = y90opt.simulate(y90opt.parse_case(tomli_w.dumps(doc), "at-choice.toml"), samples=2000).summary
+    assert sim["p_success"] == pytest.approx(rec["p_success"], abs=1e-12)
+    assert s["doses_at_choice"]["dose_gy"]["tumors_d70"]["T1"] == pytest.approx(
+        sim["dose_gy"]["tumors_d70"]["T1"]["nominal"], rel=1e-5)
 
 
 def test_voxel_level_uncertainty_feeds_the_monte_carlo(tmp_path):

@@ -483,7 +483,7 @@ def voxel(case: str | os.PathLike, *, method: str = "ldm", out: str | os.PathLik
     if isinstance(uncertainty, bool) or not isinstance(uncertainty, int) or not 0 <= uncertainty <= 10_000:
         raise InputError(f"--uncertainty: {uncertainty!r}: expected a number of replicas from 0 to 10000")
     res = voxel_case(os.fspath(case), method=method, kernel_file=None if kernel is None else os.fspath(kernel),
-                     replicas=uncertainty, seed=_seed(seed))
+                     replicas=uncertainty, seed=_seed(seed), d70_ratios=case_out is not None)
     if out is not None:
         from .report import write_voxel_report
 
@@ -494,11 +494,17 @@ def voxel(case: str | os.PathLike, *, method: str = "ldm", out: str | os.PathLik
         if os.path.exists(target) and os.path.samefile(target, os.fspath(case)):
             raise InputError(f"--case-out: {target} is the input case; voxel never overwrites its input")
         text = case_with_d70(os.fspath(case), res)
-        from .case import parse_case
+        from .case import CaseError, parse_case
 
-        parse_case(text, target)
-        with open(target, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        try:
+            parse_case(text, target)
+        except CaseError as e:
+            raise InputError(f"--case-out: {target} not written, its case would not be read back: {e}") from None
+        try:
+            with open(target, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as e:
+            raise InputError(f"--case-out: {target}: cannot be written ({e.strerror or e})") from None
     return res
 
 

@@ -531,8 +531,8 @@ def _parse_case(source: str | Mapping[str, Any], file: str) -> Case:
         d70 = None
         if "d70_ratio" in traw:  # a number, or an uncertainty form (voxel --uncertainty writes one)
             d70 = r.spec(traw["d70_ratio"], f"{f}.d70_ratio", "positive")
-            if not 0 < d70.nominal <= 2:
-                raise r.fail(f"{f}.d70_ratio", "must be in (0, 2] (a tumour's D70 over its mean dose)")
+            if not 0 < d70.nominal < math.inf:
+                raise r.fail(f"{f}.d70_ratio", "must be > 0 (a tumour's D70 over the compartment mean of its counts)")
         by_share = None
         if "d70_ratio_by_share" in traw:
             by_share = _share_curve(r, traw["d70_ratio_by_share"], f"{f}.d70_ratio_by_share", multi, d70)
@@ -821,19 +821,25 @@ def _parse_treatment(r: _Reader, doc: dict, tumors: list[Tumor], lsf: Spec | Non
         return False
 
     for k, t in enumerate(tumors):
-        if t.d70_ratio is not None and t.d70_by_share is None and t.treated and by_name[t.injection].within is not None:
-            raise r.fail(f"tumors[{k}].d70_ratio_by_share", f"missing: injections {t.injection!r} and "
-                         f"{by_name[t.injection].within!r} both reach this tumour, so its D70 is not one ratio times "
-                         "its mean (y90opt voxel --case-out writes the curve)")
-        if t.d70_by_share is None:
+        curve = f"tumors[{k}].d70_ratio_by_share"
+        if t.d70_ratio is None or not t.treated:
+            if t.d70_by_share is not None:
+                raise r.fail(curve, "the tumour is not treated (treated = false): no injection reaches it")
             continue
-        own = by_name.get(t.injection) if t.treated else None
-        if own is None or own.within is None:
-            raise r.fail(f"tumors[{k}].d70_ratio_by_share", "one injection reaches this tumour: its D70 is d70_ratio "
-                         "times its mean at any activity (give no curve)")
-        if by_name[own.within].within is not None:
-            raise r.fail(f"tumors[{k}].d70_ratio_by_share", "three or more injections reach this tumour: a D70 curve "
-                         "over one share is not available")
+        reach = [t.injection]
+        while by_name[reach[-1]].within is not None:
+            reach.append(by_name[reach[-1]].within)
+        if len(reach) > 2:
+            raise r.fail(f"tumors[{k}].d70_ratio", f"injections {', '.join(reach)} all reach this tumour: a D70 of "
+                         "three or more injections is not available")
+        if len(reach) == 2 and t.d70_by_share is None:
+            raise r.fail(curve, f"missing: injections {reach[0]!r} and {reach[1]!r} both reach this tumour, so its "
+                         "D70 is not one ratio times its mean (y90opt voxel --case-out writes the curve)")
+        if len(reach) == 1 and t.d70_by_share is not None:
+            raise r.fail(curve, "one injection reaches this tumour: its D70 is d70_ratio times its mean at any "
+                         "activity (give no curve)")
+        if t.d70_by_share is not None:
+            _check_share_curve(r, curve, t.d70_by_share, t.d70_ratio.nominal, f"tumors[{k}].d70_ratio")
     for i, j in enumerate(injections):
         for tname, _ in j.tn_ratios:
             if not inside(region_of[tname], j.name):
@@ -865,9 +871,29 @@ def _share_curve(r: _Reader, raw: Any, f: str, multi: bool, d70: Spec | None):
     ys = [r.number(v, f"{f}.ratio[{i}]") for i, v in enumerate(ratio)]
     if xs[0] != 0.0 or xs[-1] != 1.0 or any(b <= a for a, b in zip(xs, xs[1:], strict=False)):
         raise r.fail(f"{f}.share", "must rise strictly from 0 to 1")
-    if any(not 0 < y <= 2 for y in ys):
-        raise r.fail(f"{f}.ratio", "every ratio must be in (0, 2] (a tumour's D70 over its mean dose)")
+    if any(y < 0 for y in ys):
+        raise r.fail(f"{f}.ratio", "every ratio must be >= 0 (a tumour's D70 over its mean dose)")
     return tuple(xs), tuple(ys)
+
+
+def _check_share_curve(r: _Reader, f: str, curve, nominal: float, ratio_field: str) -> None:
+    """A D70 curve must give a D70 that rises with either vial, as a D70 of non-negative doses does: with
+    D = m · h(t) = b · h(t) / (1 − t) = a · h(t) / t (a, b the own and the outer vial's parts of the mean m),
+    h / (1 − t) must not fall and h / t must not rise from node to node (the joint search relies on it). The
+    ratio's value is the curve's at the decision it was measured for: it must lie in the curve's range (only
+    its uncertainty form acts: the sample's factor on the curve is the drawn ratio over it)."""
+    xs, ys = curve
+    tol = 1e-5
+    for i in range(len(xs) - 1):
+        if xs[i + 1] < 1.0 and ys[i + 1] / (1.0 - xs[i + 1]) < ys[i] / (1.0 - xs[i]) * (1 - tol) - 1e-12:
+            raise r.fail(f"{f}.ratio", f"ratio / (1 - share) falls between shares {xs[i]:g} and {xs[i + 1]:g}: "
+                         "the D70 would fall as the outer vial's activity rises")
+        if xs[i] > 0.0 and ys[i + 1] / xs[i + 1] > ys[i] / xs[i] * (1 + tol) + 1e-12:
+            raise r.fail(f"{f}.ratio", f"ratio / share rises between shares {xs[i]:g} and {xs[i + 1]:g}: the D70 "
+                         "would fall as the own vial's activity rises")
+    if not min(ys) - 1e-6 <= nominal <= max(ys) + 1e-6:
+        raise r.fail(ratio_field, f"{nominal:g} lies outside its d70_ratio_by_share curve's range "
+                     f"[{min(ys):g}, {max(ys):g}]")
 
 
 _IMAGES = {"ct", "spect", "masks", "spect_by_injection", "planar_anterior", "planar_posterior", "lung_base_margin_mm",

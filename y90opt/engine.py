@@ -407,7 +407,8 @@ class Model:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TreatmentModel(Model):
-    """The forward model of a case with ``[[injections]]``: doses linear in the vector of vial activities.
+    """The forward model of a case with ``[[injections]]``: doses linear in the vector of vial activities (all but
+    a D70 that two vials reach: :attr:`curves`).
 
     Without ``weights``, :meth:`factors_from_z` gives the per-vial factors, shape (n, J · Q): column
     ``j · Q + q`` is quantity q's dose (or activity) per GBq of injection j's vial at treatment, so that
@@ -652,7 +653,7 @@ def curve_dose(mean, own, shares, ratios):
     through ``(shares, ratios)``) at the share ``own / mean`` of that mean its own injection gives."""
     import jax.numpy as jnp
 
-    t = jnp.clip(own / mean, 0.0, 1.0)
+    t = jnp.where(mean > 0, jnp.clip(own / jnp.where(mean > 0, mean, 1.0), 0.0, 1.0), 1.0)  # no dose: D70 0
     return mean * jnp.interp(t, jnp.asarray(shares, mean.dtype), jnp.asarray(ratios, mean.dtype))
 
 

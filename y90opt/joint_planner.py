@@ -167,7 +167,7 @@ def _count_fn(n_vials: int, curved: bool = False):
         if curved:  # a D70 reached by two vials: m · h(t), t the own vial's share of the mean m (engine.curve_dose)
             r = jnp.arange(g.shape[2])
             part = g[:, None, jnp.clip(own, 0), r] * s[None, :, jnp.clip(own, 0)]
-            t = jnp.clip(part / d, 0.0, 1.0)
+            t = jnp.where(d > 0, jnp.clip(part / jnp.where(d > 0, d, 1.0), 0.0, 1.0), 1.0)
             h = jax.vmap(jnp.interp, in_axes=(-1, 0, 0), out_axes=-1)(t, xp, fp)
             d = jnp.where(own >= 0, d * h, d)
         d = d + b
@@ -183,7 +183,8 @@ def _count_fn(n_vials: int, curved: bool = False):
 class JointEvaluator:
     """Exact probabilities at any vector of vial activities at treatment, from one set of samples.
 
-    ``g``: (n, J, R) the rule columns' per-GBq factors of the valid samples; ``b`` (R,) the offsets."""
+    ``g``: (n, J, R) the rule columns' per-GBq factors of the valid samples; ``b`` (R,) the offsets; ``curve``
+    the columns whose dose is m · h(t) rather than linear (module docstring)."""
 
     g: Any
     b: np.ndarray

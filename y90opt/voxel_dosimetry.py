@@ -187,7 +187,7 @@ def _spread_summary(values: list[float]) -> dict[str, float]:
 
 
 def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, replicas: int = 0,
-               seed: int = 0) -> dict[str, Any]:
+               seed: int = 0, d70_ratios: bool = False) -> dict[str, Any]:
     """The dose map and VOI metrics of a case with ``[images]`` at its ``[plan]`` decision, by local deposition
     (``ldm``) or the dose-voxel kernel (``kernel``: from ``kernel_file``, a radial kernel table, else
     Loevinger's approximation).
@@ -197,7 +197,13 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
     tumour masks eroded or dilated by one voxel (:data:`MASK_CHANGE_CHANCE` each) and each tumour's uptake
     scaled by the MAA-to-Y-90 mismatch (lognormal, σ_ln 0.3, Kafrouni et al. 2019, as ``measure``'s T:N);
     replica k draws from ``default_rng([seed, k])``. ``res["uncertainty"]`` has each VOI metric's mean, SD
-    and 5-95 % range over the replicas and each tumour's D70 ratio's."""
+    and 5-95 % range over the replicas and each tumour's D70 ratio's. With several injections each replica
+    draws every MAA study's counts again and applies the mismatch per study and tumour, and perturbs the
+    tumour masks; the territories' masks are kept (perturbed one by one, nested or adjoining territories would
+    no longer nest or adjoin).
+
+    With ``d70_ratios`` (what ``--case-out`` writes), ``res["tumor_d70"]``: each treated, imaged tumour's D70
+    ratio, and its curve where two injections reach it (:func:`_d70_ratios`)."""
     import tomllib
 
     import jax
@@ -277,8 +283,8 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
 
     by_injection: dict[str, Any] = {}
     maps: dict[str, np.ndarray] = {}  # with several injections, each one's activity map (its dose map later)
-    if replicas and case.multi:
-        raise InputError("--uncertainty: the voxel-level uncertainty of several injections is not available yet")
+    studies: dict[str, np.ndarray] = {}  # and the MAA counts each one is spread by, by the study's field
+    deliveries: list[tuple[str, float, float, str]] = []  # (injection, injected GBq, shunt, study)
     if not case.multi:
         hours, s = case.decision("`voxel`")
         injected = s * nominal["delivery.activity_factor"] * (1.0 - nominal["delivery.residual_fraction"])
@@ -294,7 +300,7 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
             injected = at_treatment * nominal[key + "activity_factor"] * (
                 1.0 - nominal.get(key + "residual_fraction", nominal.get("delivery.residual_fraction", 0.0)))
             f = nominal.get(key + "shunt_fraction", nominal.get("lung.shunt_fraction"))
-            spread, what = counts, f"{spect_path}: images.spect"
+            spread, what, study = counts, f"{spect_path}: images.spect", "images.spect"
             if j.name in spects:  # the injection's own MAA study, resampled onto the dose grid (trilinear)
                 own = where(spects[j.name])
                 img = read_spect(own, f"images.spect_by_injection.{j.name}")
@@ -304,8 +310,10 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
                     raise InputError(f"{own}: images.spect_by_injection.{j.name}: the SPECT does not cover the "
                                      f"territory's mask (resampled onto {spect_path})")
                 spread = np.clip(np.nan_to_num(spread, nan=0.0), 0.0, None)
-                what = f"{own}: images.spect_by_injection.{j.name}"
+                what, study = f"{own}: images.spect_by_injection.{j.name}", f"images.spect_by_injection.{j.name}"
             maps[j.name] = deliver(injected, f, territories[j.name], spread, what)
+            studies[study] = spread
+            deliveries.append((j.name, injected, f, study))
             by_injection[j.name] = {"hours_after_calibration": h, "vial_at_treatment_gbq": at_treatment,
                                     "activity_gbq": {"injected": injected, "liver": injected * (1 - f),
                                                      "lung": injected * f}}
@@ -340,7 +348,9 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
     def mean_of(act, m):
         return _compartment_mean(act, m, conv.dose_constant_gy_kg_per_gbq, conv.tissue_density_g_per_ml, voxel_ml)
 
-    tumor_d70 = _d70_ratios(case, tumors, maps or {None: activity}, dose_of if maps else (lambda _: dose), mean_of)
+    tumor_d70 = None
+    if d70_ratios:
+        tumor_d70 = _d70_ratios(case, tumors, maps or {None: activity}, dose_of, mean_of, None if maps else {None: dose})
     scen = active_rules(case).scenario
     thresholds = tuple(sorted({r.threshold_gy for r in scen.rules}))
     normal = perf.copy()
@@ -362,6 +372,11 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
         draws: dict[str, list[float]] = {}
         for k in range(int(replicas)):
             rng = np.random.default_rng([int(seed), k])
+            if case.multi:
+                for key, v in _injections_replica(case, rng, tissue, studies, deliveries, territories, tumors, perf,
+                                                  lungs, dose_of, mean_of).items():
+                    draws.setdefault(key, []).append(v)
+                continue
             c_k = rng.poisson(counts).astype(np.float64)
             perf_k = _perturbed(perf, rng, tissue)
             tum_k = {n: _perturbed(m, rng, tissue) & perf_k for n, m in tumors.items()}
@@ -393,6 +408,41 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
     }
 
 
+def _injections_replica(case, rng, tissue, studies, deliveries, territories, tumors, perf, lungs, dose_of,
+                        mean_of) -> dict[str, float]:
+    """One replica of the voxel-level uncertainty of several injections (:func:`voxel_case`): each study's counts
+    drawn again (Poisson), the MAA-to-Y-90 mismatch per study and tumour, the tumour masks eroded or dilated
+    within the treated territories, one activity map per injection; the VOI metrics of the summed dose and each
+    tumour's D70 ratio as :func:`_d70_ratios` measures it."""
+    from .imaging import TN_MISMATCH_SIGMA_LN
+
+    drawn = {key: rng.poisson(c).astype(np.float64) for key, c in studies.items()}
+    tum_k = {n: _perturbed(m, rng, tissue) & perf for n, m in tumors.items()}
+    for key in studies:
+        for m in tum_k.values():
+            drawn[key][m] *= math.exp(TN_MISMATCH_SIGMA_LN * rng.standard_normal() - 0.5 * TN_MISMATCH_SIGMA_LN ** 2)
+    maps_k = {}
+    for name, injected, f, key in deliveries:
+        if not float(drawn[key][territories[name]].sum()) > 0:
+            raise InputError(f"{key}: a replica drew no counts in injection {name}'s territory")
+        maps_k[name] = _spread(drawn[key], territories[name], lungs, injected, f)
+    doses = {name: dose_of(a) for name, a in maps_k.items()}
+    total = sum(doses.values())
+    normal = perf & ~np.logical_or.reduce([np.zeros_like(perf), *tum_k.values()])
+    out: dict[str, float] = {}
+    vois = {"perfused": perf, "normal_perfused": normal, **{f"tumors.{n}": m for n, m in tum_k.items()},
+            **{f"injections.{n}": m for n, m in territories.items()}}
+    for name, m in vois.items():
+        if m.any():
+            got = voi_metrics(total, m)
+            for key in ("mean_gy", "d50_gy", "d70_gy", "d90_gy", "d95_gy"):
+                out[f"{name}.{key}"] = got[key]
+    for name, rec in _d70_ratios(case, tum_k, maps_k, dose_of, mean_of, doses).items():
+        if rec.get("ratio") is not None:
+            out[f"tumors.{name}.d70_ratio"] = rec["ratio"]
+    return out
+
+
 #: Nodes of a tumour's D70 curve over the share of its mean dose its own injection gives (0 to 1).
 SHARE_NODES = 41
 
@@ -406,7 +456,7 @@ def _compartment_mean(act: np.ndarray, mask, k_gy_kg_per_gbq: float, density_g_p
 
 
 def _d70_ratios(case, tumors: dict[str, np.ndarray], maps: dict[str | None, np.ndarray], dose_of,
-                mean_of) -> dict[str, Any]:
+                mean_of, doses: dict[str | None, np.ndarray] | None = None) -> dict[str, Any]:
     """Each treated, imaged tumour's D70 as the planner models it, from the activity maps of the injections that
     reach it in the compartment model (``maps``: by injection, or ``{None: map}`` with one injection), each
     map's dose by itself (``dose_of``), over the compartment mean of its counts (``mean_of``), so that
@@ -419,8 +469,8 @@ def _d70_ratios(case, tumors: dict[str, np.ndarray], maps: dict[str | None, np.n
     the own vial's share of it (exact at the nodes, piecewise linear between); ``ratio`` = h at the decision's
     share. Dose another injection spills into the tumour across a territory's edge (the kernel's; not in the
     compartment model) is left out: the D70 of a sum of non-negative maps is at least that of its part, so
-    the planner's D70 errs low there."""
-    doses: dict[str | None, np.ndarray] = {}
+    the planner's D70 errs low there. ``doses``: the maps' doses where already computed."""
+    doses = dict(doses or {})
 
     def dose(name: str | None) -> np.ndarray:
         if name not in doses:
@@ -437,23 +487,30 @@ def _d70_ratios(case, tumors: dict[str, np.ndarray], maps: dict[str | None, np.n
                 reach.append(case.injection(reach[-1]).within)
         else:
             reach = [None]
-        means = [mean_of(maps[n], tumors[t.name]) for n in reach]
-        if not means[0] > 0:
+        rec: dict[str, Any] = {"injections": reach, "ratio": None}
+        out[t.name] = rec
+        if len(reach) > 2:
+            rec["why"] = f"injections {', '.join(reach)} all reach it (a D70 of three or more is not available)"
             continue
-        phi = [_values(dose(n), tumors[t.name]).astype(np.float64) / m if m > 0 else None
-               for n, m in zip(reach, means, strict=True)]
-        rec: dict[str, Any] = {"injections": reach, "mean_gy": means}
+        means = [mean_of(maps[n], tumors[t.name]) for n in reach]
+        rec["mean_gy"] = means
+        empty = [n for n, m in zip(reach, means, strict=True) if not m > 0]
+        if empty:
+            rec["why"] = (f"its mask receives no activity from injection {empty[0]}"
+                          + ("" if reach == [None] else f" (check that it lies in {empty[0]}'s territory mask)"))
+            continue
+        phi = [_values(dose(n), tumors[t.name]).astype(np.float64) / m for n, m in zip(reach, means, strict=True)]
         if len(reach) == 1:
             rec["ratio"] = _summary(phi[0], ())["d70_gy"]
-        elif len(reach) == 2 and means[1] > 0:
+        else:
             shares = np.linspace(0.0, 1.0, SHARE_NODES)
             t0 = means[0] / (means[0] + means[1])
             rec.update({"share": [float(x) for x in shares],
                         "ratios": [_summary(x * phi[0] + (1.0 - x) * phi[1], ())["d70_gy"] for x in shares],
                         "share_at_decision": t0, "ratio": _summary(t0 * phi[0] + (1 - t0) * phi[1], ())["d70_gy"]})
-        else:
-            continue  # three or more injections reach it (or the outer one gives it nothing): no curve
-        out[t.name] = rec
+        if not rec["ratio"] > 0:
+            rec["why"] = "its D70 is 0 (at least 30 % of its voxels receive no dose)"
+            rec["ratio"] = None
     return out
 
 
@@ -469,8 +526,10 @@ def case_with_d70(path: str, res: dict[str, Any]) -> str:
     for t in doc.get("tumors", []):
         name = str(t.get("name"))
         rec = res["tumor_d70"].get(name)
-        if rec is None or not rec["ratio"] > 0:
+        if rec is None:  # not treated, or not imaged: voxel measures nothing for it
             continue
+        if rec["ratio"] is None:
+            raise InputError(f"--case-out: tumour {name}: no D70 ratio: {rec['why']}")
         ratio = round(rec["ratio"], 6)
         how = f"voxel ({res['method']}): D70 over the compartment mean of its counts"
         if rec["injections"] != [None]:
