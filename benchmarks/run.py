@@ -854,6 +854,22 @@ class Bench:
                             "tag": timing.tag("jax-cpu", "float32", self.env)}
         log(f"joint exact 180 candidates x {ev.n} samples: {t.median_s:.3f} s warm (first {t.first_s:.2f} s); numpy "
             f"brute force {tb.median_s:.2f} s (x{tb.median_s / t.median_s:.1f}); max |dP| {out['exact_180']['max_abs_difference_p_success']:.2g}")
+        # the same grid with a research target on T1's D70, which both vials reach: m · h(t) at each candidate and
+        # sample (a 41-node curve, as voxel writes one), against the linear rules alone in the same run
+        with_d70 = tomllib.loads(tomli_w.dumps(doc))
+        shares = np.linspace(0.0, 1.0, 41)
+        with_d70["tumors"][0]["d70_ratio"] = 0.8
+        with_d70["tumors"][0]["d70_ratio_by_share"] = {"share": shares.tolist(), "ratio": (0.7 + 0.2 * shares).tolist()}
+        with_d70.setdefault("rules", {})["targets"] = [{"id": "t1-d70", "quantity": "tumors_d70", "min_gy": 300.0,
+                                                        "source": "research: a D70 target for the benchmark"}]
+        _, _, _, ev_d70, _ = setup(with_d70, n)
+        t_d70 = timing.time_call(lambda: ev_d70.evaluate(s_all), repeats=self.repeats(n))
+        t_lin = timing.time_call(lambda: ev.evaluate(s_all), repeats=self.repeats(n))
+        out["exact_180_d70_curve"] = {"candidates": int(len(s_all)), "samples": int(ev_d70.n), **t_d70.as_dict(len(s_all)),
+                                      "linear_rules_median_s": t_lin.median_s, "ratio_to_linear": t_d70.median_s / t_lin.median_s,
+                                      "tag": timing.tag("jax-cpu", "float32", self.env)}
+        log(f"joint exact 180 candidates with a D70 curve target: {t_d70.median_s:.3f} s warm against {t_lin.median_s:.3f} s "
+            f"for the linear rules alone (x{t_d70.median_s / t_lin.median_s:.2f})")
         # the fine space: 0.5 GBq steps (3-20 GBq) for both vials, hourly times 72-216 h
         fine = dict(doc)
         fine["vials"] = {"catalogue": "custom"}

@@ -650,11 +650,28 @@ class TreatmentModel(Model):
 
 def curve_dose(mean, own, shares, ratios):
     """A tumour's D70 reached by two injections: its mean dose ``mean`` times its D70 curve (piecewise linear
-    through ``(shares, ratios)``) at the share ``own / mean`` of that mean its own injection gives."""
+    through ``(shares, ratios)``) at the share ``own / mean`` of that mean its own injection gives. The same
+    arithmetic wherever it is evaluated (the joint planner's count, the model at decided vials)."""
     import jax.numpy as jnp
 
     t = jnp.where(mean > 0, jnp.clip(own / jnp.where(mean > 0, mean, 1.0), 0.0, 1.0), 1.0)  # no dose: D70 0
-    return mean * jnp.interp(t, jnp.asarray(shares, mean.dtype), jnp.asarray(ratios, mean.dtype))
+    return mean * _interp_curve(t, shares, ratios)
+
+
+def _interp_curve(t, shares, ratios):
+    """The piecewise-linear curve at t in [0, 1]: on evenly spaced shares (what voxel writes) by the node's
+    index, t (K − 1) split into its integer and fractional parts (a gather, no search); else ``jnp.interp``."""
+    import jax.numpy as jnp
+
+    k = len(shares)
+    fp = jnp.asarray(ratios, t.dtype)
+    if np.allclose(shares, np.linspace(0.0, 1.0, k), rtol=0.0, atol=1e-12):
+        x = t * jnp.asarray(k - 1, t.dtype)
+        base = jnp.clip(jnp.floor(x), 0, k - 2)
+        i = base.astype(jnp.int32)
+        lo = fp[i]
+        return lo + (x - base) * (fp[i + 1] - lo)
+    return jnp.interp(t, jnp.asarray(shares, t.dtype), fp)
 
 
 def treatment_value(d: dict, q: str, case: Case, inputs: dict | None = None, per_vial: bool = False):

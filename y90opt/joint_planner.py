@@ -154,22 +154,18 @@ def joint_space(case: Case, window, *, any_time: bool = False) -> JointSpace:
 
 
 @functools.lru_cache(maxsize=16)
-def _count_fn(n_vials: int, curved: bool = False):
+def _count_fn(n_vials: int, curves: tuple = ()):
     import jax
     import jax.numpy as jnp
 
     @jax.jit
-    def count(g, s, b, thr, signs, primary, limit, own=None, xp=None, fp=None):
+    def count(g, s, b, thr, signs, primary, limit):
         # dose (n, B, R) = Σ_j s_j G_j + b, term by term in the injections' order
         d = g[:, None, 0, :] * s[None, :, 0, None]
         for j in range(1, n_vials):
             d = d + g[:, None, j, :] * s[None, :, j, None]
-        if curved:  # a D70 reached by two vials: m · h(t), t the own vial's share of the mean m (engine.curve_dose)
-            r = jnp.arange(g.shape[2])
-            part = g[:, None, jnp.clip(own, 0), r] * s[None, :, jnp.clip(own, 0)]
-            t = jnp.where(d > 0, jnp.clip(part / jnp.where(d > 0, d, 1.0), 0.0, 1.0), 1.0)
-            h = jax.vmap(jnp.interp, in_axes=(-1, 0, 0), out_axes=-1)(t, xp, fp)
-            d = jnp.where(own >= 0, d * h, d)
+        for r, own, xs, ys in curves:  # a D70 reached by two vials: m · h(t), as engine.curve_dose gives it
+            d = d.at[:, :, r].set(engine.curve_dose(d[:, :, r], g[:, None, own, r] * s[None, :, own], xs, ys))
         d = d + b
         sat = signs * (d - thr) <= 0
         succ = jnp.all(sat | ~primary, axis=-1)
@@ -196,9 +192,9 @@ class JointEvaluator:
     n: int
     dtype: str
     evaluations: int = 0
-    #: the columns not linear in the vials (``engine.TreatmentModel.curves``): per rule column the own vial's
-    #: index (-1: linear) and the curve's nodes (R, K), padded past a share of 1
-    curve: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: the columns not linear in the vials (``engine.TreatmentModel.curves``): (rule column, own vial, shares,
+    #: ratios) for each
+    curves: tuple = ()
 
     @property
     def limit_labels(self) -> tuple[str, ...]:
@@ -211,12 +207,10 @@ class JointEvaluator:
         s = np.asarray(s, dtype=np.float64).reshape(-1, self.g.shape[1])
         c, r = s.shape[0], len(self.labels)
         batch = int(max(1, min(c, CELLS_PER_CALL // max(1, self.n * max(r, 1)))))
-        fn = _count_fn(int(self.g.shape[1]), self.curve is not None)
+        fn = _count_fn(int(self.g.shape[1]), self.curves)
         dt = jnp.dtype(self.dtype)
         args = [jnp.asarray(x, dt) for x in (self.b, self.thresholds, self.signs)]
         masks = [jnp.asarray(self.primary), jnp.asarray(self.limit)]
-        if self.curve is not None:
-            masks += [jnp.asarray(self.curve[0]), jnp.asarray(self.curve[1], dt), jnp.asarray(self.curve[2], dt)]
         out = {k: [] for k in ("success", "rules", "joint", "kept")}
         for a in range(0, c, batch):
             part = s[a:a + batch]
@@ -258,28 +252,9 @@ def build_joint_evaluator(model: engine.TreatmentModel, rt, n: int, seed: int, c
         bad += int(np.sum(b))
     g = np.concatenate(parts).reshape(-1, model.n_vials, len(cols))
     ev = JointEvaluator(jnp.asarray(g), np.asarray(model.offsets)[cols], rt.thresholds, rt.signs, rt.is_primary,
-                        rt.is_limit, rt.labels, g.shape[0], dtype, curve=_curve_columns(model.curves, cols))
+                        rt.is_limit, rt.labels, g.shape[0], dtype,
+                        curves=tuple((r, *model.curves[int(c)]) for r, c in enumerate(cols) if int(c) in model.curves))
     return ev, g, bad
-
-
-def _curve_columns(curves: dict, cols: np.ndarray):
-    """The evaluator's view of :attr:`engine.TreatmentModel.curves` for the rule columns ``cols``: the own vial
-    per column (-1 where linear) and the nodes, each curve padded to the longest with nodes past a share of 1
-    (never reached: the share is clipped to [0, 1])."""
-    if not any(int(c) in curves for c in cols):
-        return None
-    k = max(len(curves[int(c)][1]) for c in cols if int(c) in curves)
-    own = np.full(len(cols), -1, dtype=np.int32)
-    xp = np.tile(np.linspace(0.0, 1.0, k), (len(cols), 1))
-    fp = np.ones((len(cols), k))
-    for r, c in enumerate(cols):
-        if int(c) in curves:
-            j, xs, ys = curves[int(c)]
-            pad = k - len(xs)
-            own[r] = j
-            xp[r] = np.concatenate([xs, 1.0 + np.arange(1, pad + 1)])
-            fp[r] = np.concatenate([ys, np.full(pad, ys[-1])])
-    return own, xp, fp
 
 
 def choose_joint(p_success, p_limits, total_vial, hours_sum, not_preferred, risk: float, tol: float) -> dict[str, Any]:
