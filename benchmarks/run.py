@@ -1027,17 +1027,17 @@ class Bench:
         log(f"voxel LDM {n}³: jax {t.median_s * 1e3:.1f} ms, numpy {tn.median_s * 1e3:.1f} ms "
             f"(x{tn.median_s / t.median_s:.2f}); metrics+DVH of {len(ph.masks)} VOIs {td.median_s * 1e3:.0f} ms; "
             f"LDM vs partition: normal {row['normal_rel_diff']:.2e}, T1 {row['tumour_T1_rel_diff']:.2e}")
-        # the dose-voxel kernel (Loevinger's approximation at the phantom's voxel size) by jnp.fft, against scipy's
+        # the dose-voxel kernel (the built-in one, at the phantom's voxel size) by jnp.fft, against scipy's
         # fftconvolve of the same float32 arrays; the tumour's mean against the closed form for a sphere in a
         # uniform background, d_N (1 + (T:N − 1) φ(R)), φ the sphere's absorbed fraction
         import jax
         from scipy.signal import fftconvolve
 
-        from y90opt.kernels import loevinger_kernel, sphere_absorbed_fraction, voxel_kernel
+        from y90opt.kernels import default_kernel, sphere_absorbed_fraction, voxel_kernel
         from y90opt.voxel_dosimetry import kernel_dose
 
         side = 4.0 * 64 / n
-        radial = loevinger_kernel().scaled_to(1.03)
+        radial = default_kernel().scaled_to(1.03)
         tk = timing.time_call(lambda: voxel_kernel(radial, (side,) * 3), repeats=1)
         kern = voxel_kernel(radial, (side,) * 3)
         energy = (50.0 * act).astype(np.float32)

@@ -122,6 +122,17 @@ def test_a_kernel_fitted_to_a_published_voxel_s_table_gives_its_other_voxel_size
         assert _s_value(voxel_kernel(radial, (side,) * 3), side, (0, 0, 0)) == pytest.approx(mird, rel=1.5e-2)
 
 
+def test_the_built_in_kernel_is_the_fit_to_the_published_table(fitted_to_lanconelli):
+    """The shipped shell shares are what the fit to the tests' copy of the table gives (so the built-in kernel's
+    validation above is that of the fit), and `voxel --method kernel` uses them unless told otherwise."""
+    from y90opt.kernels import default_kernel
+
+    built_in = default_kernel()
+    assert np.allclose(built_in.edges_mm, fitted_to_lanconelli.edges_mm)
+    assert np.allclose(built_in.fractions, fitted_to_lanconelli.fractions, rtol=1e-5, atol=1e-9)
+    assert built_in.density_g_per_ml == fitted_to_lanconelli.density_g_per_ml
+
+
 def test_loevingers_approximation_against_the_published_voxel_s_table():
     """Loevinger's function against the database's 3 mm table: the source voxel 5.3 % low, the face, edge and
     corner neighbours 2.4, 3.2 and 3.8 % low, the next face neighbour 2.2 % low (it carries more of Y-90's
@@ -283,7 +294,9 @@ def test_voxel_kernel_method_end_to_end(tmp_path):
     code, out, _ = _cli(["voxel", str(tmp_path / "m.toml"), "--method", "kernel", "--json"])
     assert code == 0
     ker = json.loads(out)
-    assert "Loevinger" in ker["kernel"]["source"] and ker["method"] == "kernel"
+    assert "Lanconelli" in ker["kernel"]["source"] and "built in" in ker["kernel"]["source"] and ker["method"] == "kernel"
+    code, out, _ = _cli(["voxel", str(tmp_path / "m.toml"), "--method", "kernel", "--kernel", "loevinger", "--json"])
+    assert code == 0 and "Loevinger" in json.loads(out)["kernel"]["source"]
     assert ker["vois"]["tumors"]["T1"]["mean_gy"] < 0.95 * ldm["vois"]["tumors"]["T1"]["mean_gy"]
     assert ker["vois"]["tumors"]["T1"]["d95_gy"] >= 0
     assert 0.8 < ker["kernel"]["absorbed_share"] <= 1.0

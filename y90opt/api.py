@@ -471,8 +471,9 @@ def voxel(case: str | os.PathLike, *, method: str = "ldm", out: str | os.PathLik
           case_out: str | os.PathLike | None = None, kernel: str | os.PathLike | None = None,
           uncertainty: int = 0, seed: int = 0) -> dict[str, Any]:
     """The absorbed-dose map of a case with ``[images]`` at its ``[plan]`` decision (local deposition, or with
-    ``method="kernel"`` the dose-voxel kernel from the radial kernel table ``kernel``, else Loevinger's
-    approximation; ``res["kernel"]`` says which, its self-voxel share and the energy absorbed; with
+    ``method="kernel"`` the dose-voxel kernel from the radial kernel or voxel S table ``kernel``, or
+    ``"loevinger"`` for Loevinger's approximation, else the built-in kernel fitted to the voxel S values of
+    Lanconelli et al. 2012; ``res["kernel"]`` says which, its self-voxel share and the energy absorbed; with
     ``uncertainty`` = N, N replicas of the voxel-level uncertainty in ``res["uncertainty"]``, and ``case_out``
     then writes each tumour's ``d70_ratio`` with its CV), its VOI
     metrics (``vois``: mean, D50/D70/D90/D95, V at the scenario's thresholds) and DVH; with ``out``, writes

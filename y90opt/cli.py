@@ -179,9 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("case")
     sp.add_argument("--method", choices=("ldm", "kernel"), default="ldm",
                     help="ldm: local deposition; kernel: dose-voxel kernel convolution")
-    sp.add_argument("--kernel", metavar="TABLE.csv", default=None,
-                    help="a radial Y-90 kernel table for --method kernel (r_mm,fraction with '# source:', or a Graves "
-                         "et al. 2019 radial dose file); default Loevinger's approximation")
+    sp.add_argument("--kernel", metavar="TABLE", default=None,
+                    help="for --method kernel: a radial Y-90 kernel table (r_mm,fraction with '# source:', or a "
+                         "Graves et al. 2019 radial dose file), a Lanconelli et al. 2012 voxel S table, or 'loevinger' "
+                         "(Loevinger's approximation); default: the built-in kernel fitted to Lanconelli et al.'s 3 mm table")
     sp.add_argument("--out", metavar="DIR", default=None, help="dose.nii.gz, dvh.csv and dvh.png")
     sp.add_argument("--case-out", metavar="OUT.toml", default=None, help="the case with each tumour's d70_ratio")
     sp.add_argument("--uncertainty", metavar="N", type=int, default=0,

@@ -13,8 +13,8 @@ g/mL) when the case names one, else the case's tissue density. Two models of whe
   perfused tissue and over each tumour equals the partition model for the same counts exactly
   (``tests/test_voxel.py``);
 * **dose-voxel kernel** (``method="kernel"``): E convolved with the dose-voxel kernel of the image's own voxel
-  size (:func:`y90opt.kernels.voxel_kernel`, from a radial kernel: a published table given by the user, or
-  Loevinger's approximation), by FFT (``jnp.fft``; zero padding, no wrap-around). The kernel is the soft-tissue
+  size (:func:`y90opt.kernels.voxel_kernel`, from a radial kernel: the built-in one fitted to a published voxel S
+  table, a published table given by the user, or Loevinger's approximation by name), by FFT (``jnp.fft``; zero padding, no wrap-around). The kernel is the soft-tissue
   kernel with its ranges scaled to the case's tissue density; where the CT's density differs from it, the
   energy is redistributed as in soft tissue and divided by the voxel's own mass (local mass scaling): the
   lungs' mean dose is then the energy they absorb over their CT mass, as the lung-dose formula assumes, but
@@ -189,8 +189,8 @@ def _spread_summary(values: list[float]) -> dict[str, float]:
 def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, replicas: int = 0,
                seed: int = 0, d70_ratios: bool = False) -> dict[str, Any]:
     """The dose map and VOI metrics of a case with ``[images]`` at its ``[plan]`` decision, by local deposition
-    (``ldm``) or the dose-voxel kernel (``kernel``: from ``kernel_file``, a radial kernel table, else
-    Loevinger's approximation).
+    (``ldm``) or the dose-voxel kernel (``kernel``: from ``kernel_file``, a radial kernel or voxel S table, or
+    ``"loevinger"`` for Loevinger's approximation; else the built-in :func:`y90opt.kernels.default_kernel`).
 
     With ``replicas`` > 0, the voxel-level uncertainty (one injection): so many recomputations of the dose map,
     each from the SPECT's counts drawn again (Poisson, the stored values taken as counts), the perfused and
@@ -212,7 +212,7 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
     from .case import load_case
     from .image_io import mask_ref, on_grid, read_image, read_mask, read_spect
     from .imaging import TN_MISMATCH_SIGMA_LN
-    from .kernels import loevinger_kernel, read_radial_kernel, voxel_kernel
+    from .kernels import default_kernel, loevinger_kernel, read_radial_kernel, voxel_kernel
     from .outcomes import active_rules
 
     if method not in ("ldm", "kernel"):
@@ -221,7 +221,12 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
         raise InputError(f"--kernel: {kernel_file}: a kernel table is used by --method kernel only")
     radial = None
     if method == "kernel":  # read the table first: a bad one is refused before the images are read
-        radial = read_radial_kernel(os.fspath(kernel_file)) if kernel_file is not None else loevinger_kernel()
+        if kernel_file is None:
+            radial = default_kernel()
+        elif os.fspath(kernel_file) == "loevinger":  # the empirical approximation, by name
+            radial = loevinger_kernel()
+        else:
+            radial = read_radial_kernel(os.fspath(kernel_file))
     case = load_case(path)
     images = tomllib.loads(case.text).get("images")  # the text load_case read (the file is read once)
     if not isinstance(images, dict) or "spect" not in images:
