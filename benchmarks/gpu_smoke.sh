@@ -27,7 +27,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false            # grow GPU memory as neede
 
 # main run: about 4-6 minutes on an H100 (compiles included); stopped at 7 minutes whatever happens
 timeout 420 "$PY" benchmarks/run.py --gpu --json --repeats 3 --out "$OUT/bench_gpu.json" \
-  --sections forward,ceilings,model,plan,naive,optuna,sobol,chunks --sobol-n 65536 \
+  --sections forward,ceilings,model,plan,naive,optuna,sobol,chunks,voxelbatch --sobol-n 65536 \
   > "$OUT/bench_gpu.stdout.json" 2> "$OUT/bench_gpu.log"
 rc=$?
 echo "run.py exit status $rc" >> "$OUT/bench_gpu.log"
