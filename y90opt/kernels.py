@@ -4,6 +4,9 @@ image's own voxel size.
 A **radial kernel** is the share of the energy a point source emits that is absorbed in each spherical shell
 around it, in a uniform medium of a stated density (:class:`RadialKernel`). Sources:
 
+* the **built-in** kernel (:func:`default_kernel`): the one :func:`read_voxel_s_table` fits to the Y-90 3 mm
+  soft-tissue voxel S values of Lanconelli et al. 2012, its 24 shell shares shipped
+  (:data:`LANCONELLI_3MM_SHELLS`); its voxel kernels are within 0.5 % of that database's from 2.21 to 6 mm;
 * a published table, read from a file (:func:`read_radial_kernel`): a CSV of shells, ``r_mm,fraction`` (each
   shell's outer radius and the share of the emitted energy absorbed between the previous radius and it), with
   ``# source:`` and ``# density_g_per_ml:`` lines; or a radial dose file of Graves, Flynn and Hyer, "Dose point
@@ -12,14 +15,14 @@ around it, in a uniform medium of a stated density (:class:`RadialKernel`). Sour
   decay], water), normalised by the energy the table holds (checked against Y-90's mean beta energy); or a
   table of **voxel S values** (the free database of Lanconelli et al. 2012), to which a radial kernel is fitted
   (:func:`read_voxel_s_table`), so that voxel sizes other than the table's get their kernel;
-* the built-in **approximation**: Loevinger's empirical point-source function for a beta emitter (R. Loevinger,
+* an **approximation**, by name (``--kernel loevinger``): Loevinger's empirical point-source function for a beta emitter (R. Loevinger,
   "The dosimetry of beta sources in tissue. The point-source function", Radiology 66 (1956) 55-62), for
   E_max = 2.28 MeV: with u = ν ρ r, ν = 18.6 (E_max − 0.036)^−1.37 cm²/g and c = 1 (1.5 < E_max < 3 MeV), the
   energy absorbed per unit u is constant below u = 1 and ∝ u e^{1−u} above, so the share within u is u/3 below
   1 and 1 − (u + 1) e^{1−u}/3 above (closed form: each shell's share is exact). Loevinger's function was
   fitted to measurements of beta emitters of the 1950s, not to Y-90 Monte Carlo: its self-voxel S values are
-  6.5 % (3 mm voxels) and 5.1 % (6 mm) below MIRD Pamphlet 17's (``tests/test_kernels.py``); it is the default
-  only until a published table is given.
+  6.5 % (3 mm voxels) and 5.1 % (6 mm) below MIRD Pamphlet 17's, and it leaks too much energy past a
+  territory's edge (``tests/test_kernels.py``). It was the default before 0.4.0.
 
 The **dose-voxel kernel** (:func:`voxel_kernel`) holds, for each voxel offset d, the share of the energy emitted
 uniformly in a source voxel that is absorbed in the voxel at d: S(d) = ∫ k(|h|) G(h − d) dh with k the point

@@ -14,7 +14,8 @@ g/mL) when the case names one, else the case's tissue density. Two models of whe
   (``tests/test_voxel.py``);
 * **dose-voxel kernel** (``method="kernel"``): E convolved with the dose-voxel kernel of the image's own voxel
   size (:func:`y90opt.kernels.voxel_kernel`, from a radial kernel: the built-in one fitted to a published voxel S
-  table, a published table given by the user, or Loevinger's approximation by name), by FFT (``jnp.fft``; zero padding, no wrap-around). The kernel is the soft-tissue
+  table, a published table given by the user, or Loevinger's approximation by name), by FFT (``jnp.fft``; zero
+  padding, no wrap-around). The kernel is the soft-tissue
   kernel with its ranges scaled to the case's tissue density; where the CT's density differs from it, the
   energy is redistributed as in soft tissue and divided by the voxel's own mass (local mass scaling): the
   lungs' mean dose is then the energy they absorb over their CT mass, as the lung-dose formula assumes, but
