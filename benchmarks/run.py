@@ -921,7 +921,7 @@ class Bench:
 
     def measure(self) -> None:
         """y90opt measure on a 256 × 256 × 200 phantom (CT, SPECT and five masks as NIfTI, read from disk):
-        wall time and peak memory in copies of one float64 volume (the issue's budget: ≤ 10 s, ≤ 4 copies)."""
+        wall time and peak memory in copies of one float64 volume (the budget: ≤ 10 s, ≤ 4 copies)."""
         import tempfile
 
         from y90opt.imaging import measure_case
@@ -1077,7 +1077,7 @@ class Bench:
         return row
 
     def voxel_batch(self, device: str) -> None:
-        """Dose maps per second in a batch (the issue's GPU figure: 128³ maps by the dose-voxel kernel): the
+        """Dose maps per second in a batch (the GPU target: ≥ 100 maps of 128³ per second by the dose-voxel kernel): the
         128³ phantom's emitted energy scaled by a batch of activities (a Monte Carlo's replicas or a plan's
         candidates), one jit-compiled ``vmap`` of ``kernel_dose`` over the batch, on ``device``; local deposition
         beside it. The batch is 4 maps on the CPU, 32 on a GPU (about 1 GB of padded FFTs)."""

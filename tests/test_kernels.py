@@ -122,6 +122,17 @@ def test_a_kernel_fitted_to_a_published_voxel_s_table_gives_its_other_voxel_size
         assert _s_value(voxel_kernel(radial, (side,) * 3), side, (0, 0, 0)) == pytest.approx(mird, rel=1.5e-2)
 
 
+def test_a_voxel_s_table_with_a_density_line_and_another_title(tmp_path, fitted_to_lanconelli):
+    """A '# density_g_per_ml:' line before the title (the CSV tables' convention) still reads as a voxel S table,
+    and a title written '90Y3mm soft tissue' names Y-90: both give the same fit as the database's own file."""
+    text = LANCONELLI_3MM.read_bytes().decode("latin-1")
+    path = tmp_path / "t.txt"
+    path.write_bytes(("# density_g_per_ml: 1.04\n" + text.replace("Y90 - 3mm - Soft tissue", "90Y3mm soft tissue"))
+                     .encode("latin-1"))
+    got = read_radial_kernel(str(path))
+    assert np.allclose(got.fractions, fitted_to_lanconelli.fractions, rtol=1e-9, atol=1e-12)
+
+
 def test_the_built_in_kernel_is_the_fit_to_the_published_table(fitted_to_lanconelli):
     """The shipped shell shares are what the fit to the tests' copy of the table gives (so the built-in kernel's
     validation above is that of the fit), and `voxel --method kernel` uses them unless told otherwise."""
@@ -151,6 +162,8 @@ def test_loevingers_approximation_against_the_published_voxel_s_table():
     (lambda t: t.replace("1.59E+00", "1.59E+03"), "holds"),
     (lambda t: t.replace("2.75E-01", "x"), "expected 'i j k S'"),
     (lambda t: t.replace("mGy", "Gy"), "mGy/(MBq s)"),
+    (lambda t: "\r\n".join(t.splitlines()[:2] + ["# no rows"]), "no 'i j k S' rows"),
+    (lambda t: "# density_g_per_ml: 0.3\r\n" + t, "expected soft tissue"),
 ])
 def test_a_bad_voxel_s_table_is_one_line(tmp_path, edit, words):
     text = LANCONELLI_3MM.read_bytes().decode("latin-1")

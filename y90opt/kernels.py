@@ -148,16 +148,7 @@ def read_radial_kernel(path: str) -> RadialKernel:
     first the shell's outer radius [cm], the second its energy [MeV per decay]; water, 1 g/mL), or a voxel S
     value table of the database of Lanconelli et al. (2012), from which the radial kernel is fitted
     (:func:`read_voxel_s_table`)."""
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: kernel: no such file")
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-        lines = raw.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        lines = raw.decode("latin-1").splitlines()  # the voxel S tables write µ or · in Latin-1
-    except OSError as e:
-        raise InputError(f"{path}: kernel: cannot read ({e})") from None
+    lines = _kernel_lines(path)
     if _is_voxel_s_table(lines):
         return read_voxel_s_table(path, lines)
     meta: dict[str, str] = {}
@@ -219,9 +210,35 @@ FIT_SMOOTHNESS = 1e-3
 S_TABLE_ENERGY_RANGE = (0.95, 1.01)
 
 
+def _kernel_lines(path: str) -> list[str]:
+    """A kernel file's lines: split as bytes (a Latin-1 byte never splits a line), each decoded as UTF-8, else
+    Latin-1 (the voxel S tables write the · of mGy/(MBq·s) in Latin-1); a UTF-8 byte-order mark dropped."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: kernel: no such file")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as e:
+        raise InputError(f"{path}: kernel: cannot read ({e.strerror or e})") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    out = []
+    for line in raw.splitlines():
+        try:
+            out.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append(line.decode("latin-1"))
+    return out
+
+
+def _table_body(lines: list[str]) -> list[str]:
+    """The non-blank lines that are not ``#`` comments."""
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
 def _is_voxel_s_table(lines: list[str]) -> bool:
-    body = [ln.split() for ln in lines if ln.strip()]
-    return len(body) > 2 and body[1][:3] == ["i", "j", "k"]
+    body = _table_body(lines)
+    return len(body) >= 2 and body[1].split()[:3] == ["i", "j", "k"]
 
 
 def read_voxel_s_table(path: str, lines: list[str] | None = None) -> RadialKernel:
@@ -244,13 +261,14 @@ def read_voxel_s_table(path: str, lines: list[str] | None = None) -> RadialKerne
     from scipy.optimize import nnls
 
     if lines is None:
-        with open(path, "rb") as fh:
-            lines = fh.read().decode("latin-1").splitlines()
-    body = [ln.strip() for ln in lines if ln.strip()]
-    meta = {k.strip().lower(): v.strip() for k, _, v in (ln.lstrip("#").partition(":") for ln in body if ln.startswith("#"))}
-    body = [ln for ln in body if not ln.startswith("#")]
+        lines = _kernel_lines(path)
+    meta = {k.strip().lower(): v.strip() for k, _, v in
+            (ln.strip().lstrip("#").partition(":") for ln in lines if ln.strip().startswith("#"))}
+    body = _table_body(lines)
+    if len(body) < 2 or body[1].split()[:3] != ["i", "j", "k"]:
+        raise InputError(f"{path}: kernel: expected a title line, an 'i j k S' header and rows of a voxel S table")
     title = body[0]
-    if not re.search(r"\b(Y-?90|90Y)\b", title, re.IGNORECASE):
+    if not re.search(r"(?<![0-9A-Za-z])(?:Y-?90(?![0-9])|90-?Y(?![A-Za-z]))", title, re.IGNORECASE):
         raise InputError(f"{path}: kernel: the title {title!r} names no Y-90 (a Y-90 voxel S table is needed)")
     size = re.search(r"(\d+(?:\.\d+)?)\s*mm", title)
     if size is None:
@@ -266,6 +284,8 @@ def read_voxel_s_table(path: str, lines: list[str] | None = None) -> RadialKerne
     else:
         raise InputError(f"{path}: kernel: the title {title!r} names no soft tissue: give a '# density_g_per_ml:' "
                          "line (a soft-tissue table is what the dose model needs)")
+    if not 0.9 <= density <= 1.2:
+        raise InputError(f"{path}: kernel: density_g_per_ml {density:g}: expected soft tissue, 0.9 to 1.2 g/mL")
     if "mgy" not in body[1].lower():
         raise InputError(f"{path}: kernel: the header {body[1]!r} does not give S in mGy/(MBq s)")
     offsets, values = [], []
@@ -278,7 +298,9 @@ def read_voxel_s_table(path: str, lines: list[str] | None = None) -> RadialKerne
             values.append(float(cells[3]))
         except ValueError:
             raise InputError(f"{path}: kernel: row {n}: expected 'i j k S', got {ln[:60]!r}") from None
-    ijk, sv = np.asarray(offsets), np.asarray(values)
+    if not offsets:
+        raise InputError(f"{path}: kernel: no 'i j k S' rows")
+    ijk, sv = np.asarray(offsets, dtype=int), np.asarray(values, dtype=np.float64)
     if ijk.min() < 0 or not np.all(np.isfinite(sv)) or sv.min() < 0 or len({tuple(r) for r in ijk}) != len(ijk):
         raise InputError(f"{path}: kernel: offsets must be distinct and >= 0 (one octant), S finite and >= 0")
     mass_kg = (a / 10.0) ** 3 * density / 1000.0
@@ -288,7 +310,8 @@ def read_voxel_s_table(path: str, lines: list[str] | None = None) -> RadialKerne
     if not lo <= held <= hi:
         raise InputError(f"{path}: kernel: at {density:g} g/mL the table holds {held:.4g} of the emitted energy (expected "
                          f"{lo:g} to {hi:g}): not a Y-90 soft-tissue table in mGy/(MBq s)")
-    edges = np.arange(0.0, FIT_R_MAX_MM + 0.5 * FIT_SHELL_MM, FIT_SHELL_MM)
+    # the shells in the table's own medium: Y-90's ranges scale as 1/ρ from ICRU soft tissue's
+    edges = np.arange(0.0, FIT_R_MAX_MM + 0.5 * FIT_SHELL_MM, FIT_SHELL_MM) * (SOFT_TISSUE_DENSITY / density)
     design = np.empty((len(ijk), len(edges) - 1))
     for k in range(len(edges) - 1):
         unit = np.zeros(len(edges) - 1)

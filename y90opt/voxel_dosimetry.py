@@ -224,7 +224,7 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
     if method == "kernel":  # read the table first: a bad one is refused before the images are read
         if kernel_file is None:
             radial = default_kernel()
-        elif os.fspath(kernel_file) == "loevinger":  # the empirical approximation, by name
+        elif os.fspath(kernel_file).lower() == "loevinger":  # the approximation, by name (a file: ./loevinger)
             radial = loevinger_kernel()
         else:
             radial = read_radial_kernel(os.fspath(kernel_file))
