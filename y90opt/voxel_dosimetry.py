@@ -35,7 +35,7 @@ Plans on a tumour's D70 (``--case-out``): each tumour's ``d70_ratio``, its D70 o
 its counts, so that the planner's ratio × mean is the map's D70 at any activity; with several injections, a
 curve over the share of its mean dose each of the two injections reaching it gives (:func:`_d70_ratios`).
 
-Voxel-level uncertainty (``replicas``, one injection): see :func:`voxel_case`; ``--case-out`` writes each
+Voxel-level uncertainty (``replicas``; one or several injections): see :func:`voxel_case`; ``--case-out`` writes each
 tumour's ``d70_ratio`` with the CV of its replicas, an input the Monte Carlo draws.
 
 Metrics per VOI: mean, Dx (the dose at least x % of the VOI receives: D50, D70, D90, D95) and Vx (the share
@@ -193,7 +193,7 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
     (``ldm``) or the dose-voxel kernel (``kernel``: from ``kernel_file``, a radial kernel or voxel S table, or
     ``"loevinger"`` for Loevinger's approximation; else the built-in :func:`y90opt.kernels.default_kernel`).
 
-    With ``replicas`` > 0, the voxel-level uncertainty (one injection): so many recomputations of the dose map,
+    With ``replicas`` > 0, the voxel-level uncertainty: so many recomputations of the dose map,
     each from the SPECT's counts drawn again (Poisson, the stored values taken as counts), the perfused and
     tumour masks eroded or dilated by one voxel (:data:`MASK_CHANGE_CHANCE` each) and each tumour's uptake
     scaled by the MAA-to-Y-90 mismatch (lognormal, σ_ln 0.3, Kafrouni et al. 2019, as ``measure``'s T:N);
