@@ -59,3 +59,42 @@ def test_acceptable_success_is_checked(case_text, bad):
     with pytest.raises(y90opt.InputError) as e:
         _case(case_text, "vial_gbq = 7", f"vial_gbq = 7\nacceptable_success = {bad}")
     assert e.value.field == "plan.acceptable_success"
+
+
+@pytest.mark.parametrize("example", ["multifocal-unilobar", "radiation-segmentectomy", "radiation-lobectomy",
+                                     "multifocal-bilobar", "mvi-pvt", "infeasible", "fixed-date"])
+def test_the_summary_read_before_the_dataset_is_the_datasets(example, case_text):
+    """`plan --json` reads its summary from the plan's fields without building the xarray Dataset; the summary
+    read from the Dataset built later is the same, for every shipped single-injection example, an infeasible
+    plan (whose advice reads a limit's curve) and a fixed-date plan."""
+    import json
+
+    from y90opt.plan_summary import summarize_plan
+
+    kwargs = {}
+    if example == "infeasible":
+        case = _case(case_text, "shunt_fraction = { value = 0.06, cv = 0.3 }",
+                     "shunt_fraction = { value = 0.06, cv = 0.3 }\nprior_dose_gy = 50")
+    elif example == "fixed-date":
+        case, kwargs = y90opt.load_case(ROOT / "configs" / "examples" / "multifocal-unilobar.toml"), {"fixed_date": True}
+    else:
+        case = y90opt.load_case(ROOT / "configs" / "examples" / f"{example}.toml")
+    res = y90opt.plan(case, samples=3000, seed=2, optuna_trials=5, **kwargs)
+    early = json.dumps(res.summary, sort_keys=True, default=str)
+    assert json.dumps(summarize_plan(res.dataset), sort_keys=True, default=str) == early
+    assert res.dataset.attrs["recommended_index_vial"] == res.data.attrs["recommended_index_vial"]
+
+
+def test_plan_json_never_imports_xarray(tmp_path):
+    """`y90opt plan --json` without --out prints its summary without importing xarray (nor dask through it):
+    the import costs about a second of start-up that the answer does not need."""
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, sys; from y90opt.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    rc = main(['plan', {str(ROOT / 'configs' / 'examples' / 'multifocal-unilobar.toml')!r}, '--samples', "
+            "'2000', '--optuna-trials', '3', '--json'])\n"
+            "print(rc, 'xarray' in sys.modules, 'dask' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.split() == ["0", "False", "False"]

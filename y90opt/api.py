@@ -263,7 +263,7 @@ def plan(case: CaseLike, *, samples: int = 100_000, seed: int = 0, chunk: int | 
                     optuna_trials=trials, storage=storage, study_name=study_name, vial_range=vial_range,
                     hours_range=hours_range, progress=progress, any_time=any_time, fixed_treatment=fixed_date,
                     calibration_weeks=_count(calibration_weeks, "--calibration-weeks"))
-    out = PlanResult(res.dataset, res.summary)
+    out = PlanResult(res.data, res.summary)
     if sensitivity_samples:
         from .sensitivity_analysis import sensitivity_case
 

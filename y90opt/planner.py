@@ -391,8 +391,20 @@ def choose(p_success: np.ndarray, p_limits: np.ndarray, vials, hours, risk: floa
 
 @dataclasses.dataclass
 class PlanResult:
-    dataset: Any
+    """A plan: ``summary`` (``plan --json``) and ``dataset`` (``plan.nc``). ``data`` is the Dataset, or the
+    :class:`~y90opt.results.Fields` it is built from the first time ``dataset`` is read (a plan whose summary
+    alone is wanted never builds it)."""
+
+    data: Any
     summary: dict[str, Any]
+
+    @property
+    def dataset(self):
+        from .results import Fields
+
+        if isinstance(self.data, Fields):
+            self.data = self.data.dataset()
+        return self.data
 
     def text(self, top: int = TOP) -> str:
         """The readable answer (status, order, doses at the choice, alternatives), tables cut to ``top`` rows."""
@@ -401,12 +413,12 @@ class PlanResult:
     def recommended_case(self, case: Case) -> Case:
         """The case with its ``[plan]`` decision set to the recommendation (or the least risky candidate):
         the vial, its calibration (another week's in a fixed-date plan) and the treatment time."""
-        a = self.dataset.attrs
+        a = self.data.attrs  # the Dataset or its Fields: either reads the same
         h = float(a["recommended_hours_after_calibration"])
         j = int(a["recommended_index_time"])
         cal = case.calibration
-        if "time_calibration" in self.dataset:
-            cal = _dt.datetime.fromisoformat(str(self.dataset["time_calibration"].values[j]))
+        if "time_calibration" in self.data:
+            cal = _dt.datetime.fromisoformat(str(self.data["time_calibration"].values[j]))
         treatment = cal + _dt.timedelta(hours=h)
         plan = dataclasses.replace(case.plan, vial_gbq=float(a["recommended_vial_gbq"]), treatment=treatment)
         return dataclasses.replace(case, plan=plan, calibration=cal)
@@ -511,10 +523,8 @@ def _plan(case, ar, model, rt, space, n, seed, chunk, dtype, risk, trials, stora
     on_device = engine.on_accelerator()
     check_memory(case, n, 3 + len(rt.labels), dtype, on_device=on_device, factor_rows=len(model.quantities),
                  factor_limit=factor_limit)
-    if trials > 0:  # Optuna and xarray load while the samples are drawn (JAX releases the interpreter meanwhile)
-        _preload("optuna", "xarray")
-    else:
-        _preload("xarray")
+    if trials > 0:  # Optuna loads while the samples are drawn (JAX releases the interpreter meanwhile)
+        _preload("optuna")
     ev, factors, n_invalid = build_evaluator(model, rt, n, seed, chunk, dtype, keep_factors=keep, on_device=on_device)
     factor_q = _factor_quantiles(model, rt, factors, ev.n, n, seed, chunk, dtype)
     result = evaluate_space(case, space, ev, risk)
@@ -527,7 +537,7 @@ def _plan(case, ar, model, rt, space, n, seed, chunk, dtype, risk, trials, stora
             study_name=study_name, exact=result["choice"], progress=progress,
             half_life_h=case.conventions.half_life_h,
         )
-    ds = plan_dataset(case, model, rt, space, ev, factor_q, result, risk, n, seed, dtype, n_invalid, optuna_info)
+    ds = plan_fields(case, model, rt, space, ev, factor_q, result, risk, n, seed, dtype, n_invalid, optuna_info)
     ds.attrs["rules_judged"] = json.dumps(rule_rows(ar))
     ds.attrs["acceptable_success"] = case.plan.acceptable_success
     ds.attrs["advisories"] = json.dumps(_advisories_at(case, model, ar, space, result))
@@ -606,7 +616,14 @@ def evaluate_space(case, space: DecisionSpace, ev: Evaluator, risk: float) -> di
 
 
 def plan_dataset(case, model, rt, space, ev, factor_q, result, risk, n, seed, dtype, n_invalid, optuna_info):
-    from .results import build_dataset, provenance
+    """The plan's Dataset (:func:`plan_fields`, built)."""
+    return plan_fields(case, model, rt, space, ev, factor_q, result, risk, n, seed, dtype, n_invalid,
+                       optuna_info).dataset()
+
+
+def plan_fields(case, model, rt, space, ev, factor_q, result, risk, n, seed, dtype, n_invalid, optuna_info):
+    """The plan's variables, coordinates and attributes (:class:`~y90opt.results.Fields`)."""
+    from .results import Fields, provenance
 
     vials = np.asarray(space.vials_gbq)
     hours = space.hours
@@ -684,4 +701,4 @@ def plan_dataset(case, model, rt, space, ev, factor_q, result, risk, n, seed, dt
     if optuna_info is not None:
         extra["optuna"] = __import__("json").dumps(optuna_info)
     attrs = provenance(case, seed=seed, n=n, dtype=dtype, command="plan", extra=extra)
-    return build_dataset(dv, coords, attrs)
+    return Fields(dv, coords, attrs)

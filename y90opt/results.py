@@ -115,6 +115,48 @@ def _backend() -> dict[str, str]:
     }
 
 
+class _Column:
+    """One variable of :class:`Fields`: its dimensions and values."""
+
+    def __init__(self, dims: tuple[str, ...], values, fields: Fields):
+        self.dims, self.values, self._fields = dims, np.asarray(values), fields
+
+    def sel(self, **labels) -> _Column:
+        """The values at one label of each named dimension (as ``xarray.DataArray.sel`` with scalars)."""
+        out = self
+        for dim, label in labels.items():
+            axis = out.dims.index(dim)
+            at = int(np.flatnonzero(self._fields[dim].values == label)[0])
+            out = _Column(out.dims[:axis] + out.dims[axis + 1:], np.take(out.values, at, axis=axis), self._fields)
+        return out
+
+
+class Fields:
+    """A result's variables, coordinates and attributes before they become an :class:`xarray.Dataset`, read as
+    a summary reads the Dataset (``fields[name].values``, ``.sel`` on a dimension, ``name in fields``,
+    ``.attrs``): a command that prints only its JSON summary then never imports xarray (nor what xarray imports
+    on its first array: dask, when installed). :meth:`dataset` builds the Dataset (:func:`build_dataset`)."""
+
+    def __init__(self, data_vars: Mapping[str, tuple], coords: Mapping[str, Any], attrs: Mapping[str, Any]):
+        self.data_vars, self.coords, self.attrs = dict(data_vars), dict(coords), dict(attrs)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.data_vars or name in self.coords
+
+    def __getitem__(self, name: str) -> _Column:
+        if name in self.data_vars:
+            dims, values = self.data_vars[name][:2]
+            return _Column(tuple(dims), values, self)
+        c = self.coords[name]
+        if isinstance(c, tuple):
+            dims = (c[0],) if isinstance(c[0], str) else tuple(c[0])
+            return _Column(dims, c[1], self)
+        return _Column((name,), c, self)
+
+    def dataset(self):
+        return build_dataset(self.data_vars, self.coords, self.attrs)
+
+
 def build_dataset(data_vars: Mapping[str, tuple], coords: Mapping[str, Any], attrs: Mapping[str, Any], units: Mapping[str, str] | None = None):
     """Make a Dataset; every variable gets ``units`` and ``long_name`` from :data:`VARIABLES`
     (``units`` overrides per variable, e.g. a dose statistic in Gy)."""
