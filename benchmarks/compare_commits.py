@@ -32,7 +32,7 @@ except ImportError:
 from y90opt.case import parse_case
 assert y90opt.__file__.startswith(root), y90opt.__file__
 case = parse_case(npp.BENCH_CASE, "bench.toml")
-calls = {"plan_case": lambda: planner.plan_case(case, n=n, seed=0, optuna_trials=0).summary,
+calls = {"plan_case": lambda: planner.plan_case(case, n=n, seed=0, optuna_trials=0).dataset,  # built lazily since 0.4.0
          "simulate": lambda: simulate.simulate_case(case, n=n, seed=0).summary}
 out = {"root": root}
 for name, fn in calls.items():

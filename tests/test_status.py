@@ -79,10 +79,15 @@ def test_the_summary_read_before_the_dataset_is_the_datasets(example, case_text)
         case, kwargs = y90opt.load_case(ROOT / "configs" / "examples" / "multifocal-unilobar.toml"), {"fixed_date": True}
     else:
         case = y90opt.load_case(ROOT / "configs" / "examples" / f"{example}.toml")
+    from y90opt.results import Fields
+
     res = y90opt.plan(case, samples=3000, seed=2, optuna_trials=5, **kwargs)
+    fields = res.data
+    assert isinstance(fields, Fields)  # the summary was read before any Dataset was built
     early = json.dumps(res.summary, sort_keys=True, default=str)
     assert json.dumps(summarize_plan(res.dataset), sort_keys=True, default=str) == early
-    assert res.dataset.attrs["recommended_index_vial"] == res.data.attrs["recommended_index_vial"]
+    assert json.dumps(summarize_plan(fields), sort_keys=True, default=str) == early
+    assert dict(res.dataset.attrs) == fields.attrs
 
 
 def test_plan_json_never_imports_xarray(tmp_path):

@@ -2,7 +2,8 @@
 text a physicist reads first.
 
 Nothing here computes a dose: every number comes from the Dataset that :func:`y90opt.planner.plan_case`
-builds (and that ``plan.nc`` stores), so a summary rebuilt from a saved file is the same summary.
+gives (and that ``plan.nc`` stores), or from the :class:`y90opt.results.Fields` it is built from (a plan reads
+its summary before building the Dataset), so a summary rebuilt from a saved file is the same summary.
 
 The text leads with the status (ok, low chance of success, infeasible) and its cause, then the order
 (vial, calibration, treatment in the site's local time), then each target and limit at the recommendation

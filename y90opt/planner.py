@@ -393,7 +393,7 @@ def choose(p_success: np.ndarray, p_limits: np.ndarray, vials, hours, risk: floa
 class PlanResult:
     """A plan: ``summary`` (``plan --json``) and ``dataset`` (``plan.nc``). ``data`` is the Dataset, or the
     :class:`~y90opt.results.Fields` it is built from the first time ``dataset`` is read (a plan whose summary
-    alone is wanted never builds it)."""
+    alone is wanted never builds it; two threads reading it first may each build one, equal)."""
 
     data: Any
     summary: dict[str, Any]
@@ -405,6 +405,10 @@ class PlanResult:
         if isinstance(self.data, Fields):
             self.data = self.data.dataset()
         return self.data
+
+    @dataset.setter
+    def dataset(self, value) -> None:
+        self.data = value
 
     def text(self, top: int = TOP) -> str:
         """The readable answer (status, order, doses at the choice, alternatives), tables cut to ``top`` rows."""
@@ -506,8 +510,8 @@ def plan_case(
 
 
 def _preload(*modules: str) -> None:
-    """Import ``modules`` in a background thread (a cold import of Optuna or xarray takes 0.3-0.5 s that the
-    sampling can hide). The import lock makes a later import in the main thread wait for it, never repeat it."""
+    """Import ``modules`` in a background thread (a cold import of Optuna takes 0.3-0.5 s that the sampling can
+    hide). The import lock makes a later import in the main thread wait for it, never repeat it."""
     import importlib
     import sys
     import threading

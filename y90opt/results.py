@@ -126,7 +126,12 @@ class _Column:
         out = self
         for dim, label in labels.items():
             axis = out.dims.index(dim)
-            at = int(np.flatnonzero(self._fields[dim].values == label)[0])
+            if dim not in out.dims:
+                raise KeyError(f"no dimension {dim!r}")
+            hits = np.flatnonzero(self._fields[dim].values == label)
+            if not len(hits):
+                raise KeyError(f"{dim}={label!r}")
+            at = int(hits[0])
             out = _Column(out.dims[:axis] + out.dims[axis + 1:], np.take(out.values, at, axis=axis), self._fields)
         return out
 
@@ -146,7 +151,7 @@ class Fields:
     def __getitem__(self, name: str) -> _Column:
         if name in self.data_vars:
             dims, values = self.data_vars[name][:2]
-            return _Column(tuple(dims), values, self)
+            return _Column((dims,) if isinstance(dims, str) else tuple(dims), values, self)
         c = self.coords[name]
         if isinstance(c, tuple):
             dims = (c[0],) if isinstance(c[0], str) else tuple(c[0])
