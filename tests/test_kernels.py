@@ -86,6 +86,17 @@ LANCONELLI_S = {2.21: {(0, 0, 0): 3.00, (0, 0, 1): 0.570, (0, 1, 1): 0.226, (1, 
                 6.0: {(0, 0, 0): 0.342, (0, 0, 1): 0.0380, (0, 1, 1): 0.00686, (1, 1, 1): 0.00145}}
 
 
+def _lanconelli_3mm() -> dict[tuple[int, int, int], float]:
+    """The tests' copy of the published 3 mm table, read by plain Python (independent of the reader under
+    test): S [mGy/(MBq s)] by octant offset."""
+    table = {}
+    for line in LANCONELLI_3MM.read_bytes().decode("latin-1").splitlines()[2:]:
+        if line.strip():
+            i, j, k, v = line.split()
+            table[(int(i), int(j), int(k))] = float(v)
+    return table
+
+
 def _s_value(kern: np.ndarray, side: float, offset, density: float = 1.04) -> float:
     """A voxel kernel's share at ``offset`` as S [mGy/(MBq s)] in a medium of ``density``."""
     share = kern[tuple(np.array(kern.shape) // 2 + np.array(offset))]
@@ -106,11 +117,7 @@ def test_a_kernel_fitted_to_a_published_voxel_s_table_gives_its_other_voxel_size
     radial = fitted_to_lanconelli
     assert radial.density_g_per_ml == 1.04 and "Lanconelli" in radial.source
     assert 0.99 < radial.total <= 1.0
-    table = {}
-    for line in LANCONELLI_3MM.read_bytes().decode("latin-1").splitlines()[2:]:
-        if line.strip():
-            i, j, k, v = line.split()
-            table[(int(i), int(j), int(k))] = float(v)
+    table = _lanconelli_3mm()
     kern3 = voxel_kernel(radial, (3.0, 3.0, 3.0))
     for off in ((0, 0, 0), (0, 0, 1), (0, 1, 1), (1, 1, 1), (0, 0, 2)):
         assert _s_value(kern3, 3.0, off) == pytest.approx(table[off], rel=5e-3), off
@@ -336,13 +343,11 @@ def test_the_leakage_at_a_territory_edge_against_the_published_voxel_s_table(fit
     from y90opt.voxel_dosimetry import kernel_dose
 
     full = np.zeros((11, 11, 11))
-    for line in LANCONELLI_3MM.read_bytes().decode("latin-1").splitlines()[2:]:
-        if line.strip():
-            i, j, k, v = line.split()
-            for a in {int(i), -int(i)}:
-                for b in {int(j), -int(j)}:
-                    for c in {int(k), -int(k)}:
-                        full[5 + a, 5 + b, 5 + c] = float(v)
+    for (i, j, k), v in _lanconelli_3mm().items():  # the octant mirrored into the whole cube
+        for a in {i, -i}:
+            for b in {j, -j}:
+                for c in {k, -k}:
+                    full[5 + a, 5 + b, 5 + c] = v
     published = np.array([full[5 + n:].sum() for n in (1, 2, 3)]) / full.sum()
     assert published == pytest.approx([0.1946, 0.0205, 0.00085], rel=6e-3)
     side, m = 3.0, 48

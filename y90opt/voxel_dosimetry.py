@@ -54,6 +54,8 @@ from .errors import InputError
 
 #: The Dx of every VOI (percent of its volume).
 D_LEVELS = (50, 70, 90, 95)
+#: The VOI metrics each replica of the voxel-level uncertainty reports.
+REPLICA_METRICS = ("mean_gy", "d50_gy", "d70_gy", "d90_gy", "d95_gy")
 #: DVH bins [Gy] of the table and figure.
 DVH_BINS = 400
 
@@ -373,7 +375,6 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
         vois["injections"] = {n: metrics[f"injections.{n}"] for n in territories}
     uncertainty = None
     if replicas:
-        keys = ("mean_gy", "d50_gy", "d70_gy", "d90_gy", "d95_gy")
         tissue = density >= AIR_DENSITY
         draws: dict[str, list[float]] = {}
         for k in range(int(replicas)):
@@ -399,7 +400,7 @@ def voxel_case(path: str, method: str = "ldm", kernel_file: str | None = None, r
                 if not m.any():
                     continue
                 got = voi_metrics(d_k, m)
-                for key in keys:
+                for key in REPLICA_METRICS:
                     draws.setdefault(f"{name}.{key}", []).append(got[key])
                 if name.startswith("tumors.") and (m_c := mean_of(act_k, m)) > 0:  # as _d70_ratios
                     draws.setdefault(f"{name}.d70_ratio", []).append(got["d70_gy"] / m_c)
@@ -441,7 +442,7 @@ def _injections_replica(case, rng, tissue, studies, deliveries, territories, tum
     for name, m in vois.items():
         if m.any():
             got = voi_metrics(total, m)
-            for key in ("mean_gy", "d50_gy", "d70_gy", "d90_gy", "d95_gy"):
+            for key in REPLICA_METRICS:
                 out[f"{name}.{key}"] = got[key]
     for name, rec in _d70_ratios(case, tum_k, maps_k, dose_of, mean_of, doses).items():
         if rec.get("ratio") is not None:
